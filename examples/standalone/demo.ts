@@ -1,0 +1,35 @@
+/**
+ * `npm start`: three demo instances and a gateway in front of them, from meshgate.yaml.
+ * Ports: PORT (gateway, 8080), ADMIN_PORT (9901), DEMO_PORT_A/B/C (3101-3103).
+ */
+import { fileURLToPath } from 'node:url';
+import { createGateway, loadConfigFile } from '../../lib/index.js';
+import { startDemoInstance } from './instances.js';
+
+const env = process.env;
+const ports = { a: Number(env.DEMO_PORT_A ?? 3101), b: Number(env.DEMO_PORT_B ?? 3102), c: Number(env.DEMO_PORT_C ?? 3103) };
+const instances = await Promise.all(Object.entries(ports).map(([name, port]) => startDemoInstance(`demo-${name}`, port)));
+
+const { config, baseDir } = await loadConfigFile(fileURLToPath(new URL('./meshgate.yaml', import.meta.url)));
+const gateway = createGateway(config, { baseDir });
+const { url, adminUrl } = await gateway.listen();
+
+process.stdout.write(`
+meshgate demo is running: a gateway on ${url} in front of three instances (demo-c has weight 2).
+
+  curl ${url}/demo/hello          # which instance answered: run it a few times
+  curl -i ${url}/demo/hello       # Server-Timing shows gateway and upstream time
+  curl ${url}/nowhere             # 404 {"error":"MESH_ERR_NO_ROUTE",...}
+  curl ${adminUrl}/healthz
+  curl ${adminUrl}/readyz
+
+Ctrl-C stops it.
+`);
+
+const stop = async (): Promise<void> => {
+  await gateway.close();
+  for (const server of instances) server.close();
+  process.exit(0);
+};
+process.once('SIGINT', stop);
+process.once('SIGTERM', stop);

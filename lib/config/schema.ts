@@ -1,0 +1,203 @@
+import { z } from 'zod';
+import { parseDuration } from './duration.js';
+
+/** A duration: `"250ms"`, `"2s"`, `"1m"`, or milliseconds. Parsed to milliseconds. */
+const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
+  const ms = parseDuration(value);
+  if (ms === undefined) {
+    ctx.addIssue({ code: 'custom', message: `expected a duration like "500ms", "2s", "1m" or milliseconds, got ${JSON.stringify(value)}` });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+const httpUrl = z.string().refine((value) => {
+  try {
+    const url = new URL(value);
+    return (url.protocol === 'http:' || url.protocol === 'https:') && url.hostname !== '';
+  } catch {
+    return false;
+  }
+}, { message: 'expected an http:// or https:// URL' });
+
+const port = z.number().int().min(0).max(65535);
+const positiveInt = z.number().int().min(1);
+
+/** `header:NAME | cookie:NAME | query:NAME | ip | path` */
+export const HASH_ON = /^(?:(?:header|cookie|query):[^\s:]+|ip|path)$/;
+
+const tlsServer = z.strictObject({ cert: z.string(), key: z.string(), ca: z.string().optional() });
+
+const instance = z.strictObject({
+  url: httpUrl,
+  id: z.string().min(1).optional(),
+  weight: positiveInt.default(1),
+  zone: z.string().optional(),
+  metadata: z.record(z.string(), z.unknown()).default({}),
+});
+
+const service = z.preprocess(
+  (value) => value ?? {},
+  z.strictObject({
+    balancer: z.string().min(1).default('round-robin'),
+    hashOn: z.string().regex(HASH_ON, 'expected header:NAME, cookie:NAME, query:NAME, ip or path').optional(),
+    instances: z.array(instance).default([]),
+    dns: z
+      .strictObject({
+        name: z.string().min(1),
+        port: port.optional(),
+        refresh: duration.default(5000),
+        srv: z.boolean().default(false),
+      })
+      .optional(),
+    healthCheck: z
+      .strictObject({
+        path: z.string().startsWith('/').default('/health'),
+        interval: duration.default(5000),
+        timeout: duration.default(1000),
+        unhealthyThreshold: positiveInt.default(2),
+        healthyThreshold: positiveInt.default(1),
+      })
+      .optional(),
+    circuitBreaker: z
+      .strictObject({
+        errorThresholdPercentage: z.number().min(0).max(100).default(50),
+        volumeThreshold: z.number().int().min(0).default(10),
+        resetTimeout: duration.default(10_000),
+        rollingCountTimeout: duration.default(10_000),
+        rollingCountBuckets: positiveInt.default(10),
+      })
+      .optional(),
+    retries: z
+      .strictObject({
+        attempts: z.number().int().min(0).default(2),
+        perTryTimeout: duration.optional(),
+        methods: z.array(z.string().toUpperCase()).optional(),
+        retryOn: z.array(z.number().int().min(100).max(599)).default([502, 503, 504]),
+        budgetPercent: z.number().min(0).max(100).default(20),
+        minRetryConcurrency: z.number().int().min(0).default(3),
+      })
+      .optional(),
+    timeout: duration.default(15_000),
+    slowStart: duration.optional(),
+    panicThreshold: z.number().min(0).max(100).default(50),
+    tls: z
+      .strictObject({
+        ca: z.string().optional(),
+        cert: z.string().optional(),
+        key: z.string().optional(),
+        servername: z.string().optional(),
+        rejectUnauthorized: z.boolean().default(true),
+      })
+      .optional(),
+  }),
+);
+
+const route = z.strictObject({
+  prefix: z.string().startsWith('/', 'expected a path starting with "/"'),
+  service: z.string().min(1),
+  stripPrefix: z.boolean().default(false),
+});
+
+const plugin = z.strictObject({
+  module: z.string().min(1),
+  options: z.unknown().optional(),
+});
+
+/** The whole config document. Absent sections turn their plugin off; see ARCHITECTURE.md. */
+export const configSchema = z
+  .strictObject({
+    listen: z
+      .strictObject({
+        host: z.string().default('0.0.0.0'),
+        port: port.default(8080),
+        tls: tlsServer.optional(),
+      })
+      .default({ host: '0.0.0.0', port: 8080 }),
+    admin: z
+      .strictObject({
+        host: z.string().default('127.0.0.1'),
+        port: port.default(9901),
+        token: z.string().min(1).optional(),
+      })
+      .optional(),
+    discovery: z
+      .strictObject({
+        redis: z
+          .strictObject({
+            url: z.string().regex(/^rediss?:\/\//, 'expected a redis:// or rediss:// URL'),
+            prefix: z.string().default('meshgate:'),
+            options: z.record(z.string(), z.unknown()).optional(),
+          })
+          .optional(),
+      })
+      .optional(),
+    services: z.record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'expected letters, digits, ".", "_" or "-"'), service).default({}),
+    routes: z.array(route).default([]),
+    plugins: z.array(plugin).default([]),
+    /** pino level for the gateway's own log lines. */
+    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    /** How long close() waits for in-flight requests before it cuts them off. */
+    drainTimeout: duration.default(10_000),
+  });
+
+/**
+ * Checks that span fields (a route's service must exist, prefixes are unique, ...).
+ * Runs on the raw document, so these problems are reported together with the schema's own.
+ */
+export function crossCheck(raw: unknown): { path: PropertyKey[]; message: string }[] {
+  const issues: { path: PropertyKey[]; message: string }[] = [];
+  if (!isRecord(raw)) return issues;
+  const services = isRecord(raw.services) ? raw.services : {};
+  if (Array.isArray(raw.routes)) {
+    const seen = new Map<string, number>();
+    raw.routes.forEach((r: unknown, i: number) => {
+      if (!isRecord(r)) return;
+      if (typeof r.service === 'string' && !Object.hasOwn(services, r.service)) {
+        issues.push({ path: ['routes', i, 'service'], message: `unknown service "${r.service}"` });
+      }
+      if (typeof r.prefix !== 'string') return;
+      const prefix = normalizePrefix(r.prefix);
+      const first = seen.get(prefix);
+      if (first !== undefined) issues.push({ path: ['routes', i, 'prefix'], message: `duplicate prefix "${r.prefix}" (also routes[${first}])` });
+      else seen.set(prefix, i);
+    });
+  }
+  for (const [name, svc] of Object.entries(services)) {
+    if (!isRecord(svc)) continue;
+    if (svc.balancer === 'consistent-hash' && svc.hashOn === undefined) {
+      issues.push({ path: ['services', name, 'hashOn'], message: 'required when balancer is consistent-hash' });
+    }
+    if (!Array.isArray(svc.instances)) continue;
+    const ids = new Map<string, number>();
+    svc.instances.forEach((inst: unknown, i: number) => {
+      if (!isRecord(inst)) return;
+      const id = typeof inst.id === 'string' ? inst.id : inst.url;
+      if (typeof id !== 'string') return;
+      const first = ids.get(id);
+      if (first !== undefined) issues.push({ path: ['services', name, 'instances', i], message: `duplicate instance "${id}" (also instances[${first}])` });
+      else ids.set(id, i);
+    });
+  }
+  return issues;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** Strips a trailing slash: `/users/` and `/users` are one prefix. */
+export function normalizePrefix(prefix: string): string {
+  return prefix.length > 1 && prefix.endsWith('/') ? prefix.replace(/\/+$/, '') || '/' : prefix;
+}
+
+/** The config as users write it (durations as strings, defaults optional). */
+export type GatewayConfigInput = z.input<typeof configSchema>;
+/** The validated config: defaults filled in, durations in milliseconds. */
+export type GatewayConfig = z.output<typeof configSchema>;
+/** One validated `services.<name>` entry. */
+export type ServiceConfig = GatewayConfig['services'][string];
+/** One validated `routes[]` entry. */
+export type RouteConfig = GatewayConfig['routes'][number];
+/** One validated static instance entry. */
+export type InstanceConfig = ServiceConfig['instances'][number];

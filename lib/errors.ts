@@ -1,0 +1,138 @@
+/**
+ * Errors with stable `MESH_ERR_*` codes. The gateway answers any of them as
+ * `{ "error": code, "message": text }` with the error's HTTP status.
+ */
+
+/** Every error the gateway raises on purpose. `expose` says whether `message` is safe to send to the client. */
+export class MeshError extends Error {
+  /** Stable machine-readable code, `MESH_ERR_*`. */
+  readonly code: string;
+  /** HTTP status the gateway answers with. */
+  readonly status: number;
+  /** Whether the message may be sent to the client as is. */
+  readonly expose: boolean;
+
+  constructor(code: string, status: number, message: string, options?: { cause?: unknown; expose?: boolean }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.code = code;
+    this.status = status;
+    this.expose = options?.expose ?? (status < 500 || status === 502 || status === 503 || status === 504);
+  }
+
+  /** The JSON body the gateway answers with. */
+  toJSON(): { error: string; message: string } {
+    return { error: this.code, message: this.expose ? this.message : 'internal error' };
+  }
+}
+
+/** No route matches the request path (404). */
+export class NoRouteError extends MeshError {
+  constructor(path: string) {
+    super('MESH_ERR_NO_ROUTE', 404, `no route matches ${JSON.stringify(path)}`);
+  }
+}
+
+/** The route's service has no instance that can take the request (503). */
+export class NoHealthyInstanceError extends MeshError {
+  constructor(service: string, detail = 'no healthy instance') {
+    super('MESH_ERR_NO_HEALTHY_INSTANCE', 503, `service "${service}": ${detail}`);
+  }
+}
+
+/** The instance could not be reached: refused, unreachable, DNS, TLS handshake (502). */
+export class UpstreamConnectError extends MeshError {
+  constructor(instanceUrl: string, cause?: unknown) {
+    super('MESH_ERR_UPSTREAM_CONNECT', 502, `cannot connect to ${instanceUrl}${describeCause(cause)}`, { cause });
+  }
+}
+
+/** The connection broke or the upstream answered something that is not HTTP (502). */
+export class UpstreamResetError extends MeshError {
+  constructor(instanceUrl: string, cause?: unknown) {
+    super('MESH_ERR_UPSTREAM_RESET', 502, `connection to ${instanceUrl} was reset${describeCause(cause)}`, { cause });
+  }
+}
+
+/** The upstream did not answer in time (504). */
+export class UpstreamTimeoutError extends MeshError {
+  constructor(instanceUrl: string, timeoutMs: number, cause?: unknown) {
+    super('MESH_ERR_UPSTREAM_TIMEOUT', 504, `${instanceUrl} did not answer within ${timeoutMs}ms`, { cause });
+  }
+}
+
+/** The instance's circuit breaker is open (503). */
+export class CircuitOpenError extends MeshError {
+  constructor(instanceUrl: string) {
+    super('MESH_ERR_CIRCUIT_OPEN', 503, `circuit for ${instanceUrl} is open`);
+  }
+}
+
+/** The request is malformed (400). */
+export class BadRequestError extends MeshError {
+  constructor(message: string, code = 'MESH_ERR_BAD_REQUEST') {
+    super(code, 400, message);
+  }
+}
+
+/** The request body is larger than allowed (413). */
+export class PayloadTooLargeError extends MeshError {
+  constructor(limit: number) {
+    super('MESH_ERR_PAYLOAD_TOO_LARGE', 413, `request body exceeds ${limit} bytes`);
+  }
+}
+
+/** The client went away before the response was complete. Never answered; used to abort the upstream. */
+export class ClientAbortedError extends MeshError {
+  constructor() {
+    super('MESH_ERR_CLIENT_ABORTED', 499, 'client closed the connection');
+  }
+}
+
+/** The gateway is shutting down and takes no new requests (503). */
+export class GatewayClosingError extends MeshError {
+  constructor() {
+    super('MESH_ERR_CLOSING', 503, 'gateway is shutting down');
+  }
+}
+
+/** One problem in a config file, with the path of the field. */
+export interface ConfigIssue {
+  /** Path of the bad field, as `routes[0].service`; empty for the document itself. */
+  path: string;
+  message: string;
+}
+
+/** The config is invalid. `issues` lists every problem; `message` has one line per problem. */
+export class ConfigError extends MeshError {
+  readonly issues: readonly ConfigIssue[];
+
+  constructor(issues: readonly ConfigIssue[], source?: string) {
+    const lines = issues.map((i) => (i.path ? `  ${i.path}: ${i.message}` : `  ${i.message}`));
+    const head = `invalid config${source ? ` in ${source}` : ''} (${issues.length} problem${issues.length === 1 ? '' : 's'}):`;
+    super('MESH_ERR_CONFIG', 500, `${head}\n${lines.join('\n')}`, { expose: true });
+    this.issues = issues;
+  }
+}
+
+/** A plugin names a dependency that was not registered before it, or a plugin is malformed. */
+export class PluginError extends MeshError {
+  constructor(message: string, code = 'MESH_ERR_PLUGIN') {
+    super(code, 500, message, { expose: false });
+  }
+}
+
+/** A plugin's dependency is missing at boot. */
+export class PluginDependencyError extends PluginError {
+  constructor(plugin: string, dependency: string) {
+    super(`plugin "${plugin}" depends on "${dependency}", which is not registered before it`, 'MESH_ERR_PLUGIN_DEPENDENCY');
+  }
+}
+
+function describeCause(cause: unknown): string {
+  if (cause && typeof cause === 'object') {
+    const code = (cause as { code?: unknown }).code;
+    if (typeof code === 'string') return ` (${code})`;
+  }
+  return '';
+}

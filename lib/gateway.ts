@@ -1,0 +1,573 @@
+import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { isAbsolute, resolve as resolvePath } from 'node:path';
+import Koa, { type Context } from 'koa';
+import { AdminServer } from './admin/server.js';
+import type { Balancer, BalancerFactory } from './balancer.js';
+import { RoundRobinBalancer } from './balancers/round-robin.js';
+import { compose, type Middleware, type Next } from './compose.js';
+import type { GatewayConfig } from './config/schema.js';
+import {
+  ConfigError,
+  GatewayClosingError,
+  MeshError,
+  NoHealthyInstanceError,
+  NoRouteError,
+  PluginError,
+  UpstreamTimeoutError,
+} from './errors.js';
+import type { GatewayEvents } from './events.js';
+import { upstreamRequestHeaders } from './headers.js';
+import { createLogger, type Logger } from './logger.js';
+import { normalizeTarget } from './path.js';
+import { STAGES, checkPlugin, type GatewayPlugin, type Stage } from './plugin.js';
+import { UpstreamPools, dispatchUpstream, responseHeaders, type PoolOptions } from './proxy.js';
+import { Registry, type Instance, type Service } from './registry.js';
+import { Router, upstreamPath } from './router.js';
+import { MeshState } from './state.js';
+
+/**
+ * App-lifetime values plugins share through `gateway.decorate(key, value)` / `gateway.get(key)`.
+ * Augment it to type your own:
+ * @example
+ * declare module 'meshgate' { interface GatewayServices { myCache: Map<string, string> } }
+ */
+// eslint-disable-next-line @typescript-eslint/no-empty-object-type
+export interface GatewayServices {}
+
+/** Options that are not part of the config file. */
+export interface GatewayOptions {
+  /** Directory that relative paths in the config (TLS files, plugin modules) resolve against. @default process.cwd() */
+  baseDir?: string;
+  /** Logger; defaults to pino at `config.logLevel` on stderr. */
+  logger?: Logger;
+  /** Options for every upstream connection pool. */
+  pool?: PoolOptions;
+}
+
+/** Where the gateway is listening, after {@link Gateway.listen}. */
+export interface ListenInfo {
+  /** The proxy's base URL, as `http://127.0.0.1:8080`. */
+  url: string;
+  port: number;
+  /** The admin server's base URL, when `admin` is configured. */
+  adminUrl?: string;
+  adminPort?: number;
+}
+
+type StageChain = (ctx: Context, next: Next) => Promise<void>;
+
+/**
+ * A gateway: the plugin host, the registry, the router and the proxy. Create it with
+ * `createGateway(config)`, add plugins with `use(plugin)`, then either `listen()` or mount
+ * `middleware()` in a Koa app. `close()` drains in-flight requests and shuts everything down.
+ */
+export class Gateway extends EventEmitter<GatewayEvents> {
+  readonly config: GatewayConfig;
+  readonly registry: Registry;
+  readonly router: Router;
+  readonly pools: UpstreamPools;
+  readonly log: Logger;
+  /** The admin (control-plane) server; plugins add routes to `admin.router`. */
+  readonly admin: AdminServer;
+  readonly baseDir: string;
+
+  readonly #plugins: GatewayPlugin[] = [];
+  readonly #pluginNames = new Set<string>();
+  readonly #stages = new Map<Stage, Middleware[]>(STAGES.map((s) => [s, []]));
+  readonly #services = new Map<string, unknown>();
+  readonly #closeHooks: (() => unknown)[] = [];
+  readonly #balancerFactories = new Map<string, BalancerFactory>();
+  readonly #balancers = new Map<Service, Balancer>();
+  readonly #originRefs = new Map<string, number>();
+
+  #chains: Record<Stage, StageChain> | null = null;
+  #ready: Promise<void> | null = null;
+  #started = false;
+  #closing = false;
+  #closed: Promise<void> | null = null;
+  #inflight = 0;
+  #drained: (() => void) | null = null;
+  #server: Server | null = null;
+
+  constructor(config: GatewayConfig, options: GatewayOptions = {}) {
+    super();
+    this.config = config;
+    this.baseDir = options.baseDir ?? process.cwd();
+    this.log = options.logger ?? createLogger(config.logLevel);
+    this.registry = new Registry(this);
+    this.router = new Router(config.routes);
+    this.pools = new UpstreamPools(options.pool);
+    this.admin = new AdminServer(this);
+    this.defineBalancer('round-robin', () => new RoundRobinBalancer());
+    for (const [name, policy] of Object.entries(config.services)) this.registry.addService(name, policy);
+    this.on('instance:added', (inst) => this.#refOrigin(inst, 1));
+    this.on('instance:removed', (inst) => this.#refOrigin(inst, -1));
+    // EventEmitter throws on an unhandled 'error'; ours is a plain event that always has a listener.
+    this.on('gateway:error', (err) => this.log.error({ err }, err.message));
+  }
+
+  // plugin host -----------------------------------------------------------------------------
+
+  /** Registers a plugin (before the gateway starts), or adds middleware to a stage (from a plugin's setup). */
+  use(plugin: GatewayPlugin): this;
+  use(stage: Stage, middleware: Middleware): this;
+  use(pluginOrStage: GatewayPlugin | Stage, middleware?: Middleware): this {
+    if (typeof pluginOrStage === 'string') {
+      const stack = this.#stages.get(pluginOrStage);
+      if (!stack) throw new PluginError(`unknown stage "${pluginOrStage}" (stages: ${STAGES.join(', ')})`);
+      if (typeof middleware !== 'function') throw new PluginError(`use("${pluginOrStage}", fn): fn must be a function`);
+      if (this.#chains) throw new PluginError('middleware must be added from a plugin setup, before the gateway starts');
+      stack.push(middleware);
+      return this;
+    }
+    if (this.#ready) throw new PluginError(`plugin "${pluginOrStage?.name}" added after the gateway started`);
+    checkPlugin(pluginOrStage, this.#pluginNames);
+    this.#plugins.push(pluginOrStage);
+    this.#pluginNames.add(pluginOrStage.name);
+    return this;
+  }
+
+  /** Whether a plugin of that name is registered. */
+  hasPlugin(name: string): boolean {
+    return this.#pluginNames.has(name);
+  }
+
+  /** Shares an app-lifetime value under `key`. A key can be decorated once. */
+  decorate<K extends keyof GatewayServices>(key: K, value: GatewayServices[K]): this;
+  decorate(key: string, value: unknown): this;
+  decorate(key: string, value: unknown): this {
+    if (this.#services.has(key)) throw new PluginError(`decorator "${key}" is already defined`, 'MESH_ERR_DECORATOR_DUPLICATE');
+    this.#services.set(key, value);
+    return this;
+  }
+
+  /** A value shared with {@link decorate}; throws when missing. */
+  get<K extends keyof GatewayServices>(key: K): GatewayServices[K];
+  get<T = unknown>(key: string): T;
+  get(key: string): unknown {
+    if (!this.#services.has(key)) throw new PluginError(`decorator "${key}" is not defined`, 'MESH_ERR_DECORATOR_MISSING');
+    return this.#services.get(key);
+  }
+
+  /** Whether a value was shared under `key`. */
+  has(key: string): boolean {
+    return this.#services.has(key);
+  }
+
+  /** Runs `fn` on close, after in-flight requests drained. Hooks run in reverse order of registration. */
+  onClose(fn: () => unknown): this {
+    this.#closeHooks.push(fn);
+    return this;
+  }
+
+  /** Makes a balancer available to `services.<name>.balancer: <name>`. */
+  defineBalancer(name: string, factory: BalancerFactory): this {
+    if (this.#balancerFactories.has(name) && this.#started) throw new PluginError(`balancer "${name}" is already defined`);
+    this.#balancerFactories.set(name, factory);
+    for (const [service, balancer] of this.#balancers) {
+      if (service.policy.balancer === name) {
+        balancer.close?.();
+        this.#balancers.delete(service);
+      }
+    }
+    return this;
+  }
+
+  /** The balancer names that are defined. */
+  balancerNames(): string[] {
+    return [...this.#balancerFactories.keys()];
+  }
+
+  /** The balancer of a service, created on first use. */
+  balancerFor(service: Service): Balancer {
+    let balancer = this.#balancers.get(service);
+    if (!balancer) {
+      const factory = this.#balancerFactories.get(service.policy.balancer);
+      if (!factory) throw new ConfigError([{ path: `services.${service.name}.balancer`, message: `unknown balancer "${service.policy.balancer}"` }]);
+      balancer = factory(service);
+      this.#balancers.set(service, balancer);
+    }
+    return balancer;
+  }
+
+  /** Resolves a path from the config against the config file's directory. */
+  resolvePath(path: string): string {
+    return isAbsolute(path) ? path : resolvePath(this.baseDir, path);
+  }
+
+  /**
+   * Runs every plugin's setup, once. `listen()` and the first request through `middleware()`
+   * call it; call it yourself to fail fast on a bad plugin or config.
+   */
+  ready(): Promise<void> {
+    this.#ready ??= this.#setup();
+    return this.#ready;
+  }
+
+  async #setup(): Promise<void> {
+    const registered = new Set<string>();
+    for (const plugin of this.#plugins) {
+      checkPlugin(plugin, registered);
+      registered.add(plugin.name);
+      this.log.debug({ plugin: plugin.name }, 'plugin setup');
+      await plugin.setup(this);
+    }
+    const issues = [];
+    for (const service of this.registry.services()) {
+      if (!this.#balancerFactories.has(service.policy.balancer)) {
+        issues.push({
+          path: `services.${service.name}.balancer`,
+          message: `unknown balancer "${service.policy.balancer}" (known: ${this.balancerNames().join(', ')})`,
+        });
+      }
+    }
+    if (issues.length > 0) throw new ConfigError(issues);
+    const chains = {} as Record<Stage, StageChain>;
+    for (const stage of STAGES) chains[stage] = compose(this.#stages.get(stage)!, stage === 'retry');
+    this.#chains = chains;
+    this.#started = true;
+  }
+
+  // serving ---------------------------------------------------------------------------------
+
+  /**
+   * Koa middleware. A request whose path matches a route is proxied; any other request goes on
+   * to `next()`, so the host app keeps working.
+   */
+  middleware(): (ctx: Context, next: Next) => Promise<void> {
+    return (ctx, next) => (this.#started ? this.#handle(ctx, next) : this.ready().then(() => this.#handle(ctx, next)));
+  }
+
+  /** A standalone Koa app that proxies every route and answers 404 JSON for the rest. */
+  app(): Koa {
+    const app = new Koa();
+    // Koa's default error handler logs to stderr; ours already answered and logged.
+    app.silent = true;
+    app.use((ctx) => (this.#started ? this.#handle(ctx, null) : this.ready().then(() => this.#handle(ctx, null))));
+    return app;
+  }
+
+  /** Starts the proxy listener (`listen.host:port`) and, when configured, the admin server. */
+  async listen(overrides: { port?: number; host?: string } = {}): Promise<ListenInfo> {
+    await this.ready();
+    if (this.#closing) throw new GatewayClosingError();
+    if (this.#server) throw new PluginError('gateway is already listening', 'MESH_ERR_ALREADY_LISTENING');
+    const { listen } = this.config;
+    const handler = this.app().callback();
+    const server = listen.tls
+      ? createHttpsServer(
+          {
+            cert: readFileSync(this.resolvePath(listen.tls.cert)),
+            key: readFileSync(this.resolvePath(listen.tls.key)),
+            ...(listen.tls.ca ? { ca: readFileSync(this.resolvePath(listen.tls.ca)) } : {}),
+          },
+          handler,
+        )
+      : createHttpServer(handler);
+    this.#server = server;
+    const host = overrides.host ?? listen.host;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(overrides.port ?? listen.port, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    const port = (server.address() as AddressInfo).port;
+    const info: ListenInfo = { url: `${listen.tls ? 'https' : 'http'}://${urlHost(host)}:${port}`, port };
+    if (this.config.admin) {
+      const admin = await this.admin.listen();
+      info.adminUrl = admin.url;
+      info.adminPort = admin.port;
+    }
+    this.log.info({ url: info.url, admin: info.adminUrl }, `meshgate listening on ${info.url}`);
+    return info;
+  }
+
+  /** The proxy's HTTP server, once listening. */
+  get server(): Server | null {
+    return this.#server;
+  }
+
+  /** Requests in flight right now. */
+  get inflight(): number {
+    return this.#inflight;
+  }
+
+  /** True once plugins are set up and until close() begins. */
+  get isReady(): boolean {
+    return this.#started && !this.#closing;
+  }
+
+  /**
+   * Stops taking requests, waits up to `drainTimeout` for in-flight ones, then runs close hooks
+   * (reverse order), closes the connection pools and the admin server. Idempotent.
+   */
+  close(): Promise<void> {
+    this.#closed ??= this.#close();
+    return this.#closed;
+  }
+
+  async #close(): Promise<void> {
+    this.#closing = true;
+    this.emit('gateway:closing');
+    const server = this.#server;
+    server?.close();
+    server?.closeIdleConnections();
+    if (this.#inflight > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, this.config.drainTimeout);
+        timer.unref();
+        this.#drained = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      if (this.#inflight > 0) this.log.warn({ inflight: this.#inflight }, 'drain timeout: cutting off in-flight requests');
+    }
+    server?.closeAllConnections();
+    for (const hook of [...this.#closeHooks].reverse()) {
+      try {
+        await hook();
+      } catch (err) {
+        this.emit('gateway:error', err as Error);
+      }
+    }
+    for (const balancer of this.#balancers.values()) balancer.close?.();
+    await Promise.all([this.pools.close(), this.admin.close()]);
+  }
+
+  // the request path ------------------------------------------------------------------------
+
+  async #handle(ctx: Context, hostNext: Next | null): Promise<void> {
+    const mesh = new MeshState();
+    ctx.state.mesh = mesh;
+    const chains = this.#chains!;
+    try {
+      const target = normalizeTarget(ctx.req.url ?? '/');
+      mesh.path = target.path;
+      mesh.query = target.query;
+      mesh.route = this.router.match(target.path) ?? null;
+    } catch (err) {
+      // A malformed path is answered by the gateway in both modes: letting it reach the host
+      // app would let a path trick bypass routing.
+      mesh.error = err as MeshError;
+    }
+    if (mesh.route === null && mesh.error === null && hostNext !== null) return hostNext();
+
+    this.#inflight++;
+    const res = ctx.res;
+    const onClose = (): void => {
+      if (!res.writableFinished) {
+        mesh.clientGone = true;
+        mesh.exchange?.clientAborted();
+      }
+    };
+    res.once('close', onClose);
+    try {
+      if (this.#closing) throw new GatewayClosingError();
+      await chains.onRequest(ctx, () => this.#proxyRequest(ctx, mesh, chains));
+    } catch (err) {
+      this.#answerError(ctx, mesh, err);
+    } finally {
+      res.off('close', onClose);
+      if (--this.#inflight === 0 && this.#drained) this.#drained();
+    }
+  }
+
+  async #proxyRequest(ctx: Context, mesh: MeshState, chains: Record<Stage, StageChain>): Promise<void> {
+    if (mesh.error) throw mesh.error;
+    const route = mesh.route;
+    if (route === null) throw new NoRouteError(mesh.path);
+    const service = this.registry.getService(route.service)!;
+    mesh.service = service;
+    mesh.upstreamPath = upstreamPath(route, mesh.path) + mesh.query;
+    mesh.deadline = mesh.startedAt + service.policy.timeout;
+    const req = ctx.req;
+    mesh.body = requestBody(ctx);
+    mesh.upstreamHeaders = upstreamRequestHeaders(req, {
+      remoteAddress: req.socket.remoteAddress ?? '',
+      proto: ctx.protocol,
+      bodyLength: typeof mesh.body === 'string' || Buffer.isBuffer(mesh.body) ? Buffer.byteLength(mesh.body) : undefined,
+    });
+    try {
+      await chains.resolve(ctx, () => chains.retry(ctx, () => this.#attempt(ctx, mesh, chains)));
+      if (mesh.clientGone) return;
+      await this.#commit(ctx, mesh);
+    } catch (err) {
+      // Whatever went wrong, an exchange still held at its headers must free its socket.
+      if (mesh.exchange?.state === 'headers') mesh.exchange.discard();
+      throw err;
+    }
+  }
+
+  /** One try: select an instance, then run the guard stage around the upstream call. */
+  #attempt(ctx: Context, mesh: MeshState, chains: Record<Stage, StageChain>): Promise<void> {
+    if (mesh.exchange !== null) {
+      // A retry: the previous answer is dropped, never sent.
+      if (mesh.exchange.state === 'headers') mesh.exchange.discard();
+      mesh.exchange = null;
+    }
+    mesh.attempt++;
+    mesh.instance = null;
+    mesh.candidates = mesh.service!.candidates();
+    return chains.select(ctx, () => this.#pick(ctx, mesh, chains));
+  }
+
+  #pick(ctx: Context, mesh: MeshState, chains: Record<Stage, StageChain>): Promise<void> {
+    if (mesh.instance === null) {
+      const service = mesh.service!;
+      if (mesh.candidates.length === 0) {
+        throw new NoHealthyInstanceError(service.name, service.instances.size === 0 ? 'no instances registered' : 'no healthy instance');
+      }
+      mesh.instance = this.balancerFor(service).pick(mesh.candidates, ctx, mesh.tried);
+    }
+    return chains.guard(ctx, () => this.#callUpstream(ctx, mesh));
+  }
+
+  async #callUpstream(ctx: Context, mesh: MeshState): Promise<void> {
+    const instance = mesh.instance!;
+    mesh.tried.add(instance);
+    const left = mesh.deadline - performance.now();
+    if (left <= 0) throw new UpstreamTimeoutError(instance.url, mesh.service!.policy.timeout);
+    const timeout = mesh.tryTimeout > 0 ? Math.min(mesh.tryTimeout, left) : left;
+    const exchange = dispatchUpstream(this.#poolFor(instance, mesh.service!), {
+      instance,
+      method: ctx.req.method!,
+      path: instance.basePath + mesh.upstreamPath,
+      headers: mesh.upstreamHeaders,
+      body: mesh.body,
+      timeout: Math.ceil(timeout),
+    });
+    mesh.exchange = exchange;
+    if (mesh.clientGone) exchange.clientAborted();
+    try {
+      await exchange.headers;
+      mesh.upstreamMs = exchange.headersMs;
+      if (this.listenerCount('upstream:response') > 0) {
+        this.emit('upstream:response', instance, { status: exchange.statusCode, durationMs: exchange.headersMs });
+      }
+    } catch (err) {
+      const error = err as MeshError;
+      if (this.listenerCount('upstream:response') > 0) {
+        this.emit('upstream:response', instance, { status: 0, durationMs: performance.now() - exchange.startedAt, error: error.code });
+      }
+      throw err;
+    }
+  }
+
+  async #commit(ctx: Context, mesh: MeshState): Promise<void> {
+    const exchange = mesh.exchange!;
+    const res = ctx.res;
+    ctx.respond = false;
+    const gatewayMs = performance.now() - mesh.startedAt - exchange.headersMs;
+    const extra = takeSetHeaders(res);
+    extra.push('server-timing', `gateway;dur=${gatewayMs.toFixed(1)}, upstream;dur=${exchange.headersMs.toFixed(1)}`);
+    if (this.#closing) res.shouldKeepAlive = false;
+    await exchange.commit(res, responseHeaders(exchange.rawHeaders, extra));
+  }
+
+  #answerError(ctx: Context, mesh: MeshState, err: unknown): void {
+    const error = err instanceof MeshError ? err : new MeshError('MESH_ERR_INTERNAL', 500, String((err as Error)?.message ?? err), { cause: err, expose: false });
+    mesh.error = error;
+    const res = ctx.res;
+    ctx.respond = false;
+    if (!(err instanceof MeshError)) this.emit('gateway:error', err instanceof Error ? err : new Error(String(err)));
+    if (res.headersSent || res.destroyed || res.writableEnded || mesh.clientGone) {
+      if (!res.destroyed && !res.writableEnded) res.destroy();
+      return;
+    }
+    const body = JSON.stringify(error.toJSON());
+    const head = takeSetHeaders(res);
+    head.push('content-type', 'application/json; charset=utf-8', 'content-length', String(Buffer.byteLength(body)));
+    if (this.#closing) res.shouldKeepAlive = false;
+    // The request body may still be arriving; without reading it the connection cannot be reused.
+    if (!ctx.req.readableEnded) res.shouldKeepAlive = false;
+    res.writeHead(error.status, head);
+    res.end(body);
+  }
+
+  #poolFor(instance: Instance, service: Service) {
+    const tls = service.policy.tls;
+    if (!tls) return this.pools.get(instance.origin);
+    return this.pools.get(instance.origin, `tls:${service.name}`, { tls: this.#tlsOptions(service) });
+  }
+
+  #tlsOptions(service: Service): Record<string, unknown> {
+    const key = `tls:${service.name}`;
+    if (this.#services.has(key)) return this.#services.get(key) as Record<string, unknown>;
+    const tls = service.policy.tls!;
+    const options: Record<string, unknown> = { rejectUnauthorized: tls.rejectUnauthorized };
+    if (tls.ca) options.ca = readFileSync(this.resolvePath(tls.ca));
+    if (tls.cert) options.cert = readFileSync(this.resolvePath(tls.cert));
+    if (tls.key) options.key = readFileSync(this.resolvePath(tls.key));
+    if (tls.servername) options.servername = tls.servername;
+    this.#services.set(key, options);
+    return options;
+  }
+
+  #refOrigin(instance: Instance, delta: number): void {
+    const key = instance.origin;
+    const count = (this.#originRefs.get(key) ?? 0) + delta;
+    if (count > 0) {
+      this.#originRefs.set(key, count);
+      return;
+    }
+    this.#originRefs.delete(key);
+    if (delta < 0) {
+      this.pools.release(key);
+      const service = this.registry.getService(instance.service);
+      if (service?.policy.tls) this.pools.release(key, `tls:${service.name}`);
+    }
+  }
+}
+
+/**
+ * The body to send upstream. Normally the client's stream, untouched. When a body parser in the
+ * host app already read the stream, the parsed body is sent instead (re-serialized), so the
+ * request does not hang waiting for bytes that will never come.
+ */
+function requestBody(ctx: Context): IncomingMessage | Buffer | string | null {
+  const req = ctx.req;
+  const parsed = (ctx.request as { body?: unknown; rawBody?: unknown }).body;
+  if (parsed !== undefined && (req.readableEnded || req.readableDidRead)) {
+    const raw = (ctx.request as { rawBody?: unknown }).rawBody;
+    if (typeof raw === 'string' || Buffer.isBuffer(raw)) return raw;
+    if (typeof parsed === 'string' || Buffer.isBuffer(parsed)) return parsed;
+    const type = String(req.headers['content-type'] ?? '');
+    if (type.includes('application/x-www-form-urlencoded') && parsed && typeof parsed === 'object') {
+      return new URLSearchParams(parsed as Record<string, string>).toString();
+    }
+    return JSON.stringify(parsed);
+  }
+  const headers = req.headers;
+  const length = headers['content-length'];
+  if (headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')) return req;
+  return null;
+}
+
+/**
+ * Headers already set on the response (by the host app, or plugins with `ctx.set`), taken off
+ * it as a flat list so `writeHead` can send them with the upstream's without collapsing
+ * repeated upstream headers such as `Set-Cookie`.
+ */
+function takeSetHeaders(res: ServerResponse): string[] {
+  const names = res.getHeaderNames();
+  const out: string[] = [];
+  for (const name of names) {
+    const value = res.getHeader(name);
+    if (Array.isArray(value)) for (const v of value) out.push(name, v);
+    else if (value !== undefined) out.push(name, String(value));
+    res.removeHeader(name);
+  }
+  return out;
+}
+
+function urlHost(host: string): string {
+  if (host === '0.0.0.0' || host === '::' || host === '') return '127.0.0.1';
+  return host.includes(':') ? `[${host}]` : host;
+}

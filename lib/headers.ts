@@ -1,0 +1,93 @@
+import type { IncomingMessage } from 'node:http';
+
+/**
+ * Hop-by-hop headers (RFC 9110 7.6.1, plus the legacy `keep-alive`, `proxy-connection` and the
+ * proxy credentials of RFC 2616 13.5.1): they describe one connection and are never forwarded.
+ */
+export const HOP_BY_HOP: ReadonlySet<string> = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'http2-settings',
+]);
+
+/** Request headers the gateway owns: recomputed for the upstream, never copied from the client. */
+const GATEWAY_OWNED: ReadonlySet<string> = new Set([
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+  // The gateway answered `Expect: 100-continue` itself; the upstream gets the body right away.
+  'expect',
+]);
+
+/** Adds the lower-cased tokens of a `Connection` header value to `into` (created when null). */
+export function connectionTokens(value: string, into: Set<string> | null): Set<string> {
+  const set = into ?? new Set<string>();
+  for (const token of value.split(',')) {
+    const name = token.trim().toLowerCase();
+    if (name) set.add(name);
+  }
+  return set;
+}
+
+/** How the client reached the gateway, for the `X-Forwarded-*` headers. */
+export interface ForwardedInfo {
+  /** The client's address as the gateway saw it. */
+  remoteAddress: string;
+  /** `http` or `https`. */
+  proto: string;
+  /** When the body is replaced (a host app's body parser consumed the stream): its new length. */
+  bodyLength?: number;
+  /** Trust the client's own `X-Forwarded-For` chain and append to it. @default true */
+  appendForwardedFor?: boolean;
+}
+
+/**
+ * The headers for the upstream request, as a flat `[name, value, ...]` list: the client's headers
+ * without hop-by-hop headers (and those its `Connection` names), with `X-Forwarded-For` appended
+ * and `X-Forwarded-Proto` / `X-Forwarded-Host` set. `Host` is kept, as Envoy does.
+ */
+export function upstreamRequestHeaders(req: IncomingMessage, info: ForwardedInfo): string[] {
+  const raw = req.rawHeaders;
+  const out: string[] = [];
+  let named: Set<string> | null = null;
+  let forwardedFor = '';
+  let host = '';
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    const lower = name.toLowerCase();
+    if (lower === 'connection') {
+      named = connectionTokens(raw[i + 1]!, named);
+      continue;
+    }
+    if (HOP_BY_HOP.has(lower)) continue;
+    if (GATEWAY_OWNED.has(lower)) {
+      if (lower === 'x-forwarded-for' && info.appendForwardedFor !== false) {
+        forwardedFor = forwardedFor ? `${forwardedFor}, ${raw[i + 1]}` : raw[i + 1]!;
+      }
+      continue;
+    }
+    if (lower === 'host') host = raw[i + 1]!;
+    if (info.bodyLength !== undefined && lower === 'content-length') continue;
+    out.push(name, raw[i + 1]!);
+  }
+  if (named !== null) {
+    for (let i = out.length - 2; i >= 0; i -= 2) {
+      const lower = out[i]!.toLowerCase();
+      // Never let Connection strip what HTTP itself needs.
+      if (named.has(lower) && lower !== 'host' && lower !== 'content-length') out.splice(i, 2);
+    }
+  }
+  const client = info.remoteAddress;
+  out.push('x-forwarded-for', forwardedFor ? `${forwardedFor}, ${client}` : client);
+  out.push('x-forwarded-proto', info.proto);
+  if (host) out.push('x-forwarded-host', host);
+  if (info.bodyLength !== undefined) out.push('content-length', String(info.bodyLength));
+  return out;
+}

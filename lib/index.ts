@@ -1,0 +1,41 @@
+/**
+ * meshgate: a service-mesh gateway as a composable Koa pipeline.
+ * @example
+ * import { createGateway } from 'meshgate';
+ * const gateway = createGateway({ services: { users: { instances: [{ url: 'http://127.0.0.1:3001' }] } }, routes: [{ prefix: '/users', service: 'users' }] });
+ * await gateway.listen();
+ */
+import { builtinPlugins } from './builtins.js';
+import { validateConfig, type GatewayConfig, type GatewayConfigInput } from './config/index.js';
+import { Gateway, type GatewayOptions } from './gateway.js';
+import { loadPluginModules } from './plugin-loader.js';
+
+export { Gateway } from './gateway.js';
+export type { GatewayOptions, GatewayServices, ListenInfo } from './gateway.js';
+export { definePlugin, STAGES } from './plugin.js';
+export type { GatewayPlugin, Stage } from './plugin.js';
+export type { Middleware, Next } from './compose.js';
+export type { Balancer, BalancerFactory } from './balancer.js';
+export { RoundRobinBalancer } from './balancers/round-robin.js';
+export { Registry, Service, Instance, UnknownInstanceError, UnknownServiceError } from './registry.js';
+export type { Health, CircuitState, InstanceSpec } from './registry.js';
+export type { GatewayEvents, RemovalReason } from './events.js';
+export { MeshState } from './state.js';
+export type { Route } from './router.js';
+export * from './errors.js';
+export { validateConfig, parseConfig, loadConfigFile, parseDuration } from './config/index.js';
+export type { GatewayConfig, GatewayConfigInput, ServiceConfig, RouteConfig } from './config/index.js';
+export type { Logger } from './logger.js';
+
+/**
+ * Creates a gateway from a config object (validated here: a bad field throws a `ConfigError`
+ * naming its path). Built-in plugins for the config's sections are registered; add your own with
+ * `gateway.use(plugin)` before `listen()` or the first request.
+ */
+export function createGateway(config: GatewayConfigInput | GatewayConfig = {}, options: GatewayOptions = {}): Gateway {
+  const valid = validateConfig(config);
+  const gateway = new Gateway(valid, options);
+  for (const plugin of builtinPlugins(valid)) gateway.use(plugin);
+  if (valid.plugins.length > 0) gateway.use(loadPluginModules(valid.plugins));
+  return gateway;
+}

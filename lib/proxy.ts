@@ -1,0 +1,396 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Pool, type Dispatcher } from 'undici';
+import {
+  ClientAbortedError,
+  MeshError,
+  UpstreamConnectError,
+  UpstreamResetError,
+  UpstreamTimeoutError,
+} from './errors.js';
+import { HOP_BY_HOP, connectionTokens } from './headers.js';
+import type { Instance } from './registry.js';
+
+/** Options for every upstream connection pool. */
+export interface PoolOptions {
+  /**
+   * Idle keep-alive time of upstream sockets. Kept below the usual upstream idle timeout (Node's
+   * is 5 s) so the gateway closes an idle socket before the upstream does.
+   * @default 4000
+   */
+  keepAliveTimeout?: number;
+  /** Most connections per upstream origin. @default unlimited */
+  connections?: number;
+  /** TCP connect timeout in ms. @default 5000 */
+  connectTimeout?: number;
+  /** TLS options to the instances (`ca`, `cert`, `key`, `servername`, `rejectUnauthorized`). */
+  tls?: Record<string, unknown>;
+}
+
+/**
+ * One undici Pool per upstream origin (and TLS profile), owned by a gateway. Pools whose
+ * instances all left are closed gracefully, so churn does not leak sockets.
+ */
+export class UpstreamPools {
+  readonly #pools = new Map<string, Pool>();
+  readonly #defaults: PoolOptions;
+  #closed = false;
+
+  constructor(defaults: PoolOptions = {}) {
+    this.#defaults = defaults;
+  }
+
+  /** The pool for an origin; `profile` separates pools with different TLS options for one origin. */
+  get(origin: string, profile = '', options?: PoolOptions): Pool {
+    const key = profile ? `${profile}|${origin}` : origin;
+    let pool = this.#pools.get(key);
+    if (pool) return pool;
+    if (this.#closed) throw new MeshError('MESH_ERR_CLOSING', 503, 'gateway is shutting down');
+    const opts = { ...this.#defaults, ...options };
+    pool = new Pool(origin, {
+      connections: opts.connections ?? null,
+      keepAliveTimeout: opts.keepAliveTimeout ?? 4000,
+      // Never trust a server hint to keep a socket longer than our own limit.
+      keepAliveMaxTimeout: opts.keepAliveTimeout ?? 4000,
+      connect: { timeout: opts.connectTimeout ?? 5000, ...opts.tls },
+      headersTimeout: 0,
+      bodyTimeout: 0,
+    });
+    this.#pools.set(key, pool);
+    return pool;
+  }
+
+  /** Closes the pool of an origin once its queued requests finish (when no instance uses it any more). */
+  release(origin: string, profile = ''): void {
+    const key = profile ? `${profile}|${origin}` : origin;
+    const pool = this.#pools.get(key);
+    if (!pool) return;
+    this.#pools.delete(key);
+    pool.close().catch(() => {
+      // close() only rejects if already destroyed, which means it is already gone
+    });
+  }
+
+  get size(): number {
+    return this.#pools.size;
+  }
+
+  /** Closes every pool: waits for running requests, then destroys what is left after `graceMs`. */
+  async close(graceMs = 1000): Promise<void> {
+    this.#closed = true;
+    const pools = [...this.#pools.values()];
+    this.#pools.clear();
+    await Promise.all(
+      pools.map(async (pool) => {
+        const timer = setTimeout(() => pool.destroy().catch(() => {}), graceMs);
+        timer.unref();
+        try {
+          await pool.close();
+        } catch {
+          // already destroyed by the grace timer: nothing left to close
+        } finally {
+          clearTimeout(timer);
+        }
+      }),
+    );
+  }
+}
+
+/** What one attempt sends upstream. */
+export interface UpstreamRequest {
+  instance: Instance;
+  method: string;
+  /** Path and query the upstream sees, including the instance's base path. */
+  path: string;
+  /** Flat `[name, value, name, value, ...]` list, hop-by-hop headers already removed. */
+  headers: string[];
+  /** The body: the client's request stream, a replayable buffer, or nothing. */
+  body: IncomingMessage | Buffer | string | null;
+  /** Per-attempt deadline until the response headers, in ms. */
+  timeout: number;
+}
+
+type ExchangeState = 'waiting' | 'headers' | 'streaming' | 'done' | 'failed';
+
+/**
+ * One request to one instance, and its undici dispatch handler (the legacy handler API, which
+ * undici 7 runs natively). The response is held at its headers until {@link commit}: the guard
+ * stage sees the status first and may {@link discard} it (for a retry) before a byte reaches the
+ * client. Once committed, body chunks go straight to the client's socket with backpressure.
+ */
+export class UpstreamExchange implements Dispatcher.DispatchHandler {
+  readonly instance: Instance;
+  readonly startedAt = performance.now();
+  /** Response status, 0 until the headers arrive. */
+  statusCode = 0;
+  /** Response headers as undici gave them (raw name/value buffers). */
+  rawHeaders: Buffer[] = [];
+  /** Time to response headers in ms. */
+  headersMs = 0;
+  /** Request body bytes written to the upstream; 0 means a failed attempt is safe to replay. */
+  bodyBytesSent = 0;
+  /** Response body bytes passed to the client. */
+  bytesReceived = 0;
+  state: ExchangeState = 'waiting';
+
+  #abort: ((err?: Error) => void) | null = null;
+  #abortReason: Error | null = null;
+  #resume: (() => void) | null = null;
+  #res: ServerResponse | null = null;
+  #early: Buffer[] | null = null;
+  #complete = false;
+  #timer: NodeJS.Timeout | null = null;
+  readonly #timeout: number;
+  #onHeaders!: (exchange: UpstreamExchange) => void;
+  #onHeadersError!: (err: Error) => void;
+  #onDone: ((err?: Error) => void) | null = null;
+  /** Settles when the response headers arrive (resolves) or the attempt fails before them (rejects). */
+  readonly headers: Promise<UpstreamExchange>;
+
+  constructor(instance: Instance, timeout: number) {
+    this.instance = instance;
+    this.#timeout = timeout;
+    this.headers = new Promise((resolve, reject) => {
+      this.#onHeaders = resolve;
+      this.#onHeadersError = reject;
+    });
+    instance.inflight++;
+    if (timeout > 0) {
+      this.#timer = setTimeout(() => this.abort(new UpstreamTimeoutError(instance.url, timeout)), timeout);
+      this.#timer.unref();
+    }
+  }
+
+  // undici handler API --------------------------------------------------------------------
+
+  onConnect(abort: (err?: Error) => void): void {
+    if (this.#abortReason) abort(this.#abortReason);
+    else this.#abort = abort;
+  }
+
+  onBodySent(_chunkSize: number, totalBytesSent: number): void {
+    this.bodyBytesSent = totalBytesSent;
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
+    // 1xx responses other than 101 are informational; undici passes only final ones here, but be safe.
+    if (statusCode < 200) return true;
+    this.#clearTimer();
+    this.statusCode = statusCode;
+    this.rawHeaders = rawHeaders;
+    this.headersMs = performance.now() - this.startedAt;
+    this.#resume = resume;
+    this.state = 'headers';
+    this.#onHeaders(this);
+    // Pause until commit() or discard(): the guard stage decides what happens to this response.
+    return this.#res !== null;
+  }
+
+  onData(chunk: Buffer): boolean {
+    const res = this.#res;
+    if (res === null) {
+      (this.#early ??= []).push(chunk);
+      return false;
+    }
+    this.bytesReceived += chunk.length;
+    return res.write(chunk);
+  }
+
+  onComplete(): void {
+    this.#complete = true;
+    if (this.#res !== null) this.#finish();
+  }
+
+  onError(err: Error): void {
+    this.#clearTimer();
+    const reason = this.#abortReason ?? err;
+    if (this.state === 'waiting') {
+      this.state = 'failed';
+      this.#release();
+      this.#onHeadersError(toMeshError(reason, this.instance, this.#timeout));
+      return;
+    }
+    this.#fail(reason);
+  }
+
+  // gateway API ----------------------------------------------------------------------------
+
+  /**
+   * Sends the held response to the client: `head` is the status line's headers (already filtered),
+   * then the body streams through. Resolves when the last byte is handed to the socket; rejects
+   * when the upstream or the client breaks off.
+   */
+  commit(res: ServerResponse, head: string[]): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.#onDone = (err) => (err ? reject(err) : resolve());
+      this.#res = res;
+      this.state = 'streaming';
+      res.writeHead(this.statusCode, head);
+      res.on('drain', this.#drain);
+      const early = this.#early;
+      this.#early = null;
+      let flowing = true;
+      if (early) {
+        for (const chunk of early) {
+          this.bytesReceived += chunk.length;
+          flowing = res.write(chunk);
+        }
+      }
+      if (this.#complete) this.#finish();
+      else if (flowing) this.#resume?.();
+    });
+  }
+
+  /** Drops a held response (or a pending attempt) and frees its socket. */
+  discard(): void {
+    this.abort(new UpstreamResetError(this.instance.url, { code: 'MESH_DISCARDED' }));
+  }
+
+  /** Aborts the exchange with `reason`, whatever state it is in. */
+  abort(reason: Error): void {
+    if (this.state === 'done' || this.state === 'failed') return;
+    this.#abortReason ??= reason;
+    // A response that already arrived whole has nothing left in undici to abort.
+    if (this.#complete) this.#fail(reason);
+    else if (this.#abort) this.#abort(reason);
+    // Otherwise undici has not called onConnect yet; it will see #abortReason there.
+  }
+
+  /** Ends the exchange because the client went away. */
+  clientAborted(): void {
+    this.abort(new ClientAbortedError());
+  }
+
+  readonly #drain = (): void => {
+    this.#resume?.();
+  };
+
+  #finish(): void {
+    if (this.state === 'done' || this.state === 'failed') return;
+    this.state = 'done';
+    this.#release();
+    const res = this.#res!;
+    res.off('drain', this.#drain);
+    res.end();
+    this.#onDone?.();
+  }
+
+  #fail(err: Error): void {
+    if (this.state === 'done' || this.state === 'failed') return;
+    this.state = 'failed';
+    this.#release();
+    const res = this.#res;
+    if (res) {
+      res.off('drain', this.#drain);
+      // Headers are out: the only honest signal left is to cut the client's connection.
+      if (!res.destroyed) res.destroy();
+    }
+    this.#onDone?.(toMeshError(err, this.instance, this.#timeout));
+  }
+
+  #release(): void {
+    this.#clearTimer();
+    this.instance.inflight--;
+    this.#resume = null;
+    this.#early = null;
+  }
+
+  #clearTimer(): void {
+    if (this.#timer !== null) {
+      clearTimeout(this.#timer);
+      this.#timer = null;
+    }
+  }
+}
+
+/** Starts one attempt. The returned exchange's `headers` promise settles at the response headers. */
+export function dispatchUpstream(pool: Pool, req: UpstreamRequest): UpstreamExchange {
+  const exchange = new UpstreamExchange(req.instance, req.timeout);
+  pool.dispatch(
+    {
+      origin: req.instance.origin,
+      path: req.path,
+      method: req.method as Dispatcher.HttpMethod,
+      headers: req.headers,
+      body: req.body,
+      // The exchange runs its own deadline until the headers; after them the body may stream as long as it needs.
+      headersTimeout: 0,
+      bodyTimeout: 0,
+      // Upgrades (WebSocket) are not proxied; undici rejects them with an error we map to 502.
+    },
+    exchange,
+  );
+  return exchange;
+}
+
+/**
+ * The response headers to send to the client: the upstream's, minus hop-by-hop headers and any
+ * header the upstream's `Connection` names, plus `extra` (already flat).
+ */
+export function responseHeaders(raw: Buffer[], extra: string[]): string[] {
+  const out: string[] = [];
+  let named: Set<string> | null = null;
+  const replaced = replacedNames(extra);
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toString('latin1');
+    const lower = name.toLowerCase();
+    if (lower === 'connection') {
+      named = connectionTokens(raw[i + 1]!.toString('latin1'), named);
+      continue;
+    }
+    if (HOP_BY_HOP.has(lower) || (replaced !== null && replaced.has(lower))) continue;
+    out.push(name, raw[i + 1]!.toString('latin1'));
+  }
+  if (named !== null) {
+    for (let i = out.length - 2; i >= 0; i -= 2) {
+      if (named.has(out[i]!.toLowerCase())) out.splice(i, 2);
+    }
+  }
+  for (let i = 0; i < extra.length; i++) out.push(extra[i]!);
+  return out;
+}
+
+/**
+ * Headers the gateway set itself replace the upstream's of the same name; `Set-Cookie` and
+ * `Server-Timing` are lists, so both sides' entries are kept.
+ */
+function replacedNames(extra: string[]): Set<string> | null {
+  let names: Set<string> | null = null;
+  for (let i = 0; i < extra.length; i += 2) {
+    const lower = extra[i]!.toLowerCase();
+    if (lower === 'set-cookie' || lower === 'server-timing') continue;
+    (names ??= new Set()).add(lower);
+  }
+  return names;
+}
+
+const CONNECT_CODES = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EHOSTDOWN',
+  'EADDRNOTAVAIL',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'ERR_SSL_WRONG_VERSION_NUMBER',
+]);
+
+/** Maps what undici or the socket threw to the gateway's own error for that failure. */
+export function toMeshError(err: Error, instance: Instance, timeout: number): MeshError {
+  if (err instanceof MeshError) return err;
+  const code = (err as { code?: string }).code ?? '';
+  if (CONNECT_CODES.has(code) || code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_')) {
+    return new UpstreamConnectError(instance.url, err);
+  }
+  if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
+    return new UpstreamTimeoutError(instance.url, timeout, err);
+  }
+  return new UpstreamResetError(instance.url, err);
+}

@@ -1,0 +1,261 @@
+import { randomUUID } from 'node:crypto';
+import type { ServiceConfig } from './config/schema.js';
+import { MeshError } from './errors.js';
+import type { MeshEmitter, RemovalReason } from './events.js';
+
+/** Health as decided by health checks, heartbeats or an operator. */
+export type Health = 'healthy' | 'unhealthy' | 'draining';
+/** Circuit breaker state, kept on the instance so balancers can skip open circuits. */
+export type CircuitState = 'closed' | 'open' | 'half-open';
+
+/** What a discovery source knows about an instance. */
+export interface InstanceSpec {
+  url: string;
+  /** Defaults to the URL's `host:port` (plus path, if any): stable across gateways and restarts. */
+  id?: string;
+  /** @default 1 */
+  weight?: number;
+  metadata?: Record<string, unknown>;
+  zone?: string;
+  /** Lease length in ms: the instance leaves when no heartbeat renews it within this time. */
+  ttl?: number;
+  /** Which discovery source owns it: `static`, `admin`, `redis`, `dns`, ... */
+  source?: string;
+}
+
+/** One running copy of a service. Change `health` and `circuit` through the {@link Registry} so events fire. */
+export class Instance {
+  readonly id: string;
+  readonly service: string;
+  readonly url: string;
+  /** `protocol://host:port`, the key of the connection pool. */
+  readonly origin: string;
+  /** Path prefix of the URL without trailing slash (`''` for none), prepended to forwarded paths. */
+  readonly basePath: string;
+  weight: number;
+  metadata: Record<string, unknown>;
+  zone: string | undefined;
+  ttl: number | undefined;
+  source: string;
+  health: Health = 'healthy';
+  circuit: CircuitState = 'closed';
+  /** When a heartbeat last renewed the lease (epoch ms). */
+  lastHeartbeat: number | undefined;
+  /** When this gateway learnt of the instance (epoch ms); slow start counts from here. */
+  readonly addedAt = Date.now();
+  /** Requests this gateway has in flight to the instance, maintained by the proxy. */
+  inflight = 0;
+
+  constructor(service: string, spec: InstanceSpec) {
+    const url = new URL(spec.url);
+    this.service = service;
+    this.url = spec.url;
+    this.origin = url.origin;
+    this.basePath = url.pathname === '/' ? '' : url.pathname.replace(/\/+$/, '');
+    this.id = spec.id ?? defaultInstanceId(url);
+    this.weight = spec.weight ?? 1;
+    this.metadata = spec.metadata ?? {};
+    this.zone = spec.zone;
+    this.ttl = spec.ttl;
+    this.source = spec.source ?? 'static';
+    if (spec.ttl !== undefined) this.lastHeartbeat = Date.now();
+  }
+
+  /** A plain-object view for the admin API and events. */
+  toJSON(): Record<string, unknown> {
+    return {
+      id: this.id,
+      service: this.service,
+      url: this.url,
+      weight: this.weight,
+      zone: this.zone,
+      metadata: this.metadata,
+      health: this.health,
+      circuit: this.circuit,
+      inflight: this.inflight,
+      source: this.source,
+      ttl: this.ttl,
+      lastHeartbeat: this.lastHeartbeat === undefined ? undefined : new Date(this.lastHeartbeat).toISOString(),
+    };
+  }
+}
+
+/** The default instance id: `host:port`, plus the path when the URL has one. */
+export function defaultInstanceId(url: URL): string {
+  const port = url.port || (url.protocol === 'https:' ? '443' : '80');
+  const path = url.pathname === '/' ? '' : url.pathname;
+  return `${url.hostname}:${port}${path}`;
+}
+
+/** A named service: its config (`policy`) and its instances. */
+export class Service {
+  readonly name: string;
+  readonly policy: ServiceConfig;
+  readonly instances = new Map<string, Instance>();
+  #candidates: Instance[] | null = null;
+
+  constructor(name: string, policy: ServiceConfig) {
+    this.name = name;
+    this.policy = policy;
+  }
+
+  /**
+   * The instances a request may go to: healthy and not behind an open circuit. When fewer than
+   * `panicThreshold` percent of the instances are usable, all instances but draining ones are
+   * candidates (Envoy's panic mode): better a chance of success than a certain 503.
+   * Cached; the registry invalidates it on every change.
+   */
+  candidates(): readonly Instance[] {
+    return (this.#candidates ??= this.#computeCandidates());
+  }
+
+  /** Whether the last {@link candidates} computation fell into panic mode. */
+  panic = false;
+
+  /** @internal called by the registry whenever an instance, its health or its circuit changes. */
+  invalidate(): void {
+    this.#candidates = null;
+  }
+
+  #computeCandidates(): Instance[] {
+    const all: Instance[] = [];
+    const usable: Instance[] = [];
+    for (const inst of this.instances.values()) {
+      if (inst.health === 'draining') continue;
+      all.push(inst);
+      if (inst.health === 'healthy' && inst.circuit !== 'open') usable.push(inst);
+    }
+    this.panic = all.length > 0 && usable.length * 100 < all.length * this.policy.panicThreshold;
+    return this.panic ? all : usable;
+  }
+
+  toJSON(): Record<string, unknown> {
+    return {
+      name: this.name,
+      balancer: this.policy.balancer,
+      instances: [...this.instances.values()].map((i) => i.toJSON()),
+    };
+  }
+}
+
+/** The instance asked for is not known (404 from the admin API). */
+export class UnknownInstanceError extends MeshError {
+  constructor(service: string, id: string) {
+    super('MESH_ERR_UNKNOWN_INSTANCE', 404, `service "${service}" has no instance "${id}"`);
+  }
+}
+
+/** The service asked for is not known (404 from the admin API). */
+export class UnknownServiceError extends MeshError {
+  constructor(service: string) {
+    super('MESH_ERR_UNKNOWN_SERVICE', 404, `unknown service "${service}"`);
+  }
+}
+
+/**
+ * The in-memory catalog every request reads. Discovery plugins write to it; everything that
+ * changes it emits an event on the gateway. Never touched by I/O on the request path.
+ */
+export class Registry {
+  readonly #services = new Map<string, Service>();
+  readonly #events: MeshEmitter;
+
+  constructor(events: MeshEmitter) {
+    this.#events = events;
+  }
+
+  /** Adds a service with its policy. Adding an existing name returns the existing service. */
+  addService(name: string, policy: ServiceConfig): Service {
+    let service = this.#services.get(name);
+    if (service) return service;
+    service = new Service(name, policy);
+    this.#services.set(name, service);
+    this.#events.emit('service:added', service);
+    return service;
+  }
+
+  getService(name: string): Service | undefined {
+    return this.#services.get(name);
+  }
+
+  /** Like {@link getService}, but throws {@link UnknownServiceError}. */
+  requireService(name: string): Service {
+    const service = this.#services.get(name);
+    if (!service) throw new UnknownServiceError(name);
+    return service;
+  }
+
+  services(): IterableIterator<Service> {
+    return this.#services.values();
+  }
+
+  getInstance(service: string, id: string): Instance | undefined {
+    return this.#services.get(service)?.instances.get(id);
+  }
+
+  /**
+   * Adds an instance, or updates the one with the same id (weight, metadata, lease) while
+   * keeping its health and circuit state: re-registration is idempotent.
+   */
+  upsertInstance(serviceName: string, spec: InstanceSpec): Instance {
+    const service = this.requireService(serviceName);
+    const fresh = new Instance(serviceName, spec);
+    const existing = service.instances.get(fresh.id);
+    if (existing) {
+      existing.weight = fresh.weight;
+      existing.metadata = fresh.metadata;
+      existing.zone = fresh.zone;
+      existing.ttl = fresh.ttl;
+      existing.source = fresh.source;
+      if (fresh.ttl !== undefined) existing.lastHeartbeat = Date.now();
+      service.invalidate();
+      this.#events.emit('instance:updated', existing);
+      return existing;
+    }
+    service.instances.set(fresh.id, fresh);
+    service.invalidate();
+    this.#events.emit('instance:added', fresh);
+    return fresh;
+  }
+
+  /** Removes an instance; returns it, or `undefined` when it was not there. */
+  removeInstance(serviceName: string, id: string, reason: RemovalReason = 'deregistered'): Instance | undefined {
+    const service = this.#services.get(serviceName);
+    const instance = service?.instances.get(id);
+    if (!service || !instance) return undefined;
+    service.instances.delete(id);
+    service.invalidate();
+    this.#events.emit('instance:removed', instance, reason);
+    return instance;
+  }
+
+  /** Renews an instance's lease. Throws {@link UnknownInstanceError} so the caller re-registers. */
+  heartbeat(serviceName: string, id: string): Instance {
+    const instance = this.getInstance(serviceName, id);
+    if (!instance) throw new UnknownInstanceError(serviceName, id);
+    instance.lastHeartbeat = Date.now();
+    this.#events.emit('instance:heartbeat', instance);
+    return instance;
+  }
+
+  setHealth(instance: Instance, health: Health, reason: string): void {
+    if (instance.health === health) return;
+    const previous = instance.health;
+    instance.health = health;
+    this.#services.get(instance.service)?.invalidate();
+    this.#events.emit('instance:health', instance, previous, reason);
+  }
+
+  setCircuit(instance: Instance, circuit: CircuitState): void {
+    if (instance.circuit === circuit) return;
+    const previous = instance.circuit;
+    instance.circuit = circuit;
+    this.#services.get(instance.service)?.invalidate();
+    this.#events.emit('circuit:state', instance, previous);
+  }
+
+  /** A fresh random id, for sources that have no natural one. */
+  static randomId(): string {
+    return randomUUID();
+  }
+}

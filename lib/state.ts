@@ -1,0 +1,54 @@
+import type { IncomingMessage } from 'node:http';
+import type { MeshError } from './errors.js';
+import type { UpstreamExchange } from './proxy.js';
+import type { Instance, Service } from './registry.js';
+import type { Route } from './router.js';
+
+/**
+ * Per-request state, at `ctx.state.mesh`. Created by the core with every field present, so its
+ * shape never changes (fast property access) and plugins never test for existence.
+ */
+export class MeshState {
+  /** The matched route, or null when none matched. */
+  route: Route | null = null;
+  /** The route's service. */
+  service: Service | null = null;
+  /** Instances the balancer may pick from for this attempt; select-stage middleware may narrow it. */
+  candidates: readonly Instance[] = [];
+  /** The instance of the current attempt, set by the select stage. */
+  instance: Instance | null = null;
+  /** 1 for the first try, 2 for the first retry, ... */
+  attempt = 0;
+  /** Instances already tried; balancers avoid them on a retry. */
+  readonly tried = new Set<Instance>();
+  /** Normalized request path (no query). */
+  path = '';
+  /** The raw query string, with its leading `?`, or `''`. */
+  query = '';
+  /** Path and query to send upstream (before the instance's base path). */
+  upstreamPath = '';
+  /** The request body to send: the client's stream, a replayable buffer, or null for none. */
+  body: IncomingMessage | Buffer | string | null = null;
+  /** Headers for the upstream, built once per request. Plugins may push `name, value` pairs. */
+  upstreamHeaders: string[] = [];
+  /** Epoch of the request in `performance.now()` ms. */
+  readonly startedAt = performance.now();
+  /** Absolute deadline (`performance.now()` ms) across all attempts; Infinity for none. */
+  deadline = Infinity;
+  /** Per-attempt timeout in ms set by the retry stage; 0 means "until the deadline". */
+  tryTimeout = 0;
+  /** The current attempt's exchange; after the pipeline, the response that is sent. */
+  exchange: UpstreamExchange | null = null;
+  /** The error the request was answered with, if any. */
+  error: MeshError | null = null;
+  /** The client went away; the pipeline stops at the next step. */
+  clientGone = false;
+  /** Time the upstream took to send response headers in the final attempt, ms. */
+  upstreamMs = 0;
+}
+
+declare module 'koa' {
+  interface DefaultState {
+    mesh: MeshState;
+  }
+}
