@@ -7,7 +7,7 @@ import { isAbsolute, resolve as resolvePath } from 'node:path';
 import Koa, { type Context } from 'koa';
 import { AdminServer } from './admin/server.js';
 import type { Balancer, BalancerFactory } from './balancer.js';
-import { RoundRobinBalancer } from './balancers/round-robin.js';
+import { BUILTIN_BALANCERS } from './balancers/index.js';
 import { compose, type Middleware, type Next } from './compose.js';
 import type { GatewayConfig } from './config/schema.js';
 import {
@@ -46,6 +46,8 @@ export interface GatewayOptions {
   logger?: Logger;
   /** Options for every upstream connection pool. */
   pool?: PoolOptions;
+  /** Random source of the balancers, uniform in [0, 1); pass a seeded one for reproducible runs. @default Math.random */
+  random?: () => number;
 }
 
 /** Where the gateway is listening, after {@link Gateway.listen}. */
@@ -74,6 +76,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   /** The admin (control-plane) server; plugins add routes to `admin.router`. */
   readonly admin: AdminServer;
   readonly baseDir: string;
+  /** The balancers' random source. */
+  readonly random: () => number;
 
   readonly #plugins: GatewayPlugin[] = [];
   readonly #pluginNames = new Set<string>();
@@ -102,7 +106,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     this.router = new Router(config.routes);
     this.pools = new UpstreamPools(options.pool);
     this.admin = new AdminServer(this);
-    this.defineBalancer('round-robin', () => new RoundRobinBalancer());
+    this.random = options.random ?? Math.random;
+    for (const [name, factory] of Object.entries(BUILTIN_BALANCERS)) this.defineBalancer(name, factory);
     for (const [name, policy] of Object.entries(config.services)) this.registry.addService(name, policy);
     this.on('instance:added', (inst) => this.#refOrigin(inst, 1));
     this.on('instance:removed', (inst) => this.#refOrigin(inst, -1));
@@ -188,7 +193,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     if (!balancer) {
       const factory = this.#balancerFactories.get(service.policy.balancer);
       if (!factory) throw new ConfigError([{ path: `services.${service.name}.balancer`, message: `unknown balancer "${service.policy.balancer}"` }]);
-      balancer = factory(service);
+      balancer = factory(service, { random: this.random });
       this.#balancers.set(service, balancer);
     }
     return balancer;
@@ -445,14 +450,17 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     });
     mesh.exchange = exchange;
     if (mesh.clientGone) exchange.clientAborted();
+    const balancer = this.balancerFor(mesh.service!);
     try {
       await exchange.headers;
       mesh.upstreamMs = exchange.headersMs;
+      balancer.observe?.(instance, exchange.headersMs, exchange.statusCode >= 500);
       if (this.listenerCount('upstream:response') > 0) {
         this.emit('upstream:response', instance, { status: exchange.statusCode, durationMs: exchange.headersMs });
       }
     } catch (err) {
       const error = err as MeshError;
+      balancer.observe?.(instance, performance.now() - exchange.startedAt, true);
       if (this.listenerCount('upstream:response') > 0) {
         this.emit('upstream:response', instance, { status: 0, durationMs: performance.now() - exchange.startedAt, error: error.code });
       }

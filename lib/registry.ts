@@ -41,8 +41,10 @@ export class Instance {
   circuit: CircuitState = 'closed';
   /** When a heartbeat last renewed the lease (epoch ms). */
   lastHeartbeat: number | undefined;
-  /** When this gateway learnt of the instance (epoch ms); slow start counts from here. */
+  /** When this gateway learnt of the instance (epoch ms). */
   readonly addedAt = Date.now();
+  /** When the instance last became usable: added, or back to healthy (epoch ms). Slow start counts from here. */
+  readySince = this.addedAt;
   /** Requests this gateway has in flight to the instance, maintained by the proxy. */
   inflight = 0;
 
@@ -92,6 +94,8 @@ export class Service {
   readonly name: string;
   readonly policy: ServiceConfig;
   readonly instances = new Map<string, Instance>();
+  /** Bumped whenever an instance joins, leaves or changes weight: balancers that precompute (rings) rebuild on change. */
+  membershipVersion = 0;
   #candidates: Instance[] | null = null;
 
   constructor(name: string, policy: ServiceConfig) {
@@ -208,11 +212,13 @@ export class Registry {
       existing.ttl = fresh.ttl;
       existing.source = fresh.source;
       if (fresh.ttl !== undefined) existing.lastHeartbeat = Date.now();
+      service.membershipVersion++;
       service.invalidate();
       this.#events.emit('instance:updated', existing);
       return existing;
     }
     service.instances.set(fresh.id, fresh);
+    service.membershipVersion++;
     service.invalidate();
     this.#events.emit('instance:added', fresh);
     return fresh;
@@ -224,6 +230,7 @@ export class Registry {
     const instance = service?.instances.get(id);
     if (!service || !instance) return undefined;
     service.instances.delete(id);
+    service.membershipVersion++;
     service.invalidate();
     this.#events.emit('instance:removed', instance, reason);
     return instance;
@@ -242,6 +249,7 @@ export class Registry {
     if (instance.health === health) return;
     const previous = instance.health;
     instance.health = health;
+    if (health === 'healthy') instance.readySince = Date.now();
     this.#services.get(instance.service)?.invalidate();
     this.#events.emit('instance:health', instance, previous, reason);
   }

@@ -1,57 +1,110 @@
 import type { Balancer } from '../balancer.js';
-import type { Instance } from '../registry.js';
+import type { Instance, Service } from '../registry.js';
+import { rampEndsAt, weightFunction, type WeightOf } from './weights.js';
+
+/** Longest precomputed cycle, in picks; beyond it (or while weights ramp) each pick is computed. */
+const MAX_CYCLE = 10_000;
+/** Most work (instances x cycle) spent precomputing one cycle. */
+const MAX_BUILD_WORK = 2_000_000;
 
 /**
- * Smooth weighted round-robin (nginx): each pick adds every candidate's weight to its running
- * score, takes the highest, and subtracts the total from the winner. Weights 3:1 give `a a b a`,
- * never long runs on the heavy instance; equal weights give an exact rotation.
- * Per-instance scores live in a WeakMap, so instances that leave take their state with them.
+ * Smooth weighted round-robin (nginx's algorithm): each step adds every candidate's weight to its
+ * running score, takes the highest, and subtracts the total from the winner. Weights 3:1 give
+ * `a a b a`; equal weights give an exact rotation.
  *
- * With equal weights (the common case) it is a plain rotating index: O(1) per pick.
+ * O(1) per pick: one full cycle (sum of weights / gcd picks) is precomputed for the service's
+ * candidate list and replayed; it is rebuilt when the list changes (the registry hands out a new
+ * array on every change). While slow start ramps weights, or for candidate lists narrowed by a
+ * plugin, each pick runs the O(n) step directly.
  */
 export class RoundRobinBalancer implements Balancer {
+  readonly #service: Service | undefined;
+  readonly #weightOf: WeightOf;
+  readonly #now: () => number;
+  /** Running scores of the step-by-step algorithm; WeakMap so leavers take theirs along. */
+  readonly #score = new WeakMap<Instance, number>();
+  #cycleFor: readonly Instance[] | null = null;
+  #cycle: readonly Instance[] = [];
+  #rampUntil = 0;
   #next = 0;
-  readonly #current = new WeakMap<Instance, number>();
-  /** Effective weight of an instance; slow start plugs in here. */
-  readonly #weightOf: (instance: Instance) => number;
 
-  constructor(weightOf: (instance: Instance) => number = (i) => i.weight) {
-    this.#weightOf = weightOf;
+  constructor(service?: Service, now: () => number = Date.now) {
+    this.#service = service;
+    this.#now = now;
+    this.#weightOf = service ? weightFunction(service, now) : (i) => i.weight;
   }
 
-  pick(candidates: readonly Instance[], _ctx: unknown, exclude?: ReadonlySet<Instance>): Instance {
-    const n = candidates.length;
-    if (n === 1) return candidates[0]!;
-    if (this.#uniform(candidates)) {
-      for (let tries = 0; tries < n; tries++) {
-        const inst = candidates[this.#next++ % n]!;
-        if (this.#next >= 0x3fffffff) this.#next = 0;
-        if (!exclude?.has(inst)) return inst;
-      }
-      return candidates[this.#next++ % n]!;
+  pick(candidates: readonly Instance[], _ctx?: unknown, exclude?: ReadonlySet<Instance>): Instance {
+    if (candidates.length === 1) return candidates[0]!;
+    if (candidates !== this.#cycleFor) this.#rebuild(candidates);
+    if (this.#rampUntil > this.#now() || this.#cycle.length === 0) return this.#step(candidates, exclude);
+    const cycle = this.#cycle;
+    for (let tries = 0; tries < cycle.length; tries++) {
+      const inst = cycle[this.#next]!;
+      this.#next = this.#next + 1 === cycle.length ? 0 : this.#next + 1;
+      if (exclude === undefined || !exclude.has(inst)) return inst;
     }
+    return cycle[this.#next]!;
+  }
+
+  #rebuild(candidates: readonly Instance[]): void {
+    this.#cycleFor = candidates;
+    this.#next = 0;
+    this.#cycle = [];
+    // A list a plugin narrowed for one request is not worth a cycle: it will not come back.
+    if (this.#service && candidates !== this.#service.candidates()) return;
+    this.#rampUntil = this.#service ? rampEndsAt(this.#service, candidates) : 0;
+    const weights = candidates.map((c) => c.weight);
+    if (weights.every((w) => w === weights[0])) {
+      this.#cycle = candidates;
+      return;
+    }
+    const g = weights.reduce(gcd);
+    const length = weights.reduce((a, b) => a + b, 0) / g;
+    if (!Number.isInteger(length) || length > MAX_CYCLE || length * candidates.length > MAX_BUILD_WORK) return;
+    const scores = new Array<number>(candidates.length).fill(0);
+    const cycle: Instance[] = [];
+    for (let step = 0; step < length; step++) cycle.push(candidates[smoothStep(weights, scores)]!);
+    this.#cycle = cycle;
+  }
+
+  /** One step of the smooth algorithm over live (possibly ramping) weights. */
+  #step(candidates: readonly Instance[], exclude?: ReadonlySet<Instance>): Instance {
     let total = 0;
-    let best: Instance | undefined;
+    let best = -1;
     let bestScore = -Infinity;
-    for (let i = 0; i < n; i++) {
+    for (let i = 0; i < candidates.length; i++) {
       const inst = candidates[i]!;
       const weight = this.#weightOf(inst);
-      const score = (this.#current.get(inst) ?? 0) + weight;
-      this.#current.set(inst, score);
+      const score = (this.#score.get(inst) ?? 0) + weight;
+      this.#score.set(inst, score);
       total += weight;
-      if (score > bestScore && !exclude?.has(inst)) {
+      if (score > bestScore && (exclude === undefined || !exclude.has(inst))) {
         bestScore = score;
-        best = inst;
+        best = i;
       }
     }
-    best ??= candidates[0]!;
-    this.#current.set(best, bestScore === -Infinity ? 0 : bestScore - total);
-    return best;
+    if (best === -1) best = 0; // everything excluded: any instance beats none
+    const winner = candidates[best]!;
+    this.#score.set(winner, this.#score.get(winner)! - total);
+    return winner;
   }
+}
 
-  #uniform(candidates: readonly Instance[]): boolean {
-    const first = this.#weightOf(candidates[0]!);
-    for (let i = 1; i < candidates.length; i++) if (this.#weightOf(candidates[i]!) !== first) return false;
-    return true;
+/** Index of the winner of one smooth-WRR step over fixed weights; updates `scores`. */
+function smoothStep(weights: readonly number[], scores: number[]): number {
+  let total = 0;
+  let best = 0;
+  for (let i = 0; i < weights.length; i++) {
+    scores[i]! += weights[i]!;
+    total += weights[i]!;
+    if (scores[i]! > scores[best]!) best = i;
   }
+  scores[best]! -= total;
+  return best;
+}
+
+function gcd(a: number, b: number): number {
+  while (b) [a, b] = [b, a % b];
+  return a;
 }
