@@ -1,12 +1,20 @@
-import type { GatewayConfig } from './config/schema.js';
+import type { GatewayConfig, ServiceConfig } from './config/schema.js';
 import type { GatewayPlugin } from './plugin.js';
+import { circuitBreaker } from '../plugins/circuit-breaker/index.js';
+import { healthChecks } from '../plugins/health-check/index.js';
+import { retries } from '../plugins/retries/index.js';
 import { staticDiscovery } from '../plugins/static-discovery/index.js';
 
 /**
  * The one place that maps config sections to built-in plugins. A section that is absent leaves its
  * plugin off; static discovery is always on. Order matters: discovery first, then what reads it.
  */
-export function builtinPlugins(_config: GatewayConfig): GatewayPlugin[] {
+export function builtinPlugins(config: GatewayConfig): GatewayPlugin[] {
+  const services = Object.values(config.services);
+  const anyService = (section: keyof ServiceConfig): boolean => services.some((s) => s[section] !== undefined);
   const plugins: GatewayPlugin[] = [staticDiscovery()];
+  if (anyService('healthCheck')) plugins.push(healthChecks());
+  if (anyService('circuitBreaker')) plugins.push(circuitBreaker());
+  if (anyService('retries')) plugins.push(retries());
   return plugins;
 }

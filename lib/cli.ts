@@ -5,18 +5,27 @@ import { parseArgs } from 'node:util';
 import { loadConfigFile } from './config/index.js';
 import { ConfigError, MeshError } from './errors.js';
 import { createGateway } from './index.js';
+import { registerInstance } from './registration.js';
 
 const HELP = `meshgate: a service-mesh gateway
 
 Usage:
   meshgate start --config FILE        run the gateway from a YAML (or JSON) config
   meshgate validate --config FILE     check a config; prints every problem with its path, exit 1 if any
+  meshgate register --registry URL --service NAME --url URL [--ttl 10s] [--token T]
+                                      sidecar: register an instance, keep its lease, deregister on SIGTERM
   meshgate --version                  print the version
   meshgate --help                     this text
 
 Options:
   -c, --config FILE   config file (default: meshgate.yaml)
   -p, --port N        override listen.port (start)
+  --registry URL      admin API of a gateway, as http://127.0.0.1:9901 (register)
+  --service NAME      service to join (register)
+  --url URL           this instance's URL (register)
+  --ttl DURATION      lease length; heartbeats every ttl/3 (register, default 10s)
+  --token TOKEN       admin token (register; default $MESHGATE_ADMIN_TOKEN)
+  --weight N, --id ID, --metadata JSON   optional registration fields (register)
 
 Signals: SIGTERM or SIGINT stops taking requests, drains in-flight ones (drainTimeout), exits 0.
 Docs: README.md, and the config reference in it.`;
@@ -31,6 +40,14 @@ export async function main(argv: string[]): Promise<number> {
       options: {
         config: { type: 'string', short: 'c' },
         port: { type: 'string', short: 'p' },
+        registry: { type: 'string' },
+        service: { type: 'string' },
+        url: { type: 'string' },
+        ttl: { type: 'string' },
+        token: { type: 'string' },
+        weight: { type: 'string' },
+        id: { type: 'string' },
+        metadata: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'v' },
       },
@@ -55,6 +72,8 @@ export async function main(argv: string[]): Promise<number> {
       return validate(configFile);
     case 'start':
       return start(configFile, values.port);
+    case 'register':
+      return register(values);
     default:
       process.stderr.write(`meshgate: unknown command "${command}"\n\n${HELP}\n`);
       return 2;
@@ -100,6 +119,48 @@ async function start(file: string, port: string | undefined): Promise<number> {
   });
   await gw.close();
   gw.log.info('stopped');
+  return 0;
+}
+
+async function register(values: Record<string, string | boolean | undefined>): Promise<number> {
+  const missing = ['registry', 'service', 'url'].filter((k) => typeof values[k] !== 'string');
+  if (missing.length > 0) {
+    process.stderr.write(`meshgate register: missing ${missing.map((m) => `--${m}`).join(', ')}\n`);
+    return 2;
+  }
+  let metadata: Record<string, unknown> | undefined;
+  try {
+    metadata = typeof values.metadata === 'string' ? (JSON.parse(values.metadata) as Record<string, unknown>) : undefined;
+  } catch {
+    process.stderr.write('meshgate register: --metadata must be JSON\n');
+    return 2;
+  }
+  let registration;
+  try {
+    registration = await registerInstance({
+      registry: values.registry as string,
+      service: values.service as string,
+      url: values.url as string,
+      ttl: (values.ttl as string | undefined) ?? '10s',
+      token: values.token as string | undefined,
+      id: values.id as string | undefined,
+      weight: typeof values.weight === 'string' ? Number(values.weight) : undefined,
+      metadata,
+      ref: true,
+      onError: (err) => process.stderr.write(`meshgate register: ${err.message}\n`),
+      onReregister: (id) => process.stderr.write(`meshgate register: lease was gone, registered again as ${id}\n`),
+    });
+  } catch (err) {
+    process.stderr.write(`${describe(err)}\n`);
+    return 1;
+  }
+  process.stderr.write(`meshgate register: ${values.url} registered in "${values.service}" as ${registration.id}\n`);
+  await new Promise<void>((resolve) => {
+    process.once('SIGTERM', () => resolve());
+    process.once('SIGINT', () => resolve());
+  });
+  await registration.close();
+  process.stderr.write(`meshgate register: deregistered ${registration.id}\n`);
   return 0;
 }
 

@@ -17,6 +17,8 @@ export interface GatewayEvents {
   'instance:heartbeat': [instance: Instance];
   /** An attempt to an instance finished: `outcome` is the upstream status, or the error code. */
   'upstream:response': [instance: Instance, info: { status: number; durationMs: number; error?: string }];
+  /** The retry stage is about to make another attempt. */
+  'request:retry': [service: Service, info: { attempt: number; reason: string }];
   /** The gateway is draining and takes no new requests. */
   'gateway:closing': [];
   /** A plugin or background task failed without a request to answer; the gateway logs it. */

@@ -17,14 +17,17 @@ import {
   NoHealthyInstanceError,
   NoRouteError,
   PluginError,
+  UpstreamResetError,
   UpstreamTimeoutError,
 } from './errors.js';
 import type { GatewayEvents } from './events.js';
 import { upstreamRequestHeaders } from './headers.js';
 import { createLogger, type Logger } from './logger.js';
+import { LeaseKeeper } from './leases.js';
 import { normalizeTarget } from './path.js';
 import { STAGES, checkPlugin, type GatewayPlugin, type Stage } from './plugin.js';
 import { UpstreamPools, dispatchUpstream, responseHeaders, type PoolOptions } from './proxy.js';
+import { LocalRegistrar, type Registrar } from './registrar.js';
 import { Registry, type Instance, type Service } from './registry.js';
 import { Router, upstreamPath } from './router.js';
 import { MeshState } from './state.js';
@@ -78,6 +81,9 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   readonly baseDir: string;
   /** The balancers' random source. */
   readonly random: () => number;
+  /** Where admin registrations go; a fleet-wide discovery plugin replaces it in its setup. */
+  registrar: Registrar;
+  readonly leases: LeaseKeeper;
 
   readonly #plugins: GatewayPlugin[] = [];
   readonly #pluginNames = new Set<string>();
@@ -105,6 +111,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     this.registry = new Registry(this);
     this.router = new Router(config.routes);
     this.pools = new UpstreamPools(options.pool);
+    this.registrar = new LocalRegistrar(this.registry);
+    this.leases = new LeaseKeeper(this);
     this.admin = new AdminServer(this);
     this.random = options.random ?? Math.random;
     for (const [name, factory] of Object.entries(BUILTIN_BALANCERS)) this.defineBalancer(name, factory);
@@ -235,6 +243,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     for (const stage of STAGES) chains[stage] = compose(this.#stages.get(stage)!, stage === 'retry');
     this.#chains = chains;
     this.#started = true;
+    this.leases.start();
   }
 
   // serving ---------------------------------------------------------------------------------
@@ -335,6 +344,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       if (this.#inflight > 0) this.log.warn({ inflight: this.#inflight }, 'drain timeout: cutting off in-flight requests');
     }
     server?.closeAllConnections();
+    this.leases.stop();
     for (const hook of [...this.#closeHooks].reverse()) {
       try {
         await hook();
@@ -436,35 +446,41 @@ export class Gateway extends EventEmitter<GatewayEvents> {
 
   async #callUpstream(ctx: Context, mesh: MeshState): Promise<void> {
     const instance = mesh.instance!;
+    const service = mesh.service!;
     mesh.tried.add(instance);
-    const left = mesh.deadline - performance.now();
-    if (left <= 0) throw new UpstreamTimeoutError(instance.url, mesh.service!.policy.timeout);
-    const timeout = mesh.tryTimeout > 0 ? Math.min(mesh.tryTimeout, left) : left;
-    const exchange = dispatchUpstream(this.#poolFor(instance, mesh.service!), {
-      instance,
-      method: ctx.req.method!,
-      path: instance.basePath + mesh.upstreamPath,
-      headers: mesh.upstreamHeaders,
-      body: mesh.body,
-      timeout: Math.ceil(timeout),
-    });
-    mesh.exchange = exchange;
-    if (mesh.clientGone) exchange.clientAborted();
-    const balancer = this.balancerFor(mesh.service!);
-    try {
-      await exchange.headers;
+    const balancer = this.balancerFor(service);
+    for (let staleRetry = true; ; staleRetry = false) {
+      const left = mesh.deadline - performance.now();
+      if (left <= 0) throw new UpstreamTimeoutError(instance.url, service.policy.timeout);
+      const timeout = mesh.tryTimeout > 0 ? Math.min(mesh.tryTimeout, left) : left;
+      const exchange = dispatchUpstream(this.poolFor(instance, service), {
+        instance,
+        method: ctx.req.method!,
+        path: instance.basePath + mesh.upstreamPath,
+        headers: mesh.upstreamHeaders,
+        body: mesh.body,
+        timeout: Math.ceil(timeout),
+      });
+      mesh.exchange = exchange;
+      if (mesh.clientGone) exchange.clientAborted();
+      try {
+        await exchange.headers;
+      } catch (err) {
+        // A keep-alive race: the upstream closed an idle socket just as the request went out on it.
+        // Nothing was answered, so an idempotent request with a replayable body goes again, once.
+        if (staleRetry && err instanceof UpstreamResetError && isReplayable(ctx.req.method!, mesh)) continue;
+        balancer.observe?.(instance, performance.now() - exchange.startedAt, true);
+        if (this.listenerCount('upstream:response') > 0) {
+          this.emit('upstream:response', instance, { status: 0, durationMs: performance.now() - exchange.startedAt, error: (err as MeshError).code });
+        }
+        throw err;
+      }
       mesh.upstreamMs = exchange.headersMs;
       balancer.observe?.(instance, exchange.headersMs, exchange.statusCode >= 500);
       if (this.listenerCount('upstream:response') > 0) {
         this.emit('upstream:response', instance, { status: exchange.statusCode, durationMs: exchange.headersMs });
       }
-    } catch (err) {
-      const error = err as MeshError;
-      balancer.observe?.(instance, performance.now() - exchange.startedAt, true);
-      if (this.listenerCount('upstream:response') > 0) {
-        this.emit('upstream:response', instance, { status: 0, durationMs: performance.now() - exchange.startedAt, error: error.code });
-      }
-      throw err;
+      return;
     }
   }
 
@@ -499,7 +515,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     res.end(body);
   }
 
-  #poolFor(instance: Instance, service: Service) {
+  /** The connection pool for an instance (its service's TLS profile included). */
+  poolFor(instance: Instance, service: Service = this.registry.requireService(instance.service)) {
     const tls = service.policy.tls;
     if (!tls) return this.pools.get(instance.origin);
     return this.pools.get(instance.origin, `tls:${service.name}`, { tls: this.#tlsOptions(service) });
@@ -573,6 +590,13 @@ function takeSetHeaders(res: ServerResponse): string[] {
     res.removeHeader(name);
   }
   return out;
+}
+
+const SAFE_TO_REPEAT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
+
+/** An idempotent request whose body (if any) can be sent again. */
+function isReplayable(method: string, mesh: MeshState): boolean {
+  return SAFE_TO_REPEAT.has(method) && (mesh.body === null || typeof mesh.body === 'string' || Buffer.isBuffer(mesh.body));
 }
 
 function urlHost(host: string): string {

@@ -26,6 +26,10 @@ export * from './errors.js';
 export { validateConfig, parseConfig, loadConfigFile, parseDuration } from './config/index.js';
 export type { GatewayConfig, GatewayConfigInput, ServiceConfig, RouteConfig } from './config/index.js';
 export type { Logger } from './logger.js';
+export { registerInstance } from './registration.js';
+export type { RegisterOptions, Registration } from './registration.js';
+export { LocalRegistrar } from './registrar.js';
+export type { Registrar, RegistrationResult } from './registrar.js';
 
 /**
  * Creates a gateway from a config object (validated here: a bad field throws a `ConfigError`

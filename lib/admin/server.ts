@@ -5,6 +5,7 @@ import Koa from 'koa';
 import { ConfigError, MeshError } from '../errors.js';
 import type { Gateway } from '../gateway.js';
 import { bearerToken, tokenMatches } from './auth.js';
+import { controlPlaneRoutes } from './routes.js';
 
 /** Admin paths anyone on the admin network may read: probes and the metrics scrape. */
 export const PUBLIC_ADMIN_PATHS: ReadonlySet<string> = new Set(['/healthz', '/readyz', '/metrics']);
@@ -30,6 +31,7 @@ export class AdminServer {
       ctx.status = ready ? 200 : 503;
       ctx.body = { status: ready ? 'ready' : 'not ready' };
     });
+    controlPlaneRoutes(this.router, gateway);
   }
 
   /** The token admin requests must present: `admin.token`, else `MESHGATE_ADMIN_TOKEN`. */

@@ -56,7 +56,8 @@ export async function loadConfigFile(file: string, env: NodeJS.ProcessEnv = proc
   return { config: parseConfig(text, { env, source: path }), baseDir: dirname(path), source: path };
 }
 
-function zodIssues(error: ZodError): ConfigIssue[] {
+/** Turns zod's issues into `{ path, message }` with user-facing paths and messages. */
+export function zodIssues(error: ZodError): ConfigIssue[] {
   const out: ConfigIssue[] = [];
   for (const issue of error.issues) {
     if (issue.code === 'unrecognized_keys') {
@@ -78,7 +79,8 @@ function cleanMessage(message: string, root: boolean): string {
     .replace(/^Invalid input: /, '')
     .replace(/^Invalid option: /, '')
     .replace(/^Too (?:small|big): /, '')
-    .replace(/, received /, ', got ');
+    .replace(/, received /, ', got ')
+    .replace(/^expected int, got number$/, 'expected an integer');
   if (root && /expected object/.test(text)) return 'the config must be a mapping (key: value) at the top level';
   return text;
 }

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { parseDuration } from './duration.js';
 
 /** A duration: `"250ms"`, `"2s"`, `"1m"`, or milliseconds. Parsed to milliseconds. */
-const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
+export const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
   const ms = parseDuration(value);
   if (ms === undefined) {
     ctx.addIssue({ code: 'custom', message: `expected a duration like "500ms", "2s", "1m" or milliseconds, got ${JSON.stringify(value)}` });
@@ -11,7 +11,7 @@ const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
   return ms;
 });
 
-const httpUrl = z.string().refine((value) => {
+export const httpUrl = z.string().refine((value) => {
   try {
     const url = new URL(value);
     return (url.protocol === 'http:' || url.protocol === 'https:') && url.hostname !== '';

@@ -1,0 +1,83 @@
+import type Router from '@koa/router';
+import { z } from 'zod';
+import { zodIssues } from '../config/index.js';
+import { duration, httpUrl } from '../config/schema.js';
+import { BadRequestError } from '../errors.js';
+import type { Gateway } from '../gateway.js';
+import { readJsonBody } from './body.js';
+
+/** Largest `metadata` of a registration, as JSON bytes. */
+export const MAX_METADATA_BYTES = 4096;
+
+const registration = z.strictObject({
+  url: httpUrl,
+  id: z
+    .string()
+    .regex(/^[A-Za-z0-9._:@-]{1,128}$/, 'expected 1-128 letters, digits or . _ : @ -')
+    .optional(),
+  weight: z.number().int().min(1).max(10_000).optional(),
+  zone: z.string().max(64).optional(),
+  metadata: z
+    .record(z.string(), z.unknown())
+    .refine((m) => Buffer.byteLength(JSON.stringify(m)) <= MAX_METADATA_BYTES, { message: `must be at most ${MAX_METADATA_BYTES} bytes of JSON` })
+    .optional(),
+  ttl: duration.refine((ms) => ms >= 100 && ms <= 86_400_000, { message: 'must be between 100ms and 24h' }).optional(),
+});
+
+/** A 400 whose message names every bad field; `fields` lists them for programs. */
+class ValidationError extends BadRequestError {
+  readonly fields: { path: string; message: string }[];
+  constructor(fields: { path: string; message: string }[]) {
+    super(fields.map((f) => (f.path ? `${f.path}: ${f.message}` : f.message)).join('; '), 'MESH_ERR_VALIDATION');
+    this.fields = fields;
+  }
+  override toJSON(): { error: string; message: string; fields: { path: string; message: string }[] } {
+    return { ...super.toJSON(), fields: this.fields };
+  }
+}
+
+/**
+ * The control-plane routes (see ARCHITECTURE.md): register, heartbeat, deregister, inspect.
+ * Writes go through `gateway.registrar`, so a fleet-wide registrar (Redis) serves them unchanged.
+ */
+export function controlPlaneRoutes(router: Router, gateway: Gateway): void {
+  router.post('/services/:name/instances', async (ctx) => {
+    const name = ctx.params.name!;
+    gateway.registry.requireService(name);
+    const parsed = registration.safeParse(await readJsonBody(ctx));
+    if (!parsed.success) throw new ValidationError(zodIssues(parsed.error));
+    const result = await gateway.registrar.register(name, { ...parsed.data, source: 'admin' });
+    ctx.status = 201;
+    ctx.set('location', `/services/${encodeURIComponent(name)}/instances/${encodeURIComponent(result.id)}`);
+    ctx.body = result;
+  });
+
+  router.put('/services/:name/instances/:id/heartbeat', async (ctx) => {
+    ctx.body = await gateway.registrar.heartbeat(ctx.params.name!, ctx.params.id!);
+  });
+
+  router.delete('/services/:name/instances/:id', async (ctx) => {
+    const name = ctx.params.name!;
+    const id = ctx.params.id!;
+    if (!(await gateway.registrar.deregister(name, id))) {
+      ctx.status = 404;
+      ctx.body = { error: 'MESH_ERR_UNKNOWN_INSTANCE', message: `service "${name}" has no instance "${id}"` };
+      return;
+    }
+    ctx.status = 204;
+  });
+
+  router.get('/services', (ctx) => {
+    ctx.body = {
+      services: [...gateway.registry.services()].map((s) => {
+        let healthy = 0;
+        for (const inst of s.instances.values()) if (inst.health === 'healthy' && inst.circuit !== 'open') healthy++;
+        return { name: s.name, balancer: s.policy.balancer, instances: s.instances.size, healthy };
+      }),
+    };
+  });
+
+  router.get('/services/:name', (ctx) => {
+    ctx.body = gateway.registry.requireService(ctx.params.name!).toJSON();
+  });
+}

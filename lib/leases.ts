@@ -1,0 +1,49 @@
+import type { Gateway } from './gateway.js';
+import type { Instance } from './registry.js';
+
+/** How often leases are checked, ms. Small next to any sensible TTL, cheap (leased instances only). */
+export const LEASE_SWEEP_INTERVAL = 250;
+
+/**
+ * Heartbeat leases (Eureka-style): an instance registered with a `ttl` stays while heartbeats
+ * renew it, and is removed with reason `expired` once `ttl` passes without one. Expiry is decided
+ * by the lease's age on this gateway's clock, never by a notification that could be lost.
+ */
+export class LeaseKeeper {
+  readonly #gateway: Gateway;
+  readonly #leased = new Set<Instance>();
+  #timer: NodeJS.Timeout | null = null;
+
+  constructor(gateway: Gateway) {
+    this.#gateway = gateway;
+    const track = (inst: Instance): void => {
+      if (inst.ttl !== undefined) this.#leased.add(inst);
+      else this.#leased.delete(inst);
+    };
+    gateway.on('instance:added', track);
+    gateway.on('instance:updated', track);
+    gateway.on('instance:removed', (inst) => this.#leased.delete(inst));
+  }
+
+  start(): void {
+    if (this.#timer) return;
+    this.#timer = setInterval(() => this.sweep(), LEASE_SWEEP_INTERVAL);
+    this.#timer.unref();
+  }
+
+  stop(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+  }
+
+  /** Removes every instance whose lease ran out. */
+  sweep(now = Date.now()): void {
+    for (const inst of this.#leased) {
+      if (inst.ttl === undefined || inst.lastHeartbeat === undefined) continue;
+      if (now - inst.lastHeartbeat > inst.ttl) {
+        this.#gateway.log.warn({ service: inst.service, instance: inst.id, ttl: inst.ttl }, 'lease expired: instance removed');
+        this.#gateway.registry.removeInstance(inst.service, inst.id, 'expired');
+      }
+    }
+  }
+}

@@ -1,0 +1,127 @@
+import CircuitBreaker from 'opossum';
+import { CircuitOpenError, ClientAbortedError, MeshError } from '../../lib/errors.js';
+import type { Gateway } from '../../lib/gateway.js';
+import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
+import type { Instance, Service } from '../../lib/registry.js';
+
+/** Options of {@link circuitBreaker}; per-service settings come from `services.<name>.circuitBreaker`. */
+export interface CircuitBreakerOptions {
+  /**
+   * Which upstream statuses count as failures.
+   * @default status >= 500
+   */
+  isFailure?: (status: number) => boolean;
+}
+
+/** Thrown inside the breaker's action so opossum counts a 5xx answer as a failure. */
+class FailedStatus extends Error {}
+
+type Run = () => Promise<void>;
+
+/**
+ * One opossum circuit breaker per instance, for services with a `circuitBreaker` section
+ * (opossum's option names). Connect errors, resets, timeouts and 5xx answers are failures. An open
+ * circuit takes the instance out of the candidates; after `resetTimeout` it turns half-open and one
+ * request goes through as a probe (the others go elsewhere); success closes it. Every transition
+ * is a `circuit:state` event. Breakers of instances that leave are shut down (timers and
+ * listeners with them). In panic mode (see `panicThreshold`) breakers let everything through.
+ */
+export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlugin {
+  const isFailure = options.isFailure ?? ((status: number) => status >= 500);
+  return definePlugin({
+    name: 'circuit-breaker',
+    setup(gateway: Gateway) {
+      const breakers = new Map<Instance, CircuitBreaker<[Run], void>>();
+      /** Services with at least one breaker not closed: only they pay for filtering. */
+      const notClosed = new Map<Service, number>();
+
+      const breakerFor = (instance: Instance, service: Service): CircuitBreaker<[Run], void> => {
+        let breaker = breakers.get(instance);
+        if (breaker) return breaker;
+        const policy = service.policy.circuitBreaker!;
+        breaker = new CircuitBreaker<[Run], void>(
+          async (run: Run) => {
+            await run();
+          },
+          {
+            name: `${service.name}/${instance.id}`,
+            errorThresholdPercentage: policy.errorThresholdPercentage,
+            volumeThreshold: policy.volumeThreshold,
+            resetTimeout: policy.resetTimeout,
+            rollingCountTimeout: policy.rollingCountTimeout,
+            rollingCountBuckets: policy.rollingCountBuckets,
+            // The gateway runs its own per-try and total deadlines; a second clock would only disagree.
+            timeout: false,
+            // A client that hangs up says nothing about the instance.
+            errorFilter: (err: unknown) => err instanceof ClientAbortedError,
+          },
+        );
+        const track = (state: 'open' | 'half-open' | 'closed'): void => {
+          const before = instance.circuit;
+          gateway.registry.setCircuit(instance, state);
+          if (before === 'closed' && state !== 'closed') notClosed.set(service, (notClosed.get(service) ?? 0) + 1);
+          if (before !== 'closed' && state === 'closed') decrement(service);
+          if (state === 'open') gateway.log.warn({ service: service.name, instance: instance.id }, 'circuit open');
+        };
+        breaker.on('open', () => track('open'));
+        breaker.on('halfOpen', () => track('half-open'));
+        breaker.on('close', () => track('closed'));
+        breakers.set(instance, breaker);
+        return breaker;
+      };
+
+      const decrement = (service: Service): void => {
+        const n = (notClosed.get(service) ?? 1) - 1;
+        if (n <= 0) notClosed.delete(service);
+        else notClosed.set(service, n);
+      };
+
+      gateway.on('instance:removed', (instance) => {
+        const breaker = breakers.get(instance);
+        if (!breaker) return;
+        breaker.shutdown();
+        breakers.delete(instance);
+        const service = gateway.registry.getService(instance.service);
+        if (service && instance.circuit !== 'closed') decrement(service);
+      });
+      gateway.onClose(() => {
+        for (const breaker of breakers.values()) breaker.shutdown();
+        breakers.clear();
+      });
+
+      // A half-open breaker takes one probe; while it runs, the instance takes nothing else.
+      gateway.use('select', (ctx, next) => {
+        const mesh = ctx.state.mesh;
+        const service = mesh.service!;
+        if (notClosed.has(service) && !service.panic && service.policy.circuitBreaker) {
+          mesh.candidates = mesh.candidates.filter((inst) => {
+            const breaker = breakers.get(inst);
+            return breaker === undefined || breaker.closed || breaker.pendingClose;
+          });
+        }
+        return next();
+      });
+
+      gateway.use('guard', async (ctx, next) => {
+        const mesh = ctx.state.mesh;
+        const service = mesh.service!;
+        if (!service.policy.circuitBreaker || service.panic) return next();
+        const instance = mesh.instance!;
+        const breaker = breakerFor(instance, service);
+        try {
+          await breaker.fire(async () => {
+            await next();
+            if (isFailure(mesh.exchange!.statusCode)) throw new FailedStatus();
+          });
+        } catch (err) {
+          // The answer came and is held for the retry stage or the client: it only had to count.
+          if (err instanceof FailedStatus) return;
+          if (!(err instanceof MeshError) && (err as { code?: string }).code === 'EOPENBREAKER') {
+            throw new CircuitOpenError(instance.url);
+          }
+          throw err;
+        }
+      });
+    },
+  });
+}

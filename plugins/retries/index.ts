@@ -1,0 +1,158 @@
+import type { IncomingMessage } from 'node:http';
+import {
+  CircuitOpenError,
+  MeshError,
+  PayloadTooLargeError,
+  UpstreamConnectError,
+  UpstreamResetError,
+  UpstreamTimeoutError,
+} from '../../lib/errors.js';
+import type { Gateway } from '../../lib/gateway.js';
+import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
+import type { Service } from '../../lib/registry.js';
+import type { MeshState } from '../../lib/state.js';
+
+/** Options of {@link retries}; per-service settings come from `services.<name>.retries`. */
+export interface RetriesOptions {
+  /** Largest request body buffered so it can be replayed; bigger bodies stream once. @default 65536 */
+  maxReplayBody?: number;
+  /** Backoff base and cap in ms (full jitter: a retry waits random(0, min(cap, base x 2^n))). @default { base: 25, cap: 250 } */
+  backoff?: { base: number; cap: number };
+}
+
+/** Methods retried by default: the idempotent ones (RFC 9110 9.2.2). */
+export const IDEMPOTENT_METHODS: readonly string[] = ['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE'];
+
+interface Budget {
+  active: number;
+  retrying: number;
+}
+
+/**
+ * Retries, as Envoy's retry policy. For services with a `retries` section:
+ * - idempotent methods (or `retries.methods`) are retried on connect failure, reset before a
+ *   response, per-try timeout, an open circuit, and the `retryOn` statuses (502, 503, 504);
+ *   any other method only when nothing reached the upstream (connect failure, open circuit);
+ * - always to an instance not tried yet, when there is one; never after a response byte reached the client;
+ * - only with a replayable body: none, or one buffered up to `maxReplayBody` (64 KiB) before the first try;
+ * - full-jitter backoff between 25 and 250 ms, inside the request's total `timeout`;
+ * - within a retry budget: concurrent retries stay under `budgetPercent` (20%) of the service's
+ *   active requests, with a floor of `minRetryConcurrency` (3), so retries cannot multiply an outage.
+ * Each retry emits `request:retry`.
+ */
+export function retries(options: RetriesOptions = {}): GatewayPlugin {
+  const maxReplayBody = options.maxReplayBody ?? 64 * 1024;
+  const { base, cap } = options.backoff ?? { base: 25, cap: 250 };
+  return definePlugin({
+    name: 'retries',
+    setup(gateway: Gateway) {
+      const budgets = new Map<Service, Budget>();
+
+      gateway.use('retry', async (ctx, next) => {
+        const mesh = ctx.state.mesh;
+        const service = mesh.service!;
+        const policy = service.policy.retries;
+        if (!policy || policy.attempts === 0) return next();
+        if (policy.perTryTimeout) mesh.tryTimeout = policy.perTryTimeout;
+        const method = ctx.req.method!;
+        const idempotent = (policy.methods ?? IDEMPOTENT_METHODS).includes(method);
+        let budget = budgets.get(service);
+        if (!budget) budgets.set(service, (budget = { active: 0, retrying: 0 }));
+        const replayable = await makeReplayable(mesh, maxReplayBody);
+        budget.active++;
+        let holdsRetrySlot = false;
+        try {
+          for (let retry = 0; ; retry++) {
+            let failure: unknown = null;
+            try {
+              await next();
+            } catch (err) {
+              failure = err;
+            }
+            if (holdsRetrySlot) {
+              budget.retrying--;
+              holdsRetrySlot = false;
+            }
+            const status = failure === null ? mesh.exchange!.statusCode : 0;
+            const wanted =
+              failure === null
+                ? idempotent && policy.retryOn.includes(status)
+                : retryableError(failure, idempotent, mesh);
+            if (!wanted || retry >= policy.attempts || mesh.clientGone || !replayable || !hasUntried(mesh)) {
+              if (failure !== null) throw failure;
+              return;
+            }
+            const allowed = Math.max(policy.minRetryConcurrency, Math.floor((budget.active * policy.budgetPercent) / 100));
+            if (budget.retrying >= allowed) {
+              if (failure !== null) throw failure;
+              return;
+            }
+            const delay = gateway.random() * Math.min(cap, base * 2 ** retry);
+            if (performance.now() + delay >= mesh.deadline) {
+              if (failure !== null) throw failure;
+              return;
+            }
+            budget.retrying++;
+            holdsRetrySlot = true;
+            // Drop a held answer now: its socket goes back to the pool during the backoff.
+            if (mesh.exchange?.state === 'headers') mesh.exchange.discard();
+            gateway.emit('request:retry', service, { attempt: mesh.attempt + 1, reason: failure === null ? `status ${status}` : (failure as MeshError).code ?? 'error' });
+            await sleep(delay);
+            if (mesh.clientGone) {
+              if (failure !== null) throw failure;
+              return;
+            }
+          }
+        } finally {
+          if (holdsRetrySlot) budget.retrying--;
+          budget.active--;
+        }
+      });
+    },
+  });
+}
+
+/** Whether a failed attempt may be tried again. */
+function retryableError(err: unknown, idempotent: boolean, mesh: MeshState): boolean {
+  // Nothing reached the upstream: safe for any method.
+  if (err instanceof UpstreamConnectError || err instanceof CircuitOpenError) return true;
+  if (!idempotent) return false;
+  if (err instanceof UpstreamResetError) return mesh.exchange === null || mesh.exchange.statusCode === 0;
+  // A per-try timeout leaves time for another try; the total deadline does not (checked by the caller).
+  if (err instanceof UpstreamTimeoutError) return performance.now() < mesh.deadline;
+  return false;
+}
+
+function hasUntried(mesh: MeshState): boolean {
+  for (const inst of mesh.service!.candidates()) if (!mesh.tried.has(inst)) return true;
+  return false;
+}
+
+/**
+ * Makes the body replayable: no body is; a body with a known length up to `limit` is read into a
+ * buffer before the first try. A larger or chunked body streams once, so such a request is only
+ * retried when its body was never read (a connect failure).
+ */
+async function makeReplayable(mesh: MeshState, limit: number): Promise<boolean> {
+  const body = mesh.body;
+  if (body === null || typeof body === 'string' || Buffer.isBuffer(body)) return true;
+  const length = Number(body.headers['content-length']);
+  if (!Number.isFinite(length) || length > limit) return false;
+  mesh.body = await readAll(body, limit);
+  return true;
+}
+
+async function readAll(stream: IncomingMessage, limit: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of stream as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limit) throw new PayloadTooLargeError(limit);
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
