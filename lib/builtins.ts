@@ -1,9 +1,12 @@
 import type { GatewayConfig, ServiceConfig } from './config/schema.js';
 import type { GatewayPlugin } from './plugin.js';
+import { accessLog } from '../plugins/access-log/index.js';
 import { circuitBreaker } from '../plugins/circuit-breaker/index.js';
 import { healthChecks } from '../plugins/health-check/index.js';
+import { metrics } from '../plugins/metrics/index.js';
 import { retries } from '../plugins/retries/index.js';
 import { staticDiscovery } from '../plugins/static-discovery/index.js';
+import { traceContext } from '../plugins/trace-context/index.js';
 
 /**
  * The one place that maps config sections to built-in plugins. A section that is absent leaves its
@@ -13,6 +16,12 @@ export function builtinPlugins(config: GatewayConfig): GatewayPlugin[] {
   const services = Object.values(config.services);
   const anyService = (section: keyof ServiceConfig): boolean => services.some((s) => s[section] !== undefined);
   const plugins: GatewayPlugin[] = [staticDiscovery()];
+  // Observability first: its onRequest middleware then wraps everything the others do.
+  if (config.tracing !== false) plugins.push(traceContext(typeof config.tracing === 'object' ? config.tracing : {}));
+  if (config.metrics !== false && (config.metrics !== undefined || config.admin !== undefined)) {
+    plugins.push(metrics(typeof config.metrics === 'object' ? config.metrics : {}));
+  }
+  if (config.accessLog !== undefined && config.accessLog !== false) plugins.push(accessLog());
   if (anyService('healthCheck')) plugins.push(healthChecks());
   if (anyService('circuitBreaker')) plugins.push(circuitBreaker());
   if (anyService('retries')) plugins.push(retries());

@@ -408,6 +408,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       remoteAddress: req.socket.remoteAddress ?? '',
       proto: ctx.protocol,
       bodyLength: typeof mesh.body === 'string' || Buffer.isBuffer(mesh.body) ? Buffer.byteLength(mesh.body) : undefined,
+      overrides: mesh.headerOverrides,
     });
     try {
       await chains.resolve(ctx, () => chains.retry(ctx, () => this.#attempt(ctx, mesh, chains)));
@@ -416,6 +417,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     } catch (err) {
       // Whatever went wrong, an exchange still held at its headers must free its socket.
       if (mesh.exchange?.state === 'headers') mesh.exchange.discard();
+      // Recorded now, so onRequest middleware (logs, metrics) see it while they unwind.
+      if (err instanceof MeshError) mesh.error = err;
       throw err;
     }
   }

@@ -46,6 +46,8 @@ export interface ForwardedInfo {
   bodyLength?: number;
   /** Trust the client's own `X-Forwarded-For` chain and append to it. @default true */
   appendForwardedFor?: boolean;
+  /** Headers set by plugins (flat, lower-case names): they replace the client's of the same name. */
+  overrides?: readonly string[];
 }
 
 /**
@@ -75,6 +77,7 @@ export function upstreamRequestHeaders(req: IncomingMessage, info: ForwardedInfo
     }
     if (lower === 'host') host = raw[i + 1]!;
     if (info.bodyLength !== undefined && lower === 'content-length') continue;
+    if (info.overrides !== undefined && info.overrides.length > 0 && isOverridden(info.overrides, lower)) continue;
     out.push(name, raw[i + 1]!);
   }
   if (named !== null) {
@@ -89,5 +92,11 @@ export function upstreamRequestHeaders(req: IncomingMessage, info: ForwardedInfo
   out.push('x-forwarded-proto', info.proto);
   if (host) out.push('x-forwarded-host', host);
   if (info.bodyLength !== undefined) out.push('content-length', String(info.bodyLength));
+  if (info.overrides !== undefined) for (let i = 0; i < info.overrides.length; i++) out.push(info.overrides[i]!);
   return out;
+}
+
+function isOverridden(overrides: readonly string[], lower: string): boolean {
+  for (let i = 0; i < overrides.length; i += 2) if (overrides[i] === lower) return true;
+  return false;
 }

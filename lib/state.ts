@@ -45,6 +45,29 @@ export class MeshState {
   clientGone = false;
   /** Time the upstream took to send response headers in the final attempt, ms. */
   upstreamMs = 0;
+  /** Request id (x-request-id), set by the trace-context plugin; '' when off. */
+  requestId = '';
+  /** W3C trace id of this request, set by the trace-context plugin; '' when off. */
+  traceId = '';
+  /** Headers plugins set for the upstream, flat; they replace the client's headers of the same name. */
+  readonly headerOverrides: string[] = [];
+
+  /**
+   * Sets a header for the upstream request, replacing any the client sent. Works before the
+   * upstream headers are built (onRequest) and after (resolve and later).
+   */
+  setUpstreamHeader(name: string, value: string): void {
+    const lower = name.toLowerCase();
+    const headers = this.upstreamHeaders;
+    for (let i = headers.length - 2; i >= 0; i -= 2) {
+      if (headers[i]!.toLowerCase() === lower) headers.splice(i, 2);
+    }
+    if (headers.length > 0) headers.push(lower, value);
+    for (let i = this.headerOverrides.length - 2; i >= 0; i -= 2) {
+      if (this.headerOverrides[i] === lower) this.headerOverrides.splice(i, 2);
+    }
+    this.headerOverrides.push(lower, value);
+  }
 }
 
 declare module 'koa' {

@@ -5,6 +5,7 @@ import Koa from 'koa';
 import { ConfigError, MeshError } from '../errors.js';
 import type { Gateway } from '../gateway.js';
 import { bearerToken, tokenMatches } from './auth.js';
+import { eventStreamRoute } from './events.js';
 import { controlPlaneRoutes } from './routes.js';
 
 /** Admin paths anyone on the admin network may read: probes and the metrics scrape. */
@@ -32,6 +33,7 @@ export class AdminServer {
       ctx.body = { status: ready ? 'ready' : 'not ready' };
     });
     controlPlaneRoutes(this.router, gateway);
+    eventStreamRoute(this.router, gateway);
   }
 
   /** The token admin requests must present: `admin.token`, else `MESHGATE_ADMIN_TOKEN`. */

@@ -135,6 +135,20 @@ export const configSchema = z
     services: z.record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'expected letters, digits, ".", "_" or "-"'), service).default({}),
     routes: z.array(route).default([]),
     plugins: z.array(plugin).default([]),
+    /** One JSON line per request on stdout. Off unless `true` (or an object). */
+    accessLog: z.union([z.boolean(), z.strictObject({})]).optional(),
+    /** Prometheus metrics on the admin port (`GET /metrics`). On whenever `admin` is configured; `false` turns it off. */
+    metrics: z
+      .union([
+        z.boolean(),
+        z.strictObject({
+          defaultMetrics: z.boolean().default(true),
+          buckets: z.array(z.number().positive()).min(1).optional(),
+        }),
+      ])
+      .optional(),
+    /** W3C traceparent and x-request-id propagation. On unless `false`. */
+    tracing: z.union([z.boolean(), z.strictObject({ requestIdHeader: z.string().min(1).optional() })]).optional(),
     /** pino level for the gateway's own log lines. */
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
     /** How long close() waits for in-flight requests before it cuts them off. */

@@ -1,0 +1,207 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { MeshError } from '../../lib/errors.js';
+import type { Gateway } from '../../lib/gateway.js';
+import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
+import type { CircuitState, Instance, Service } from '../../lib/registry.js';
+
+/** Options of {@link metrics}. */
+export interface MetricsOptions {
+  /**
+   * Histogram buckets of request and upstream durations, in seconds.
+   * @default [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+   */
+  buckets?: number[];
+  /** Also export prom-client's process and Node runtime metrics. @default true */
+  defaultMetrics?: boolean;
+  /** Serve `GET /metrics` on the admin server. @default true */
+  adminRoute?: boolean;
+}
+
+declare module '../../lib/gateway.js' {
+  interface GatewayServices {
+    /** The gateway's own prom-client registry (never the global one). */
+    metricsRegistry: Registry;
+  }
+}
+
+const CIRCUIT_VALUE: Record<CircuitState, number> = { closed: 0, 'half-open': 1, open: 2 };
+const DEFAULT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+interface RequestSeries {
+  count: { inc(): void };
+  duration: { observe(v: number): void };
+}
+
+/**
+ * Prometheus metrics with prom-client, on a registry of this gateway's own, served at
+ * `GET /metrics` on the admin port (no token: scrapers rarely carry one; keep the admin port
+ * private). Routes are labelled with their configured prefix, never the raw path; series of an
+ * instance that leaves are removed, so cardinality stays bounded under churn. Labelled children are
+ * cached, so the hot path does no label hashing.
+ */
+export function metrics(options: MetricsOptions = {}): GatewayPlugin {
+  const buckets = options.buckets ?? DEFAULT_BUCKETS;
+  return definePlugin({
+    name: 'metrics',
+    setup(gateway: Gateway) {
+      const registry = new Registry();
+      gateway.decorate('metricsRegistry', registry);
+      if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
+
+      const requests = new Counter({
+        name: 'meshgate_requests_total',
+        help: 'Requests answered by the gateway, by route prefix, service, method and status code.',
+        labelNames: ['route', 'service', 'method', 'code'] as const,
+        registers: [registry],
+      });
+      const requestDuration = new Histogram({
+        name: 'meshgate_request_duration_seconds',
+        help: 'Time from request arrival to the last response byte handed to the socket.',
+        labelNames: ['route', 'service', 'method', 'code'] as const,
+        buckets,
+        registers: [registry],
+      });
+      const upstreamRequests = new Counter({
+        name: 'meshgate_upstream_requests_total',
+        help: 'Attempts sent to instances, by outcome: a status class (2xx..5xx) or an error (connect_error, reset, timeout).',
+        labelNames: ['service', 'instance', 'outcome'] as const,
+        registers: [registry],
+      });
+      const upstreamDuration = new Histogram({
+        name: 'meshgate_upstream_request_duration_seconds',
+        help: 'Time from sending an attempt to the response headers (or the failure).',
+        labelNames: ['service', 'instance'] as const,
+        buckets,
+        registers: [registry],
+      });
+      const retries = new Counter({
+        name: 'meshgate_retries_total',
+        help: 'Retries made by the retry stage.',
+        labelNames: ['service'] as const,
+        registers: [registry],
+      });
+      const healthy = new Gauge({
+        name: 'meshgate_instance_healthy',
+        help: '1 when the instance is healthy, else 0.',
+        labelNames: ['service', 'instance'] as const,
+        registers: [registry],
+      });
+      const circuit = new Gauge({
+        name: 'meshgate_circuit_state',
+        help: 'Circuit breaker state of the instance: 0 closed, 1 half-open, 2 open.',
+        labelNames: ['service', 'instance'] as const,
+        registers: [registry],
+      });
+      const instances = new Gauge({
+        name: 'meshgate_instances',
+        help: 'Instances registered per service.',
+        labelNames: ['service'] as const,
+        registers: [registry],
+      });
+
+      // Hot-path caches: one entry per (route, method, code) and per (instance, outcome).
+      const requestSeries = new Map<string, RequestSeries>();
+      const upstreamSeries = new Map<Instance, { outcomes: Map<string, { inc(): void }>; duration: { observe(v: number): void } }>();
+
+      const seriesFor = (route: string, service: string, method: string, code: number): RequestSeries => {
+        const key = `${route}\u0000${method}\u0000${code}`;
+        let series = requestSeries.get(key);
+        if (!series) {
+          const labels = { route, service, method, code: String(code) };
+          series = { count: requests.labels(labels), duration: requestDuration.labels(labels) };
+          requestSeries.set(key, series);
+        }
+        return series;
+      };
+
+      gateway.use('onRequest', async (ctx, next) => {
+        const mesh = ctx.state.mesh;
+        let code = 0;
+        try {
+          await next();
+          code = ctx.res.statusCode;
+        } catch (err) {
+          code = mesh.clientGone ? 499 : err instanceof MeshError ? err.status : 500;
+          throw err;
+        } finally {
+          const route = mesh.route;
+          const series = seriesFor(route?.prefix ?? '', route?.service ?? '', ctx.method, mesh.clientGone && code < 400 ? 499 : code);
+          series.count.inc();
+          series.duration.observe((performance.now() - mesh.startedAt) / 1000);
+        }
+      });
+
+      gateway.on('upstream:response', (instance, info) => {
+        let entry = upstreamSeries.get(instance);
+        if (!entry) {
+          // An attempt that finishes after its instance left must not bring its series back.
+          if (gateway.registry.getInstance(instance.service, instance.id) !== instance) return;
+          entry = { outcomes: new Map(), duration: upstreamDuration.labels({ service: instance.service, instance: instance.id }) };
+          upstreamSeries.set(instance, entry);
+        }
+        const outcome = info.error ? errorOutcome(info.error) : `${Math.floor(info.status / 100)}xx`;
+        let child = entry.outcomes.get(outcome);
+        if (!child) {
+          child = upstreamRequests.labels({ service: instance.service, instance: instance.id, outcome });
+          entry.outcomes.set(outcome, child);
+        }
+        child.inc();
+        entry.duration.observe(info.durationMs / 1000);
+      });
+
+      gateway.on('request:retry', (service: Service) => retries.inc({ service: service.name }));
+
+      const countInstances = (service: string): void => {
+        instances.set({ service }, gateway.registry.getService(service)?.instances.size ?? 0);
+      };
+      const added = (inst: Instance): void => {
+        const labels = { service: inst.service, instance: inst.id };
+        healthy.set(labels, inst.health === 'healthy' ? 1 : 0);
+        circuit.set(labels, CIRCUIT_VALUE[inst.circuit]);
+        countInstances(inst.service);
+      };
+      for (const service of gateway.registry.services()) {
+        instances.set({ service: service.name }, service.instances.size);
+        for (const inst of service.instances.values()) added(inst);
+      }
+      gateway.on('service:added', (service) => instances.set({ service: service.name }, service.instances.size));
+      gateway.on('instance:added', added);
+      gateway.on('instance:health', (inst) => healthy.set({ service: inst.service, instance: inst.id }, inst.health === 'healthy' ? 1 : 0));
+      gateway.on('circuit:state', (inst) => circuit.set({ service: inst.service, instance: inst.id }, CIRCUIT_VALUE[inst.circuit]));
+      gateway.on('instance:removed', (inst) => {
+        const labels = { service: inst.service, instance: inst.id };
+        // Another instance object may carry the same id (re-registered): only drop series it does not use.
+        const replacement = gateway.registry.getInstance(inst.service, inst.id);
+        const entry = upstreamSeries.get(inst);
+        upstreamSeries.delete(inst);
+        if (!replacement) {
+          healthy.remove(labels);
+          circuit.remove(labels);
+          upstreamDuration.remove(labels);
+          for (const outcome of entry?.outcomes.keys() ?? []) upstreamRequests.remove({ ...labels, outcome });
+        }
+        countInstances(inst.service);
+      });
+
+      if (options.adminRoute !== false) {
+        gateway.admin.router.get('/metrics', async (ctx) => {
+          ctx.set('content-type', registry.contentType);
+          ctx.body = await registry.metrics();
+        });
+      }
+    },
+  });
+}
+
+function errorOutcome(code: string): string {
+  switch (code) {
+    case 'MESH_ERR_UPSTREAM_CONNECT':
+      return 'connect_error';
+    case 'MESH_ERR_UPSTREAM_TIMEOUT':
+      return 'timeout';
+    case 'MESH_ERR_CLIENT_ABORTED':
+      return 'client_abort';
+    default:
+      return 'reset';
+  }
+}
