@@ -20,7 +20,8 @@ Usage:
 Options:
   -c, --config FILE   config file (default: meshgate.yaml)
   -p, --port N        override listen.port (start)
-  --registry URL      admin API of a gateway, as http://127.0.0.1:9901 (register)
+  --registry URL      a gateway's admin API (http://127.0.0.1:9901) or the fleet's Redis (redis://127.0.0.1:6379) (register)
+  --prefix PREFIX     Redis key prefix (register with redis://, default meshgate:)
   --service NAME      service to join (register)
   --url URL           this instance's URL (register)
   --ttl DURATION      lease length; heartbeats every ttl/3 (register, default 10s)
@@ -41,6 +42,7 @@ export async function main(argv: string[]): Promise<number> {
         config: { type: 'string', short: 'c' },
         port: { type: 'string', short: 'p' },
         registry: { type: 'string' },
+        prefix: { type: 'string' },
         service: { type: 'string' },
         url: { type: 'string' },
         ttl: { type: 'string' },
@@ -71,6 +73,10 @@ export async function main(argv: string[]): Promise<number> {
     case 'validate':
       return validate(configFile);
     case 'start':
+      if (values.port !== undefined && (!/^\d{1,5}$/.test(values.port) || Number(values.port) > 65535)) {
+        process.stderr.write(`meshgate: --port expects a port number from 0 to 65535, got ${JSON.stringify(values.port)}\n`);
+        return 2;
+      }
       return start(configFile, values.port);
     case 'register':
       return register(values);
@@ -139,6 +145,7 @@ async function register(values: Record<string, string | boolean | undefined>): P
   try {
     registration = await registerInstance({
       registry: values.registry as string,
+      prefix: values.prefix as string | undefined,
       service: values.service as string,
       url: values.url as string,
       ttl: (values.ttl as string | undefined) ?? '10s',

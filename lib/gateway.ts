@@ -294,9 +294,16 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     const port = (server.address() as AddressInfo).port;
     const info: ListenInfo = { url: `${listen.tls ? 'https' : 'http'}://${urlHost(host)}:${port}`, port };
     if (this.config.admin) {
-      const admin = await this.admin.listen();
-      info.adminUrl = admin.url;
-      info.adminPort = admin.port;
+      try {
+        const admin = await this.admin.listen();
+        info.adminUrl = admin.url;
+        info.adminPort = admin.port;
+      } catch (err) {
+        // Half a gateway is worse than none: release the proxy port too.
+        this.#server = null;
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+        throw err;
+      }
     }
     this.log.info({ url: info.url, admin: info.adminUrl }, `meshgate listening on ${info.url}`);
     return info;

@@ -1,4 +1,4 @@
-import { normalizePrefix, type RouteConfig } from './config/schema.js';
+import { routePrefix, type RouteConfig } from './config/schema.js';
 
 /** A compiled route. `prefix` is normalized (no trailing slash, except the root `/`). */
 export interface Route {
@@ -23,7 +23,7 @@ export class Router {
   }
 
   add(config: RouteConfig): Route {
-    const route: Route = { prefix: normalizePrefix(config.prefix), service: config.service, stripPrefix: config.stripPrefix, config };
+    const route: Route = { prefix: routePrefix(config.prefix), service: config.service, stripPrefix: config.stripPrefix, config };
     if (route.prefix === '/') this.#root = route;
     else this.#byPrefix.set(route.prefix, route);
     return route;

@@ -116,3 +116,157 @@ export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs
   }
   throw new Error(`timed out after ${timeoutMs}ms waiting for ${what}`);
 }
+
+/** A Koa app (or any request handler) listening on 127.0.0.1:0; its sockets are destroyed and the server closed after the test. */
+export async function listenApp(
+  t: TestContext,
+  app: { callback(): (req: IncomingMessage, res: ServerResponse) => void },
+): Promise<{ server: Server; url: string; port: number }> {
+  const sockets = new Set<Socket>();
+  const server = createServer(app.callback());
+  server.on('connection', (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+  t.after(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  );
+  return { server, url: `http://127.0.0.1:${port}`, port };
+}
+
+/** A gateway that is not listening (for mount mode), with logging off; closed after the test. */
+export function createTestGateway(t: TestContext, config: GatewayConfigInput, options: GatewayOptions = {}): Gateway {
+  const gateway = createGateway({ logLevel: 'silent', ...config }, options);
+  t.after(() => gateway.close());
+  return gateway;
+}
+
+/** A port on 127.0.0.1 that nothing listens on (it was bound, then released). */
+export async function unusedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/**
+ * Like {@link send}, but the request target is sent exactly as given (no URL parsing, so dot
+ * segments and escapes reach the server untouched).
+ */
+export function sendPath(
+  baseUrl: string,
+  path: string,
+  options: { method?: string; headers?: Record<string, string | string[]>; body?: string | Buffer } = {},
+): Promise<{ status: number; headers: IncomingMessage['headers']; rawHeaders: string[]; body: string; json: () => any }> {
+  const base = new URL(baseUrl);
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      { host: base.hostname, port: base.port, path, method: options.method ?? 'GET', headers: options.headers, agent: false },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const body = Buffer.concat(chunks).toString();
+          resolve({ status: res.statusCode!, headers: res.headers, rawHeaders: res.rawHeaders, body, json: () => JSON.parse(body) });
+        });
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(options.body);
+  });
+}
+
+/**
+ * Records every `unhandledRejection` and `uncaughtException` in the process until the test ends.
+ * Assert the returned list is empty at the end of the test.
+ */
+export function trackProcessErrors(t: TestContext): unknown[] {
+  const errors: unknown[] = [];
+  const onRejection = (reason: unknown): void => {
+    errors.push(reason);
+  };
+  const onException = (err: unknown): void => {
+    errors.push(err);
+  };
+  process.on('unhandledRejection', onRejection);
+  process.on('uncaughtException', onException);
+  t.after(() => {
+    process.off('unhandledRejection', onRejection);
+    process.off('uncaughtException', onException);
+  });
+  return errors;
+}
+
+/** Settles like `promise`, or rejects after `ms` so a hang fails the test instead of stalling the run. */
+export function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const guard = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms}ms`)), ms);
+  });
+  return Promise.race([promise, guard]).finally(() => clearTimeout(timer));
+}
+
+/** A child process started by {@link spawnNode}. */
+export interface ChildRun {
+  child: import('node:child_process').ChildProcess;
+  /** Everything the child wrote so far. */
+  stdout(): string;
+  stderr(): string;
+  /** Settles when the child exits. */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/**
+ * Runs `node ...args` in `cwd`, capturing its output; a child still running after the test is
+ * killed with SIGKILL. `env` is added to the parent's environment.
+ */
+export async function spawnNode(
+  t: TestContext | null,
+  args: string[],
+  options: { cwd: string; env?: Record<string, string | undefined> },
+): Promise<ChildRun> {
+  // Loaded here, not at the top: only the process tests need it.
+  const { spawn } = await import('node:child_process');
+  const env: NodeJS.ProcessEnv = { ...process.env, ...options.env };
+  // The test runner marks its own children; a grandchild must not think it is one.
+  delete env.NODE_TEST_CONTEXT;
+  const child = spawn(process.execPath, args, { cwd: options.cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout!.setEncoding('utf8').on('data', (s: string) => (out += s));
+  child.stderr!.setEncoding('utf8').on('data', (s: string) => (err += s));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code, signal) => resolve({ code, signal }));
+  });
+  t?.after(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL');
+      await exited.catch(() => undefined);
+    }
+  });
+  return { child, stdout: () => out, stderr: () => err, exited };
+}
+
+/**
+ * A seeded PRNG (mulberry32): uniform in [0, 1), the same sequence for the same seed. Pass it
+ * as `createGateway(config, { random })` or to a balancer so distribution tests are reproducible.
+ * @example const random = seededRandom(42); random(); // 0.6011037519201636
+ */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) | 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

@@ -55,7 +55,8 @@ function parseScalar(text: string): unknown {
   // Only plain scalars change type; anything YAML would read as a structure stays a string.
   try {
     const parsed: unknown = parseYamlScalar(text);
-    return parsed === null || typeof parsed === 'object' ? text : parsed;
+    // Only numbers and booleans change type: for anything else YAML would eat comments, quotes and spaces.
+    return typeof parsed === 'number' || typeof parsed === 'boolean' ? parsed : text;
   } catch {
     return text; // not a valid YAML scalar: keep the text as the user wrote it
   }

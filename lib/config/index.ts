@@ -64,6 +64,10 @@ export function zodIssues(error: ZodError): ConfigIssue[] {
       for (const key of issue.keys) out.push({ path: formatPath([...issue.path, key]), message: 'unknown field' });
       continue;
     }
+    if (issue.code === 'invalid_key') {
+      out.push({ path: formatPath(issue.path), message: cleanMessage(issue.issues[0]?.message ?? issue.message, false) });
+      continue;
+    }
     if (issue.code === 'invalid_union' && issue.errors.length > 0) {
       // Our only unions are duration-like; report the first branch's problem.
       out.push({ path: formatPath(issue.path), message: 'expected a duration like "500ms", "2s", "1m" or milliseconds' });

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { normalizeTarget } from '../path.js';
 import { parseDuration } from './duration.js';
 
 /** A duration: `"250ms"`, `"2s"`, `"1m"`, or milliseconds. Parsed to milliseconds. */
@@ -118,7 +119,8 @@ export const configSchema = z
       .strictObject({
         host: z.string().default('127.0.0.1'),
         port: port.default(9901),
-        token: z.string().min(1).optional(),
+        // A token of digits arrives from ${ENV} as a number; it is still a token.
+        token: z.union([z.string(), z.number()]).transform(String).pipe(z.string().min(1)).optional(),
       })
       .optional(),
     discovery: z
@@ -127,7 +129,11 @@ export const configSchema = z
           .strictObject({
             url: z.string().regex(/^rediss?:\/\//, 'expected a redis:// or rediss:// URL'),
             prefix: z.string().default('meshgate:'),
+            /** ioredis options (Sentinel: `sentinels` and `name`). */
             options: z.record(z.string(), z.unknown()).optional(),
+            /** Redis Cluster seed nodes, as redis:// URLs; `url` is then ignored. */
+            cluster: z.array(z.string().regex(/^rediss?:\/\//, 'expected a redis:// or rediss:// URL')).optional(),
+            resyncInterval: duration.default(5000),
           })
           .optional(),
       })
@@ -171,7 +177,7 @@ export function crossCheck(raw: unknown): { path: PropertyKey[]; message: string
         issues.push({ path: ['routes', i, 'service'], message: `unknown service "${r.service}"` });
       }
       if (typeof r.prefix !== 'string') return;
-      const prefix = normalizePrefix(r.prefix);
+      const prefix = routePrefix(r.prefix);
       const first = seen.get(prefix);
       if (first !== undefined) issues.push({ path: ['routes', i, 'prefix'], message: `duplicate prefix "${r.prefix}" (also routes[${first}])` });
       else seen.set(prefix, i);
@@ -198,6 +204,19 @@ export function crossCheck(raw: unknown): { path: PropertyKey[]; message: string
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/**
+ * A configured prefix in the form request paths take after normalization (escapes of unreserved
+ * characters decoded, others upper-cased, dot segments resolved, trailing slash dropped), so
+ * `/%7Euser` matches a request for `/~user`, and `/a` and `/a/` are one prefix.
+ */
+export function routePrefix(prefix: string): string {
+  try {
+    return normalizePrefix(normalizeTarget(prefix).path);
+  } catch {
+    return normalizePrefix(prefix); // a malformed prefix is reported by the config check
+  }
 }
 
 /** Strips a trailing slash: `/users/` and `/users` are one prefix. */

@@ -1,0 +1,231 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import type { ServerResponse } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, test, type TestContext } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { echo, send, spawnNode, startUpstream, unusedPort, waitFor, type ChildRun } from './helpers.js';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+
+/** Runs the real CLI (`node --import tsx lib/cli.ts ...args`) from the repo root. */
+function cli(t: TestContext, args: string[], env: Record<string, string | undefined> = {}): Promise<ChildRun> {
+  return spawnNode(t, ['--import', 'tsx', 'lib/cli.ts', ...args], { cwd: ROOT, env: { MESHGATE_ADMIN_TOKEN: undefined, ...env } });
+}
+
+/** A temp directory removed after the test; returns a function that writes a file into it. */
+async function tempDir(t: TestContext): Promise<{ dir: string; write: (name: string, text: string) => Promise<string> }> {
+  const dir = await mkdtemp(join(tmpdir(), 'meshgate-cli-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return {
+    dir,
+    write: async (name, text) => {
+      const file = join(dir, name);
+      await writeFile(file, text);
+      return file;
+    },
+  };
+}
+
+/** Resolves true once a request to `url` gets any HTTP answer. */
+async function answers(url: string): Promise<boolean> {
+  try {
+    await send(url);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const BAD_YAML = `
+listen: { port: abc }
+services:
+  api:
+    instances: [ { url: "ftp://127.0.0.1:21", weight: 0 } ]
+    timeout: soon
+routes:
+  - { prefix: /api, service: ghost }
+`;
+const BAD_PATHS = ['listen.port', 'services.api.instances[0].url', 'services.api.instances[0].weight', 'services.api.timeout', 'routes[0].service'];
+
+describe('cli: flags and commands', { concurrency: true }, () => {
+  test('--version prints package.json\'s version and exits 0', async (t) => {
+    const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+    const run = await cli(t, ['--version']);
+    const { code } = await run.exited;
+    assert.equal(code, 0, run.stderr());
+    assert.equal(run.stdout(), `${pkg.version}\n`);
+  });
+
+  test('--help prints usage with start and validate and exits 0', async (t) => {
+    const run = await cli(t, ['--help']);
+    const { code } = await run.exited;
+    assert.equal(code, 0, run.stderr());
+    assert.match(run.stdout(), /Usage/);
+    assert.match(run.stdout(), /meshgate start --config/);
+    assert.match(run.stdout(), /meshgate validate --config/);
+  });
+
+  test('no command prints the usage and exits 2', async (t) => {
+    const run = await cli(t, []);
+    const { code } = await run.exited;
+    assert.equal(code, 2);
+    assert.match(run.stdout() + run.stderr(), /Usage/);
+  });
+
+  test('an unknown command exits 2 and names it', async (t) => {
+    const run = await cli(t, ['frobnicate']);
+    const { code } = await run.exited;
+    assert.equal(code, 2);
+    assert.match(run.stderr(), /unknown command "frobnicate"/);
+  });
+
+  test('an unknown option exits 2', async (t) => {
+    const run = await cli(t, ['validate', '--bogus']);
+    const { code } = await run.exited;
+    assert.equal(code, 2);
+    assert.match(run.stderr(), /bogus/);
+  });
+});
+
+describe('cli: validate', { concurrency: true }, () => {
+  test('a good config exits 0 and says so', async (t) => {
+    const { write } = await tempDir(t);
+    const file = await write(
+      'good.yaml',
+      'services:\n  api:\n    instances: [ { url: "http://127.0.0.1:3000" } ]\nroutes:\n  - { prefix: /api, service: api }\n',
+    );
+    const run = await cli(t, ['validate', '--config', file]);
+    const { code } = await run.exited;
+    assert.equal(code, 0, run.stderr());
+    assert.match(run.stdout(), /valid \(1 service, 1 route\)/);
+  });
+
+  test('a bad config exits 1 and lists every bad path on stderr', async (t) => {
+    const { write } = await tempDir(t);
+    const file = await write('bad.yaml', BAD_YAML);
+    const run = await cli(t, ['validate', '-c', file]);
+    const { code } = await run.exited;
+    assert.equal(code, 1);
+    const stderr = run.stderr();
+    assert.ok(stderr.includes(file), stderr);
+    for (const path of BAD_PATHS) assert.match(stderr, new RegExp(`^\\s+${path.replace(/[.[\]]/g, '\\$&')}: `, 'm'), `${path} in:\n${stderr}`);
+    assert.match(stderr, /routes\[0\]\.service: unknown service "ghost"/);
+    assert.equal(run.stdout(), '');
+  });
+
+  test('a missing file exits 1 with a clear message', async (t) => {
+    const { dir } = await tempDir(t);
+    const file = join(dir, 'missing.yaml');
+    const run = await cli(t, ['validate', '--config', file]);
+    const { code } = await run.exited;
+    assert.equal(code, 1);
+    assert.match(run.stderr(), /cannot read/);
+    assert.ok(run.stderr().includes(file), run.stderr());
+    assert.match(run.stderr(), /ENOENT|no such file/);
+    assert.doesNotMatch(run.stderr(), /^\s+at /m, 'a stack trace is not a clear message');
+  });
+});
+
+describe('cli: start', () => {
+  test('serves traffic, and on SIGTERM drains an in-flight request and exits 0', async (t) => {
+    // /slow sends its head and half its body, then waits for the test to finish it.
+    const held: ServerResponse[] = [];
+    const echoing = echo('upstream');
+    const upstream = await startUpstream(t, (req, res) => {
+      if (req.url === '/slow') {
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        res.write('first half;');
+        held.push(res);
+        return;
+      }
+      echoing(req, res);
+    });
+    const port = await unusedPort();
+    const { write } = await tempDir(t);
+    const file = await write(
+      'meshgate.yaml',
+      `listen: { host: 127.0.0.1, port: ${port} }
+services:
+  api:
+    instances: [ { url: "${upstream.url}" } ]
+routes:
+  - { prefix: /api, service: api, stripPrefix: true }
+`,
+    );
+    const run = await cli(t, ['start', '--config', file]);
+    const url = `http://127.0.0.1:${port}`;
+    await waitFor(() => answers(`${url}/api/ping`), 15_000, `the gateway on ${url}; stderr:\n${run.stderr()}`);
+
+    const ping = await send(`${url}/api/hello?x=1`, { headers: { 'x-test': 'cli' } });
+    assert.equal(ping.status, 200);
+    assert.equal(ping.json().url, '/hello?x=1');
+    const seen = upstream.seen.find((s) => s.url === '/hello?x=1');
+    assert.ok(seen, 'the upstream did not see the request');
+    assert.equal(seen.headers['x-test'], 'cli');
+
+    const slow = send(`${url}/api/slow`);
+    await waitFor(() => held.length === 1, 5000, 'the upstream to receive /slow');
+    run.child.kill('SIGTERM');
+    await waitFor(() => /SIGTERM: draining/.test(run.stderr()), 5000, `the drain log line; stderr:\n${run.stderr()}`);
+    // Draining: new connections are refused while the in-flight request is still open.
+    await waitFor(async () => !(await answers(`${url}/api/ping`)), 5000, 'the gateway to stop taking connections');
+    assert.equal(run.child.exitCode, null, 'the CLI exited before the in-flight request finished');
+
+    held[0]!.end('second half');
+    const res = await slow;
+    assert.equal(res.status, 200);
+    assert.equal(res.body, 'first half;second half');
+    const { code, signal } = await run.exited;
+    assert.equal(signal, null);
+    assert.equal(code, 0, run.stderr());
+  });
+
+  test('--port overrides listen.port', async (t) => {
+    const upstream = await startUpstream(t);
+    const [configured, override] = [await unusedPort(), await unusedPort()];
+    const { write } = await tempDir(t);
+    const file = await write(
+      'meshgate.yaml',
+      `listen: { host: 127.0.0.1, port: ${configured} }\nservices:\n  api: { instances: [ { url: "${upstream.url}" } ] }\nroutes: [ { prefix: /, service: api } ]\n`,
+    );
+    const run = await cli(t, ['start', '--config', file, '--port', String(override)]);
+    await waitFor(() => answers(`http://127.0.0.1:${override}/x`), 15_000, `the gateway on ${override}; stderr:\n${run.stderr()}`);
+    assert.equal((await send(`http://127.0.0.1:${override}/x`)).status, 200);
+    assert.equal(await answers(`http://127.0.0.1:${configured}/x`), false);
+    run.child.kill('SIGTERM');
+    assert.deepEqual(await run.exited, { code: 0, signal: null });
+  });
+
+  test('a --port that is not a number is a usage error, not a crash', async (t) => {
+    const { write } = await tempDir(t);
+    const file = await write('meshgate.yaml', 'listen: { host: 127.0.0.1, port: 0 }\nlogLevel: silent\n');
+    const run = await cli(t, ['start', '--config', file, '--port', 'abc']);
+    const { code } = await run.exited;
+    assert.equal(code, 2, run.stderr());
+    assert.match(run.stderr(), /--port/);
+    assert.doesNotMatch(run.stderr(), /^\s+at /m, 'a stack trace is not a usage message');
+  });
+
+  test('a port already in use exits 1 and says so', async (t) => {
+    const occupied = await startUpstream(t);
+    const { write } = await tempDir(t);
+    const file = await write('meshgate.yaml', `listen: { host: 127.0.0.1, port: ${occupied.port} }\nlogLevel: silent\n`);
+    const run = await cli(t, ['start', '--config', file]);
+    const { code } = await run.exited;
+    assert.equal(code, 1);
+    assert.match(run.stderr(), /address in use/);
+    assert.ok(run.stderr().includes(String(occupied.port)), run.stderr());
+  });
+
+  test('a bad config exits 1 with the path-named error on stderr', async (t) => {
+    const { write } = await tempDir(t);
+    const file = await write('bad.yaml', BAD_YAML);
+    const run = await cli(t, ['start', '--config', file]);
+    const { code } = await run.exited;
+    assert.equal(code, 1);
+    for (const path of BAD_PATHS) assert.ok(run.stderr().includes(`${path}: `), `${path} in:\n${run.stderr()}`);
+    assert.match(run.stderr(), /routes\[0\]\.service: unknown service "ghost"/);
+  });
+});
