@@ -2,8 +2,10 @@ import type { GatewayConfig, ServiceConfig } from './config/schema.js';
 import type { GatewayPlugin } from './plugin.js';
 import { accessLog } from '../plugins/access-log/index.js';
 import { circuitBreaker } from '../plugins/circuit-breaker/index.js';
+import { dnsDiscovery } from '../plugins/dns-discovery/index.js';
 import { healthChecks } from '../plugins/health-check/index.js';
 import { metrics } from '../plugins/metrics/index.js';
+import { redisDiscovery } from '../plugins/redis-discovery/index.js';
 import { retries } from '../plugins/retries/index.js';
 import { staticDiscovery } from '../plugins/static-discovery/index.js';
 import { traceContext } from '../plugins/trace-context/index.js';
@@ -16,6 +18,8 @@ export function builtinPlugins(config: GatewayConfig): GatewayPlugin[] {
   const services = Object.values(config.services);
   const anyService = (section: keyof ServiceConfig): boolean => services.some((s) => s[section] !== undefined);
   const plugins: GatewayPlugin[] = [staticDiscovery()];
+  if (config.discovery?.redis) plugins.push(redisDiscovery(config.discovery.redis));
+  if (anyService('dns')) plugins.push(dnsDiscovery(config.discovery?.dns ?? {}));
   // Observability first: its onRequest middleware then wraps everything the others do.
   if (config.tracing !== false) plugins.push(traceContext(typeof config.tracing === 'object' ? config.tracing : {}));
   if (config.metrics !== false && (config.metrics !== undefined || config.admin !== undefined)) {

@@ -12,6 +12,7 @@ export const LEASE_SWEEP_INTERVAL = 250;
 export class LeaseKeeper {
   readonly #gateway: Gateway;
   readonly #leased = new Set<Instance>();
+  readonly #held = new Set<string>();
   #timer: NodeJS.Timeout | null = null;
 
   constructor(gateway: Gateway) {
@@ -36,10 +37,25 @@ export class LeaseKeeper {
     this.#timer = null;
   }
 
+  /**
+   * Stops expiring the instances of one discovery source while it cannot deliver heartbeats
+   * (Redis down): the gateway keeps serving from its last view instead of emptying it.
+   */
+  hold(source: string): void {
+    this.#held.add(source);
+  }
+
+  /** Expires `source`'s instances again, each with a fresh lease: their owners get one TTL to show up. */
+  release(source: string, now = Date.now()): void {
+    if (!this.#held.delete(source)) return;
+    for (const inst of this.#leased) if (inst.source === source) inst.lastHeartbeat = now;
+  }
+
   /** Removes every instance whose lease ran out. */
   sweep(now = Date.now()): void {
     for (const inst of this.#leased) {
       if (inst.ttl === undefined || inst.lastHeartbeat === undefined) continue;
+      if (this.#held.size > 0 && this.#held.has(inst.source)) continue;
       if (now - inst.lastHeartbeat > inst.ttl) {
         this.#gateway.log.warn({ service: inst.service, instance: inst.id, ttl: inst.ttl }, 'lease expired: instance removed');
         this.#gateway.registry.removeInstance(inst.service, inst.id, 'expired');

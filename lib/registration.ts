@@ -1,11 +1,15 @@
 import { Agent, request } from 'undici';
+import { RedisRegistryStore, connectRedis } from './redis/store.js';
+import { defaultInstanceId } from './registry.js';
 import { parseDuration } from './config/duration.js';
 import { MeshError } from './errors.js';
 
 /** Options of {@link registerInstance}. */
 export interface RegisterOptions {
-  /** The admin API's base URL, as `http://127.0.0.1:9901`. */
+  /** The admin API's base URL (`http://127.0.0.1:9901`), or the fleet's Redis (`redis://127.0.0.1:6379`). */
   registry: string;
+  /** Key prefix, with a `redis://` registry. @default 'meshgate:' */
+  prefix?: string;
   service: string;
   /** This instance's URL, as the gateway should reach it. */
   url: string;
@@ -34,9 +38,10 @@ export interface Registration {
 }
 
 /**
- * Registers an instance with a gateway's admin API and keeps its lease: heartbeats every ttl/3,
- * registers again when a heartbeat answers 404 (the lease expired or the registry restarted),
- * and deregisters on close. If the process dies, the lease simply runs out.
+ * Registers an instance and keeps its lease: heartbeats every ttl/3, registers again when a
+ * heartbeat finds the instance gone (the lease expired, or Redis restarted empty), and deregisters
+ * on close. If the process dies, the lease simply runs out. The registry is a gateway's admin API
+ * (`http(s)://`) or the fleet's Redis (`redis://`, with the key schema in README).
  * @example
  * const reg = await registerInstance({ registry: 'http://127.0.0.1:9901', service: 'api', url: 'http://10.0.0.7:3000', ttl: '5s' });
  * process.on('SIGTERM', () => reg.close());
@@ -44,43 +49,24 @@ export interface Registration {
 export async function registerInstance(options: RegisterOptions): Promise<Registration> {
   const ttl = parseDuration(options.ttl ?? '10s');
   if (ttl === undefined || ttl < 100) throw new MeshError('MESH_ERR_BAD_OPTION', 400, `ttl: expected a duration of at least 100ms, got ${JSON.stringify(options.ttl)}`);
-  const base = options.registry.replace(/\/+$/, '');
-  const token = options.token ?? process.env.MESHGATE_ADMIN_TOKEN;
-  const headers: Record<string, string> = { 'content-type': 'application/json' };
-  if (token) headers.authorization = `Bearer ${token}`;
-  const dispatcher = new Agent({ keepAliveTimeout: Math.min(4000, ttl), connect: { timeout: Math.max(1000, Math.min(ttl / 3, 5000)) } });
-  const service = encodeURIComponent(options.service);
-  const body = JSON.stringify({ url: options.url, ttl, id: options.id, weight: options.weight, zone: options.zone, metadata: options.metadata });
-  const timeout = Math.max(1000, Math.floor(ttl / 3));
+  const client = /^rediss?:\/\//.test(options.registry) ? redisClient(options, ttl) : httpClient(options, ttl);
 
-  const call = async (method: 'POST' | 'PUT' | 'DELETE', path: string, payload?: string) => {
-    const res = await request(`${base}${path}`, { method, headers, body: payload, dispatcher, headersTimeout: timeout, bodyTimeout: timeout });
-    const text = await res.body.text();
-    return { status: res.statusCode, json: () => (text ? JSON.parse(text) : {}) as Record<string, unknown>, text };
-  };
-
-  const register = async (): Promise<string> => {
-    const res = await call('POST', `/services/${service}/instances`, body);
-    if (res.status !== 201) throw new MeshError('MESH_ERR_REGISTRATION', res.status, `registration of ${options.url} in "${options.service}" failed: ${res.status} ${res.text}`);
-    return String(res.json().id);
-  };
-
-  let id = await register().catch(async (err) => {
-    await dispatcher.close();
+  let id: string;
+  try {
+    id = await client.register();
+  } catch (err) {
+    await client.close();
     throw err;
-  });
+  }
   let closed = false;
   let timer: NodeJS.Timeout | null = null;
   let beating: Promise<void> = Promise.resolve();
 
   const beat = async (): Promise<void> => {
     try {
-      const res = await call('PUT', `/services/${service}/instances/${encodeURIComponent(id)}/heartbeat`);
-      if (res.status === 404 && !closed) {
-        id = await register();
+      if (!(await client.heartbeat(id)) && !closed) {
+        id = await client.register();
         options.onReregister?.(id);
-      } else if (res.status >= 400) {
-        throw new MeshError('MESH_ERR_HEARTBEAT', res.status, `heartbeat for ${id} failed: ${res.status} ${res.text}`);
       }
     } catch (err) {
       options.onError?.(err as Error);
@@ -106,13 +92,78 @@ export async function registerInstance(options: RegisterOptions): Promise<Regist
         if (timer) clearTimeout(timer);
         await beating;
         try {
-          const res = await call('DELETE', `/services/${service}/instances/${encodeURIComponent(id)}`);
-          if (res.status !== 204 && res.status !== 404) options.onError?.(new Error(`deregistration failed: ${res.status} ${res.text}`));
+          await client.deregister(id);
         } catch (err) {
           options.onError?.(err as Error);
         } finally {
-          await dispatcher.close();
+          await client.close();
         }
       })()),
+  };
+}
+
+/** The three calls a registration needs, over one transport. */
+interface RegistryClient {
+  register(): Promise<string>;
+  /** Resolves false when the registry no longer knows the instance. */
+  heartbeat(id: string): Promise<boolean>;
+  deregister(id: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+function httpClient(options: RegisterOptions, ttl: number): RegistryClient {
+  const base = options.registry.replace(/\/+$/, '');
+  const token = options.token ?? process.env.MESHGATE_ADMIN_TOKEN;
+  const headers: Record<string, string> = { 'content-type': 'application/json' };
+  if (token) headers.authorization = `Bearer ${token}`;
+  const timeout = Math.max(1000, Math.floor(ttl / 3));
+  const dispatcher = new Agent({ keepAliveTimeout: Math.min(4000, ttl), connect: { timeout } });
+  const service = encodeURIComponent(options.service);
+  const body = JSON.stringify({ url: options.url, ttl, id: options.id, weight: options.weight, zone: options.zone, metadata: options.metadata });
+  const call = async (method: 'POST' | 'PUT' | 'DELETE', path: string, payload?: string) => {
+    const res = await request(`${base}${path}`, { method, headers, body: payload, dispatcher, headersTimeout: timeout, bodyTimeout: timeout });
+    const text = await res.body.text();
+    return { status: res.statusCode, text };
+  };
+  return {
+    async register() {
+      const res = await call('POST', `/services/${service}/instances`, body);
+      if (res.status !== 201) throw new MeshError('MESH_ERR_REGISTRATION', res.status, `registration of ${options.url} in "${options.service}" failed: ${res.status} ${res.text}`);
+      return String((JSON.parse(res.text) as { id: unknown }).id);
+    },
+    async heartbeat(id) {
+      const res = await call('PUT', `/services/${service}/instances/${encodeURIComponent(id)}/heartbeat`);
+      if (res.status === 404) return false;
+      if (res.status >= 400) throw new MeshError('MESH_ERR_HEARTBEAT', res.status, `heartbeat for ${id} failed: ${res.status} ${res.text}`);
+      return true;
+    },
+    async deregister(id) {
+      const res = await call('DELETE', `/services/${service}/instances/${encodeURIComponent(id)}`);
+      if (res.status !== 204 && res.status !== 404) throw new MeshError('MESH_ERR_REGISTRATION', res.status, `deregistration failed: ${res.status} ${res.text}`);
+    },
+    close: () => dispatcher.close(),
+  };
+}
+
+function redisClient(options: RegisterOptions, ttl: number): RegistryClient {
+  const redis = connectRedis({ url: options.registry }, { lazyConnect: false, enableOfflineQueue: true, maxRetriesPerRequest: 0 });
+  // Reconnects are ioredis's job; failures surface through the calls below.
+  redis.on('error', () => {});
+  const store = new RedisRegistryStore(redis, options.prefix ?? 'meshgate:');
+  const id = options.id ?? defaultInstanceId(new URL(options.url));
+  return {
+    async register() {
+      await store.register(options.service, { id, url: options.url, ttl, weight: options.weight, zone: options.zone, metadata: options.metadata });
+      return id;
+    },
+    async heartbeat(current) {
+      return (await store.heartbeat(options.service, current)) >= 0;
+    },
+    async deregister(current) {
+      await store.deregister(options.service, current);
+    },
+    async close() {
+      redis.disconnect();
+    },
   };
 }

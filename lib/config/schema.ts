@@ -136,6 +136,12 @@ export const configSchema = z
             resyncInterval: duration.default(5000),
           })
           .optional(),
+        dns: z
+          .strictObject({
+            /** DNS servers to ask instead of the system resolver, as `host` or `host:port`. */
+            servers: z.array(z.string().min(1)).min(1).optional(),
+          })
+          .optional(),
       })
       .optional(),
     services: z.record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'expected letters, digits, ".", "_" or "-"'), service).default({}),

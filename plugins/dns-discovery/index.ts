@@ -1,0 +1,93 @@
+import { promises as dns } from 'node:dns';
+import type { Gateway } from '../../lib/gateway.js';
+import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
+import type { InstanceSpec, Service } from '../../lib/registry.js';
+
+/** Options of {@link dnsDiscovery}; per-service settings come from `services.<name>.dns`. */
+export interface DnsDiscoveryOptions {
+  /**
+   * DNS servers (`"127.0.0.1:5353"`) to ask instead of the system resolver. Without them, A/AAAA
+   * names go through `getaddrinfo` (so /etc/hosts works) and SRV through the system's servers.
+   */
+  servers?: string[];
+}
+
+const SOURCE = 'dns';
+
+/**
+ * DNS discovery: for every service with a `dns` section, resolves `name` every `refresh` and
+ * diffs the answer into the registry: new addresses become instances, vanished ones leave,
+ * and the ones that stay keep their health and breaker state. A/AAAA names use the system
+ * resolver (`/etc/hosts` works) with `port`; with `srv: true` the SRV records give target, port
+ * and weight. A failed lookup keeps the last answer (DNS hiccups must not empty a service).
+ */
+export function dnsDiscovery(options: DnsDiscoveryOptions = {}): GatewayPlugin {
+  return definePlugin({
+    name: 'dns-discovery',
+    async setup(gateway: Gateway) {
+      const resolver = options.servers ? new dns.Resolver() : null;
+      if (resolver && options.servers) resolver.setServers(options.servers);
+      const timers: NodeJS.Timeout[] = [];
+      let closed = false;
+
+      const resolve = async (service: Service): Promise<InstanceSpec[]> => {
+        const cfg = service.policy.dns!;
+        const scheme = service.policy.tls ? 'https' : 'http';
+        if (cfg.srv) {
+          const records = await (resolver ?? dns).resolveSrv(cfg.name);
+          return records.map((r) => ({ url: `${scheme}://${hostForUrl(r.name)}:${r.port}`, weight: Math.max(1, r.weight), source: SOURCE }));
+        }
+        const port = cfg.port ?? (scheme === 'https' ? 443 : 80);
+        let addresses: string[];
+        if (resolver) {
+          const [v4, v6] = await Promise.allSettled([resolver.resolve4(cfg.name), resolver.resolve6(cfg.name)]);
+          addresses = [...(v4.status === 'fulfilled' ? v4.value : []), ...(v6.status === 'fulfilled' ? v6.value : [])];
+          if (addresses.length === 0 && v4.status === 'rejected') throw v4.reason;
+        } else {
+          addresses = (await dns.lookup(cfg.name, { all: true })).map((a) => a.address);
+        }
+        return [...new Set(addresses)].map((address) => ({ url: `${scheme}://${hostForUrl(address)}:${port}`, source: SOURCE }));
+      };
+
+      const refresh = async (service: Service): Promise<void> => {
+        let specs: InstanceSpec[];
+        try {
+          specs = await resolve(service);
+        } catch (err) {
+          gateway.log.warn({ service: service.name, name: service.policy.dns!.name, err: (err as Error).message }, 'DNS lookup failed; keeping the last answer');
+          return;
+        }
+        if (closed) return;
+        const wanted = new Set<string>();
+        for (const spec of specs) wanted.add(gateway.registry.upsertInstance(service.name, spec).id);
+        for (const inst of [...service.instances.values()]) {
+          if (inst.source === SOURCE && !wanted.has(inst.id)) gateway.registry.removeInstance(service.name, inst.id, 'discovery');
+        }
+      };
+
+      const services = [...gateway.registry.services()].filter((s) => s.policy.dns);
+      // The first answer is awaited, so a DNS-only service has instances when the gateway starts.
+      await Promise.all(services.map(refresh));
+      for (const service of services) {
+        const loop = (): void => {
+          const timer = setTimeout(async () => {
+            await refresh(service);
+            if (!closed) loop();
+          }, service.policy.dns!.refresh);
+          timer.unref();
+          timers[services.indexOf(service)] = timer;
+        };
+        loop();
+      }
+      gateway.onClose(() => {
+        closed = true;
+        for (const timer of timers) clearTimeout(timer);
+      });
+    },
+  });
+}
+
+function hostForUrl(host: string): string {
+  const bare = host.endsWith('.') ? host.slice(0, -1) : host;
+  return bare.includes(':') ? `[${bare}]` : bare;
+}

@@ -1,0 +1,185 @@
+import type { Cluster, Redis } from 'ioredis';
+import { MeshError } from '../../lib/errors.js';
+import type { Gateway } from '../../lib/gateway.js';
+import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
+import type { Registrar, RegistrationResult } from '../../lib/registrar.js';
+import { defaultInstanceId, UnknownInstanceError, type InstanceSpec } from '../../lib/registry.js';
+import { RedisRegistryStore, connectRedis, eventsChannel, type RedisConnection, type RegistryMessage, type StoredInstance } from '../../lib/redis/store.js';
+
+/** Options of {@link redisDiscovery}; from `discovery.redis` in the config. */
+export interface RedisDiscoveryOptions extends RedisConnection {
+  /** Key prefix. @default 'meshgate:' */
+  prefix?: string;
+  /** Full re-read of the registry, besides the one after every (re)connect, ms. @default 5000 */
+  resyncInterval?: number;
+}
+
+/** The registry (Redis) cannot take writes right now (503). */
+export class RegistryUnavailableError extends MeshError {
+  constructor(cause?: unknown) {
+    super('MESH_ERR_REGISTRY_UNAVAILABLE', 503, 'the registry (Redis) is unavailable; the gateway keeps routing with its last view', { cause });
+  }
+}
+
+const SOURCE = 'redis';
+
+/**
+ * A fleet-wide registry on Redis. Registrations through any gateway's admin API (or the
+ * registration client, or plain Redis commands) are stored with a TTL lease; every gateway applies
+ * changes pushed over pub/sub within a moment, and re-reads everything with SCAN after each
+ * (re)connect and every `resyncInterval`, because pub/sub drops what is sent while a connection is
+ * down. Redis is never on the request path: routing reads the in-memory view. While Redis is
+ * down, gateways keep serving their last view (leases of Redis instances are held, not expired),
+ * admin writes answer 503, and reconnects use capped backoff; on return they resync and every held
+ * instance gets one fresh TTL to heartbeat again.
+ */
+export function redisDiscovery(options: RedisDiscoveryOptions): GatewayPlugin {
+  const prefix = options.prefix ?? 'meshgate:';
+  const resyncInterval = options.resyncInterval ?? 5000;
+  return definePlugin({
+    name: 'redis-discovery',
+    async setup(gateway: Gateway) {
+      const log = gateway.log.child({ plugin: 'redis-discovery' });
+      const client = connectRedis(options, { lazyConnect: true });
+      const subscriber = connectRedis(options, { lazyConnect: true });
+      const store = new RedisRegistryStore(client, prefix);
+      let closed = false;
+      let down = true;
+      let syncing: Promise<void> | null = null;
+
+      const apply = (stored: StoredInstance, pttl?: number): void => {
+        const service = gateway.registry.getService(stored.service);
+        if (!service) return; // a service this gateway does not route
+        const spec: InstanceSpec = { id: stored.id, url: stored.url, weight: stored.weight, metadata: stored.metadata, zone: stored.zone, ttl: stored.ttl, source: SOURCE };
+        // The lease's last renewal: from the key's remaining TTL on a scan, "now" for a fresh registration.
+        const renewed = stored.ttl !== undefined && pttl !== undefined && pttl > 0 ? Date.now() - (stored.ttl - pttl) : Date.now();
+        const existing = service.instances.get(stored.id);
+        if (existing && existing.url === stored.url && existing.weight === (stored.weight ?? 1) && existing.ttl === stored.ttl) {
+          if (stored.ttl !== undefined) existing.lastHeartbeat = Math.max(existing.lastHeartbeat ?? 0, renewed);
+          return;
+        }
+        try {
+          const inst = gateway.registry.upsertInstance(stored.service, spec);
+          if (stored.ttl !== undefined) inst.lastHeartbeat = renewed;
+        } catch (err) {
+          log.warn({ err, id: stored.id }, 'ignoring a malformed instance in Redis');
+        }
+      };
+
+      const resync = (): Promise<void> =>
+        (syncing ??= (async () => {
+          try {
+            const found = await store.scan();
+            const seen = new Set<string>();
+            for (const { instance, pttl } of found) {
+              seen.add(`${instance.service}\u0000${instance.id}`);
+              apply(instance, pttl);
+            }
+            for (const service of gateway.registry.services()) {
+              for (const inst of [...service.instances.values()]) {
+                // Leased instances missing from Redis leave through their lease (Redis may have
+                // restarted empty, and their owners will register again); others leave now.
+                if (inst.source === SOURCE && inst.ttl === undefined && !seen.has(`${service.name}\u0000${inst.id}`)) {
+                  gateway.registry.removeInstance(service.name, inst.id, 'discovery');
+                }
+              }
+            }
+            gateway.leases.release(SOURCE);
+          } catch (err) {
+            log.warn({ err: (err as Error).message }, 'registry resync failed; keeping the last view');
+          } finally {
+            syncing = null;
+          }
+        })());
+
+      subscriber.on('message', (_channel: string, text: string) => {
+        let message: RegistryMessage;
+        try {
+          message = JSON.parse(text) as RegistryMessage;
+        } catch {
+          return; // not a registry message
+        }
+        if (message.op === 'register' && message.instance) apply(message.instance);
+        else if (message.op === 'deregister') gateway.registry.removeInstance(message.service, message.id, 'deregistered');
+        else if (message.op === 'heartbeat') {
+          const inst = gateway.registry.getInstance(message.service, message.id);
+          if (inst) inst.lastHeartbeat = Date.now();
+        }
+      });
+
+      const onDown = (): void => {
+        if (down || closed) return;
+        down = true;
+        gateway.leases.hold(SOURCE);
+        log.warn('Redis connection lost: serving from the last view, admin writes answer 503');
+      };
+      for (const c of [client, subscriber] as (Redis | Cluster)[]) {
+        c.on('error', (err: Error) => log.debug({ err: err.message }, 'redis error'));
+        c.on('close', onDown);
+        c.on('end', onDown);
+      }
+      client.on('ready', () => {
+        if (closed) return;
+        if (down) log.info('Redis connected: resyncing the registry');
+        down = false;
+        void resync();
+      });
+
+      gateway.leases.hold(SOURCE);
+      try {
+        await Promise.all([client.connect(), subscriber.connect().then(() => subscriber.subscribe(eventsChannel(prefix)))]);
+        await resync();
+      } catch (err) {
+        // A gateway must boot without Redis and catch up when it comes: routing does not need it.
+        log.warn({ err: (err as Error).message }, 'Redis unavailable at start; will keep retrying');
+      }
+
+      const timer = setInterval(() => {
+        if (!down) void resync();
+      }, resyncInterval);
+      timer.unref();
+
+      const registrar: Registrar = {
+        async register(service, spec): Promise<RegistrationResult> {
+          gateway.registry.requireService(service);
+          const id = spec.id ?? defaultInstanceId(new URL(spec.url));
+          const stored = await guard(() => store.register(service, { ...spec, id }));
+          apply(stored);
+          return { id, ttl: stored.ttl };
+        },
+        async heartbeat(service, id): Promise<RegistrationResult> {
+          gateway.registry.requireService(service);
+          const lease = await guard(() => store.heartbeat(service, id));
+          if (lease < 0) throw new UnknownInstanceError(service, id);
+          const inst = gateway.registry.getInstance(service, id);
+          if (inst) inst.lastHeartbeat = Date.now();
+          return { id, ttl: lease > 0 ? lease : undefined };
+        },
+        async deregister(service, id): Promise<boolean> {
+          gateway.registry.requireService(service);
+          const removed = await guard(() => store.deregister(service, id));
+          const local = gateway.registry.removeInstance(service, id, 'deregistered') !== undefined;
+          return removed || local;
+        },
+      };
+      const guard = async <T>(op: () => Promise<T>): Promise<T> => {
+        if (down) throw new RegistryUnavailableError();
+        try {
+          return await op();
+        } catch (err) {
+          if (err instanceof MeshError) throw err;
+          throw new RegistryUnavailableError(err);
+        }
+      };
+      gateway.registrar = registrar;
+
+      gateway.onClose(async () => {
+        closed = true;
+        clearInterval(timer);
+        await Promise.allSettled([syncing]);
+        subscriber.disconnect();
+        client.disconnect();
+      });
+    },
+  });
+}
