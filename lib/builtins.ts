@@ -1,10 +1,12 @@
 import type { GatewayConfig, ServiceConfig } from './config/schema.js';
 import type { GatewayPlugin } from './plugin.js';
 import { accessLog } from '../plugins/access-log/index.js';
+import { auth } from '../plugins/auth/index.js';
 import { circuitBreaker } from '../plugins/circuit-breaker/index.js';
 import { dnsDiscovery } from '../plugins/dns-discovery/index.js';
 import { healthChecks } from '../plugins/health-check/index.js';
 import { metrics } from '../plugins/metrics/index.js';
+import { rateLimit } from '../plugins/rate-limit/index.js';
 import { redisDiscovery } from '../plugins/redis-discovery/index.js';
 import { retries } from '../plugins/retries/index.js';
 import { staticDiscovery } from '../plugins/static-discovery/index.js';
@@ -26,6 +28,9 @@ export function builtinPlugins(config: GatewayConfig): GatewayPlugin[] {
     plugins.push(metrics(typeof config.metrics === 'object' ? config.metrics : {}));
   }
   if (config.accessLog !== undefined && config.accessLog !== false) plugins.push(accessLog());
+  // Who is asking, then how often: rate limits may key on the authenticated subject.
+  if (config.routes.some((r) => r.auth)) plugins.push(auth());
+  if (config.routes.some((r) => r.rateLimit)) plugins.push(rateLimit());
   if (anyService('healthCheck')) plugins.push(healthChecks());
   if (anyService('circuitBreaker')) plugins.push(circuitBreaker());
   if (anyService('retries')) plugins.push(retries());

@@ -4,6 +4,7 @@ import { createServer as createHttpServer, type IncomingMessage, type Server, ty
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
+import { Transform } from 'node:stream';
 import Koa, { type Context } from 'koa';
 import { AdminServer } from './admin/server.js';
 import type { Balancer, BalancerFactory } from './balancer.js';
@@ -14,6 +15,7 @@ import {
   ConfigError,
   GatewayClosingError,
   MeshError,
+  PayloadTooLargeError,
   NoHealthyInstanceError,
   NoRouteError,
   PluginError,
@@ -24,6 +26,7 @@ import type { GatewayEvents } from './events.js';
 import { upstreamRequestHeaders } from './headers.js';
 import { createLogger, type Logger } from './logger.js';
 import { LeaseKeeper } from './leases.js';
+import { clientAddress, compileTrust, type ProxyTrust } from './net.js';
 import { normalizeTarget } from './path.js';
 import { STAGES, checkPlugin, type GatewayPlugin, type Stage } from './plugin.js';
 import { UpstreamPools, dispatchUpstream, responseHeaders, type PoolOptions } from './proxy.js';
@@ -93,6 +96,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   readonly #balancerFactories = new Map<string, BalancerFactory>();
   readonly #balancers = new Map<Service, Balancer>();
   readonly #originRefs = new Map<string, number>();
+  readonly #trust: ProxyTrust;
 
   #chains: Record<Stage, StageChain> | null = null;
   #ready: Promise<void> | null = null;
@@ -115,6 +119,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     this.leases = new LeaseKeeper(this);
     this.admin = new AdminServer(this);
     this.random = options.random ?? Math.random;
+    this.#trust = compileTrust(config.listen.trustProxy);
     for (const [name, factory] of Object.entries(BUILTIN_BALANCERS)) this.defineBalancer(name, factory);
     for (const [name, policy] of Object.entries(config.services)) this.registry.addService(name, policy);
     this.on('instance:added', (inst) => this.#refOrigin(inst, 1));
@@ -272,16 +277,28 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     if (this.#server) throw new PluginError('gateway is already listening', 'MESH_ERR_ALREADY_LISTENING');
     const { listen } = this.config;
     const handler = this.app().callback();
+    const serverOptions = {
+      maxHeaderSize: listen.maxHeaderSize,
+      headersTimeout: listen.headersTimeout,
+      requestTimeout: listen.requestTimeout,
+      keepAliveTimeout: listen.keepAliveTimeout,
+    };
     const server = listen.tls
       ? createHttpsServer(
           {
+            ...serverOptions,
             cert: readFileSync(this.resolvePath(listen.tls.cert)),
             key: readFileSync(this.resolvePath(listen.tls.key)),
             ...(listen.tls.ca ? { ca: readFileSync(this.resolvePath(listen.tls.ca)) } : {}),
           },
           handler,
         )
-      : createHttpServer(handler);
+      : createHttpServer(serverOptions, handler);
+    // A gateway is not a forward proxy: CONNECT tunnels are refused outright.
+    server.on('connect', (_req: IncomingMessage, socket: import('node:net').Socket) => {
+      const body = JSON.stringify({ error: 'MESH_ERR_METHOD_NOT_ALLOWED', message: 'CONNECT is not supported' });
+      socket.end(`HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+    });
     this.#server = server;
     const host = overrides.host ?? listen.host;
     await new Promise<void>((resolve, reject) => {
@@ -381,6 +398,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     }
     if (mesh.route === null && mesh.error === null && hostNext !== null) return hostNext();
 
+    const socketAddress = ctx.req.socket.remoteAddress ?? '';
+    mesh.clientIp = this.#trust === false ? socketAddress : clientAddress(socketAddress, headerValue(ctx.req.headers['x-forwarded-for']), this.#trust);
     this.#inflight++;
     const res = ctx.res;
     const onClose = (): void => {
@@ -411,8 +430,11 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     mesh.deadline = mesh.startedAt + service.policy.timeout;
     const req = ctx.req;
     mesh.body = requestBody(ctx);
+    const limit = route.config.maxBodySize;
+    if (limit !== undefined) mesh.body = limitBody(req, mesh.body, limit);
     mesh.upstreamHeaders = upstreamRequestHeaders(req, {
       remoteAddress: req.socket.remoteAddress ?? '',
+      appendForwardedFor: this.#trust !== false,
       proto: ctx.protocol,
       bodyLength: typeof mesh.body === 'string' || Buffer.isBuffer(mesh.body) ? Buffer.byteLength(mesh.body) : undefined,
       overrides: mesh.headerOverrides,
@@ -480,6 +502,10 @@ export class Gateway extends EventEmitter<GatewayEvents> {
         // Nothing was answered, so an idempotent request with a replayable body goes again, once.
         if (staleRetry && err instanceof UpstreamResetError && isReplayable(ctx.req.method!, mesh)) continue;
         balancer.observe?.(instance, performance.now() - exchange.startedAt, true);
+        if (isTlsFailure(err)) {
+          // A certificate problem is a configuration error somebody must see, not just a 502.
+          this.log.warn({ service: service.name, instance: instance.id, code: ((err as MeshError).cause as { code?: string }).code }, (err as MeshError).message);
+        }
         if (this.listenerCount('upstream:response') > 0) {
           this.emit('upstream:response', instance, { status: 0, durationMs: performance.now() - exchange.startedAt, error: (err as MeshError).code });
         }
@@ -600,6 +626,44 @@ function takeSetHeaders(res: ServerResponse): string[] {
     res.removeHeader(name);
   }
   return out;
+}
+
+/**
+ * Applies a route's `maxBodySize`: a declared length over it is refused before any upstream is
+ * dialed; a chunked body is counted as it streams and cut off with 413 when it passes the limit.
+ */
+function limitBody(req: IncomingMessage, body: IncomingMessage | Buffer | string | null, limit: number): IncomingMessage | Buffer | string | null {
+  if (body === null) return null;
+  if (body !== req) {
+    if (Buffer.byteLength(body as Buffer | string) > limit) throw new PayloadTooLargeError(limit);
+    return body;
+  }
+  const declared = req.headers['content-length'];
+  if (declared !== undefined) {
+    if (Number(declared) > limit) throw new PayloadTooLargeError(limit);
+    return body; // Node's parser enforces the declared length itself
+  }
+  let seen = 0;
+  const counter = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      seen += chunk.length;
+      if (seen > limit) callback(new PayloadTooLargeError(limit));
+      else callback(null, chunk);
+    },
+  });
+  req.on('error', (err) => counter.destroy(err));
+  req.pipe(counter);
+  // undici streams this in place of the request; it keeps the IncomingMessage type for the proxy's sake.
+  return Object.assign(counter, { headers: req.headers }) as unknown as IncomingMessage;
+}
+
+function isTlsFailure(err: unknown): boolean {
+  const code = (err as { cause?: { code?: unknown } })?.cause?.code;
+  return typeof code === 'string' && /CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO_VERIFY/.test(code);
+}
+
+function headerValue(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value.join(',') : value;
 }
 
 const SAFE_TO_REPEAT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);

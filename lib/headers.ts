@@ -44,10 +44,14 @@ export interface ForwardedInfo {
   proto: string;
   /** When the body is replaced (a host app's body parser consumed the stream): its new length. */
   bodyLength?: number;
-  /** Trust the client's own `X-Forwarded-For` chain and append to it. @default true */
+  /**
+   * Keep the client's `X-Forwarded-For` chain and append to it (the client is behind trusted
+   * proxies). Otherwise the chain is replaced by the socket address: never trust what you cannot check.
+   * @default false
+   */
   appendForwardedFor?: boolean;
-  /** Headers set by plugins (flat, lower-case names): they replace the client's of the same name. */
-  overrides?: readonly string[];
+  /** Headers set (string) or removed (null) by plugins, lower-case names: they win over the client's. */
+  overrides?: ReadonlyMap<string, string | null>;
 }
 
 /**
@@ -70,14 +74,16 @@ export function upstreamRequestHeaders(req: IncomingMessage, info: ForwardedInfo
     }
     if (HOP_BY_HOP.has(lower)) continue;
     if (GATEWAY_OWNED.has(lower)) {
-      if (lower === 'x-forwarded-for' && info.appendForwardedFor !== false) {
+      if (lower === 'x-forwarded-for' && info.appendForwardedFor === true) {
         forwardedFor = forwardedFor ? `${forwardedFor}, ${raw[i + 1]}` : raw[i + 1]!;
       }
       continue;
     }
     if (lower === 'host') host = raw[i + 1]!;
     if (info.bodyLength !== undefined && lower === 'content-length') continue;
-    if (info.overrides !== undefined && info.overrides.length > 0 && isOverridden(info.overrides, lower)) continue;
+    if (info.overrides !== undefined && info.overrides.size > 0 && info.overrides.has(lower)) continue;
+    // The gateway's own internal headers never come from outside.
+    if (lower.startsWith('x-meshgate-')) continue;
     out.push(name, raw[i + 1]!);
   }
   if (named !== null) {
@@ -92,11 +98,8 @@ export function upstreamRequestHeaders(req: IncomingMessage, info: ForwardedInfo
   out.push('x-forwarded-proto', info.proto);
   if (host) out.push('x-forwarded-host', host);
   if (info.bodyLength !== undefined) out.push('content-length', String(info.bodyLength));
-  if (info.overrides !== undefined) for (let i = 0; i < info.overrides.length; i++) out.push(info.overrides[i]!);
+  if (info.overrides !== undefined) {
+    for (const [name, value] of info.overrides) if (value !== null) out.push(name, value);
+  }
   return out;
-}
-
-function isOverridden(overrides: readonly string[], lower: string): boolean {
-  for (let i = 0; i < overrides.length; i += 2) if (overrides[i] === lower) return true;
-  return false;
 }

@@ -49,24 +49,34 @@ export class MeshState {
   requestId = '';
   /** W3C trace id of this request, set by the trace-context plugin; '' when off. */
   traceId = '';
-  /** Headers plugins set for the upstream, flat; they replace the client's headers of the same name. */
-  readonly headerOverrides: string[] = [];
+  /** The client's address: the socket's, or from X-Forwarded-For behind trusted proxies (`listen.trustProxy`). */
+  clientIp = '';
+  /** Who the auth plugin authenticated, or null. */
+  principal: { kind: 'jwt' | 'api-key'; subject: string | undefined; claims: Readonly<Record<string, unknown>> } | null = null;
+  /** Upstream headers set (a string) or removed (null) by plugins; they win over the client's. */
+  readonly headerOverrides = new Map<string, string | null>();
 
   /**
    * Sets a header for the upstream request, replacing any the client sent. Works before the
    * upstream headers are built (onRequest) and after (resolve and later).
    */
   setUpstreamHeader(name: string, value: string): void {
-    const lower = name.toLowerCase();
+    this.#override(name.toLowerCase(), value);
+  }
+
+  /** Removes a header the client sent, so it never reaches the upstream. */
+  removeUpstreamHeader(name: string): void {
+    this.#override(name.toLowerCase(), null);
+  }
+
+  #override(lower: string, value: string | null): void {
+    this.headerOverrides.set(lower, value);
     const headers = this.upstreamHeaders;
+    if (headers.length === 0) return; // not built yet: the builder applies the overrides
     for (let i = headers.length - 2; i >= 0; i -= 2) {
       if (headers[i]!.toLowerCase() === lower) headers.splice(i, 2);
     }
-    if (headers.length > 0) headers.push(lower, value);
-    for (let i = this.headerOverrides.length - 2; i >= 0; i -= 2) {
-      if (this.headerOverrides[i] === lower) this.headerOverrides.splice(i, 2);
-    }
-    this.headerOverrides.push(lower, value);
+    if (value !== null) headers.push(lower, value);
   }
 }
 

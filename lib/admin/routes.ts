@@ -3,7 +3,12 @@ import { z } from 'zod';
 import { zodIssues } from '../config/index.js';
 import { duration, httpUrl } from '../config/schema.js';
 import { BadRequestError } from '../errors.js';
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
+import { MeshError } from '../errors.js';
 import type { Gateway } from '../gateway.js';
+import { cidrList, inList } from '../net.js';
+import { TokenBuckets } from '../token-bucket.js';
 import { readJsonBody } from './body.js';
 
 /** Largest `metadata` of a registration, as JSON bytes. */
@@ -37,15 +42,44 @@ class ValidationError extends BadRequestError {
 }
 
 /**
+ * Registered URLs must point into the allowed networks, every address the host resolves to
+ * included: otherwise anyone holding the token could aim the gateway at internal services.
+ */
+async function checkNetwork(url: string, allowed: ReturnType<typeof cidrList>): Promise<void> {
+  const host = new URL(url).hostname.replace(/^\[|\]$/g, '');
+  let addresses: string[];
+  if (isIP(host)) addresses = [host];
+  else {
+    try {
+      addresses = (await lookup(host, { all: true })).map((a) => a.address);
+    } catch {
+      throw new ValidationError([{ path: 'url', message: `cannot resolve ${host}` }]);
+    }
+  }
+  const outside = addresses.find((a) => !inList(allowed, a));
+  if (outside !== undefined) throw new ValidationError([{ path: 'url', message: `${host} (${outside}) is outside admin.allowedNetworks` }]);
+}
+
+/**
  * The control-plane routes (see ARCHITECTURE.md): register, heartbeat, deregister, inspect.
  * Writes go through `gateway.registrar`, so a fleet-wide registrar (Redis) serves them unchanged.
  */
 export function controlPlaneRoutes(router: Router, gateway: Gateway): void {
+  const admin = gateway.config.admin;
+  const allowed = admin?.allowedNetworks ? cidrList(admin.allowedNetworks) : null;
+  const rate = admin?.registrationRate ?? 50;
+  const registrations = new TokenBuckets(rate, Math.max(1, Math.ceil(rate)));
+
   router.post('/services/:name/instances', async (ctx) => {
     const name = ctx.params.name!;
+    if (!registrations.take('all').allowed) {
+      ctx.set('retry-after', '1');
+      throw new MeshError('MESH_ERR_RATE_LIMITED', 429, `more than ${rate} registrations per second`);
+    }
     gateway.registry.requireService(name);
     const parsed = registration.safeParse(await readJsonBody(ctx));
     if (!parsed.success) throw new ValidationError(zodIssues(parsed.error));
+    if (allowed) await checkNetwork(parsed.data.url, allowed);
     const result = await gateway.registrar.register(name, { ...parsed.data, source: 'admin' });
     ctx.status = 201;
     ctx.set('location', `/services/${encodeURIComponent(name)}/instances/${encodeURIComponent(result.id)}`);

@@ -9,7 +9,7 @@ export type HashKeyReader = (ctx: Context) => string | undefined;
  * @example keyReader('header:x-user-id')(ctx) // the header's value, or undefined
  */
 export function keyReader(spec: string): HashKeyReader {
-  if (spec === 'ip') return (ctx) => ctx.req.socket.remoteAddress || undefined;
+  if (spec === 'ip') return (ctx) => ctx.state.mesh.clientIp || ctx.req.socket.remoteAddress || undefined;
   if (spec === 'path') return (ctx) => ctx.state.mesh.path;
   const colon = spec.indexOf(':');
   const kind = spec.slice(0, colon);

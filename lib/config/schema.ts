@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { cidrList } from '../net.js';
 import { normalizeTarget } from '../path.js';
 import { parseDuration } from './duration.js';
 
@@ -94,10 +95,66 @@ const service = z.preprocess(
   }),
 );
 
+/** Sizes: a number of bytes, or `"64kb"`, `"10mb"`. */
+export const byteSize = z.union([z.number().int().min(0), z.string()]).transform((value, ctx) => {
+  if (typeof value === 'number') return value;
+  const match = /^(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?$/i.exec(value.trim());
+  if (!match) {
+    ctx.addIssue({ code: 'custom', message: `expected a size like 65536, "64kb" or "10mb", got ${JSON.stringify(value)}` });
+    return z.NEVER;
+  }
+  const unit = (match[2] ?? 'b').toLowerCase();
+  const factor = unit === 'b' ? 1 : unit.startsWith('k') ? 1024 : unit.startsWith('m') ? 1024 ** 2 : 1024 ** 3;
+  return Math.floor(Number(match[1]) * factor);
+});
+
+/** JWT algorithms that may be allowed; `none` is not one of them. */
+export const JWT_ALGORITHMS = ['HS256', 'HS384', 'HS512', 'RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'] as const;
+
+const jwtAuth = z.strictObject({
+  /** Shared secret for HS* algorithms. */
+  secret: z.string().min(1).optional(),
+  /** PEM public key (or a path to one) for RS*, PS*, ES*, EdDSA. */
+  publicKey: z.string().min(1).optional(),
+  /** JWKS endpoint; keys are fetched and cached. */
+  jwksUrl: httpUrl.optional(),
+  algorithms: z.array(z.enum(JWT_ALGORITHMS, { message: `expected one of ${JWT_ALGORITHMS.join(', ')} ("none" is never allowed)` })).min(1),
+  issuer: z.union([z.string(), z.array(z.string())]).optional(),
+  audience: z.union([z.string(), z.array(z.string())]).optional(),
+  /** Allowed clock skew for exp/nbf. */
+  clockTolerance: duration.default(30_000),
+  /** Claims forwarded upstream as headers, `{ claim: header }`; any such header from the client is removed first. */
+  forwardClaims: z.record(z.string(), z.string().regex(/^[A-Za-z0-9-]+$/, 'expected a header name')).default({}),
+});
+
+const apiKeyAuth = z.strictObject({
+  /** Accepted keys (use `\${ENV}` to keep them out of the file). */
+  keys: z.array(z.union([z.string(), z.number()]).transform(String).pipe(z.string().min(8, 'an API key must be at least 8 characters'))).min(1),
+  header: z.string().min(1).default('x-api-key'),
+});
+
+const rateLimit = z.strictObject({
+  /** Sustained requests per second per key. */
+  rps: z.number().positive(),
+  /** Bucket size: how many requests may come at once. @default rps */
+  burst: z.number().int().positive().optional(),
+  /** What a bucket belongs to: `ip`, `header:NAME` or `jwt:sub` (a claim). */
+  key: z.string().regex(/^(?:ip|header:[A-Za-z0-9-]+|jwt:[A-Za-z0-9_.-]+)$/, 'expected ip, header:NAME or jwt:CLAIM').default('ip'),
+  /** Share buckets across gateways through Redis: `true` uses `discovery.redis`, or a redis:// URL. */
+  redis: z.union([z.boolean(), z.string().regex(/^rediss?:\/\//, 'expected a redis:// URL')]).optional(),
+});
+
 const route = z.strictObject({
   prefix: z.string().startsWith('/', 'expected a path starting with "/"'),
   service: z.string().min(1),
   stripPrefix: z.boolean().default(false),
+  auth: z
+    .strictObject({ jwt: jwtAuth.optional(), apiKeys: apiKeyAuth.optional() })
+    .refine((a) => a.jwt !== undefined || a.apiKeys !== undefined, { message: 'expected jwt and/or apiKeys' })
+    .optional(),
+  rateLimit: rateLimit.optional(),
+  /** Largest request body; bigger ones get 413 before the upstream is dialed. */
+  maxBodySize: byteSize.optional(),
 });
 
 const plugin = z.strictObject({
@@ -113,14 +170,31 @@ export const configSchema = z
         host: z.string().default('0.0.0.0'),
         port: port.default(8080),
         tls: tlsServer.optional(),
+        /**
+         * Which X-Forwarded-For entries to believe: false (none: the socket address is the
+         * client), true (all), a number of trusted proxy hops, or a list of proxy CIDRs.
+         */
+        trustProxy: z.union([z.boolean(), z.number().int().min(0), z.array(z.string().min(1))]).default(false),
+        /** Largest request head; bigger ones get 431. */
+        maxHeaderSize: byteSize.default(16 * 1024),
+        /** Time to receive a request's headers (slowloris guard). */
+        headersTimeout: duration.default(10_000),
+        /** Time to receive a whole request. */
+        requestTimeout: duration.default(60_000),
+        /** Idle time of a client keep-alive connection. */
+        keepAliveTimeout: duration.default(5_000),
       })
-      .default({ host: '0.0.0.0', port: 8080 }),
+      .default({ host: '0.0.0.0', port: 8080, trustProxy: false, maxHeaderSize: 16 * 1024, headersTimeout: 10_000, requestTimeout: 60_000, keepAliveTimeout: 5_000 }),
     admin: z
       .strictObject({
         host: z.string().default('127.0.0.1'),
         port: port.default(9901),
         // A token of digits arrives from ${ENV} as a number; it is still a token.
         token: z.union([z.string(), z.number()]).transform(String).pipe(z.string().min(1)).optional(),
+        /** Registered instance URLs must resolve into these CIDRs (a guard against SSRF through registration). */
+        allowedNetworks: z.array(z.string().min(1)).optional(),
+        /** Registrations per second the admin API accepts (heartbeats excluded). */
+        registrationRate: z.number().positive().default(50),
       })
       .optional(),
     discovery: z
@@ -187,6 +261,27 @@ export function crossCheck(raw: unknown): { path: PropertyKey[]; message: string
       const first = seen.get(prefix);
       if (first !== undefined) issues.push({ path: ['routes', i, 'prefix'], message: `duplicate prefix "${r.prefix}" (also routes[${first}])` });
       else seen.set(prefix, i);
+    });
+  }
+  const cidrs = (list: unknown, path: PropertyKey[]): void => {
+    if (!Array.isArray(list)) return;
+    list.forEach((entry, i) => {
+      if (typeof entry !== 'string') return;
+      try {
+        cidrList([entry]);
+      } catch (err) {
+        issues.push({ path: [...path, i], message: (err as Error).message });
+      }
+    });
+  };
+  if (isRecord(raw.listen)) cidrs(raw.listen.trustProxy, ['listen', 'trustProxy']);
+  if (isRecord(raw.admin)) cidrs(raw.admin.allowedNetworks, ['admin', 'allowedNetworks']);
+  const sharedRedis = isRecord(raw.discovery) && isRecord(raw.discovery.redis);
+  if (Array.isArray(raw.routes)) {
+    raw.routes.forEach((r: unknown, i: number) => {
+      if (isRecord(r) && isRecord(r.rateLimit) && r.rateLimit.redis === true && !sharedRedis) {
+        issues.push({ path: ['routes', i, 'rateLimit', 'redis'], message: 'true needs discovery.redis (or give a redis:// URL here)' });
+      }
     });
   }
   for (const [name, svc] of Object.entries(services)) {
