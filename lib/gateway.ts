@@ -23,7 +23,7 @@ import {
   UpstreamTimeoutError,
 } from './errors.js';
 import type { GatewayEvents } from './events.js';
-import { upstreamRequestHeaders } from './headers.js';
+import { upstreamRequestHeaders, writeHead } from './headers.js';
 import { createLogger, type Logger } from './logger.js';
 import { LeaseKeeper } from './leases.js';
 import { clientAddress, compileTrust, type ProxyTrust } from './net.js';
@@ -143,7 +143,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       return this;
     }
     if (this.#ready) throw new PluginError(`plugin "${pluginOrStage?.name}" added after the gateway started`);
-    checkPlugin(pluginOrStage, this.#pluginNames);
+    // Dependencies are checked at boot (ready/listen), where the whole list is known.
+    checkPlugin(pluginOrStage, this.#pluginNames, false);
     this.#plugins.push(pluginOrStage);
     this.#pluginNames.add(pluginOrStage.name);
     return this;
@@ -526,9 +527,11 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     ctx.respond = false;
     const gatewayMs = performance.now() - mesh.startedAt - exchange.headersMs;
     const extra = takeSetHeaders(res);
+    const headersWereSet = extra.length > 0;
+    for (let i = 0; i < mesh.responseHeaders.length; i++) extra.push(mesh.responseHeaders[i]!);
     extra.push('server-timing', `gateway;dur=${gatewayMs.toFixed(1)}, upstream;dur=${exchange.headersMs.toFixed(1)}`);
     if (this.#closing) res.shouldKeepAlive = false;
-    await exchange.commit(res, responseHeaders(exchange.rawHeaders, extra));
+    await exchange.commit(res, responseHeaders(exchange.rawHeaders, extra), headersWereSet);
   }
 
   #answerError(ctx: Context, mesh: MeshState, err: unknown): void {
@@ -543,11 +546,13 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     }
     const body = JSON.stringify(error.toJSON());
     const head = takeSetHeaders(res);
+    const headersWereSet = head.length > 0;
+    for (let i = 0; i < mesh.responseHeaders.length; i++) head.push(mesh.responseHeaders[i]!);
     head.push('content-type', 'application/json; charset=utf-8', 'content-length', String(Buffer.byteLength(body)));
     if (this.#closing) res.shouldKeepAlive = false;
     // The request body may still be arriving; without reading it the connection cannot be reused.
     if (!ctx.req.readableEnded) res.shouldKeepAlive = false;
-    res.writeHead(error.status, head);
+    writeHead(res, error.status, head, headersWereSet);
     res.end(body);
   }
 

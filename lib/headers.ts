@@ -1,4 +1,4 @@
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 
 /**
  * Hop-by-hop headers (RFC 9110 7.6.1, plus the legacy `keep-alive`, `proxy-connection` and the
@@ -25,6 +25,21 @@ const GATEWAY_OWNED: ReadonlySet<string> = new Set([
   // The gateway answered `Expect: 100-continue` itself; the upstream gets the body right away.
   'expect',
 ]);
+
+/**
+ * Writes the status line and a flat header list. Node's `writeHead(status, array)` keeps repeated
+ * headers (two Set-Cookie) only on its fast path, when no header was ever set on the response;
+ * once one was (`ctx.set` by a plugin or the host app), it falls back to `setHeader` per pair and
+ * the last value of each name wins. So with headers set before, each pair is appended instead.
+ */
+export function writeHead(res: ServerResponse, status: number, head: string[], headersWereSet: boolean): void {
+  if (!headersWereSet) {
+    res.writeHead(status, head);
+    return;
+  }
+  for (let i = 0; i < head.length; i += 2) res.appendHeader(head[i]!, head[i + 1]!);
+  res.writeHead(status);
+}
 
 /** Adds the lower-cased tokens of a `Connection` header value to `into` (created when null). */
 export function connectionTokens(value: string, into: Set<string> | null): Set<string> {

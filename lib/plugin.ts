@@ -32,13 +32,14 @@ export function definePlugin<P extends GatewayPlugin>(plugin: P): P {
   return plugin;
 }
 
-/** Checks a plugin's shape and that its dependencies came before it. */
-export function checkPlugin(plugin: unknown, registered: ReadonlySet<string>): asserts plugin is GatewayPlugin {
+/** Checks a plugin's shape, that its name is new, and (at boot) that its dependencies came before it. */
+export function checkPlugin(plugin: unknown, registered: ReadonlySet<string>, dependencies = true): asserts plugin is GatewayPlugin {
   const p = plugin as Partial<GatewayPlugin> | null;
   if (!p || typeof p !== 'object' || typeof p.name !== 'string' || !p.name || typeof p.setup !== 'function') {
     throw new PluginError('a plugin must be an object with a non-empty `name` and a `setup(gateway)` function');
   }
   if (registered.has(p.name)) throw new PluginError(`plugin "${p.name}" is registered twice`, 'MESH_ERR_PLUGIN_DUPLICATE');
+  if (!dependencies) return;
   for (const dep of p.dependencies ?? []) {
     if (!registered.has(dep)) throw new PluginDependencyError(p.name, dep);
   }

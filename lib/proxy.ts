@@ -7,7 +7,7 @@ import {
   UpstreamResetError,
   UpstreamTimeoutError,
 } from './errors.js';
-import { HOP_BY_HOP, connectionTokens } from './headers.js';
+import { HOP_BY_HOP, connectionTokens, writeHead } from './headers.js';
 import type { Instance } from './registry.js';
 
 /** Options for every upstream connection pool. */
@@ -219,12 +219,12 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler {
    * then the body streams through. Resolves when the last byte is handed to the socket; rejects
    * when the upstream or the client breaks off.
    */
-  commit(res: ServerResponse, head: string[]): Promise<void> {
+  commit(res: ServerResponse, head: string[], headersWereSet = false): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       this.#onDone = (err) => (err ? reject(err) : resolve());
       this.#res = res;
       this.state = 'streaming';
-      res.writeHead(this.statusCode, head);
+      writeHead(res, this.statusCode, head, headersWereSet);
       res.on('drain', this.#drain);
       const early = this.#early;
       this.#early = null;

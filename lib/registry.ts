@@ -204,7 +204,12 @@ export class Registry {
   upsertInstance(serviceName: string, spec: InstanceSpec): Instance {
     const service = this.requireService(serviceName);
     const fresh = new Instance(serviceName, spec);
-    const existing = service.instances.get(fresh.id);
+    let existing = service.instances.get(fresh.id);
+    if (existing && existing.url !== fresh.url) {
+      // Same id, new address (a pod back with a new IP): a new instance, with fresh state.
+      this.removeInstance(serviceName, existing.id, 'replaced');
+      existing = undefined;
+    }
     if (existing) {
       existing.weight = fresh.weight;
       existing.metadata = fresh.metadata;

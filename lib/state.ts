@@ -53,6 +53,11 @@ export class MeshState {
   clientIp = '';
   /** Who the auth plugin authenticated, or null. */
   principal: { kind: 'jwt' | 'api-key'; subject: string | undefined; claims: Readonly<Record<string, unknown>> } | null = null;
+  /**
+   * Response headers plugins add, flat `[name, value, ...]`; cheaper than `ctx.set`, and they
+   * replace the upstream's headers of the same name (Set-Cookie and Server-Timing are appended).
+   */
+  readonly responseHeaders: string[] = [];
   /** Upstream headers set (a string) or removed (null) by plugins; they win over the client's. */
   readonly headerOverrides = new Map<string, string | null>();
 

@@ -381,7 +381,15 @@ describe('config: ${ENV} substitution', () => {
 describe('config: defaults', () => {
   test('an empty document gets every default', () => {
     const config = parseConfig('', { env: NO_ENV });
-    assert.deepEqual(config.listen, { host: '0.0.0.0', port: 8080 });
+    assert.deepEqual(config.listen, {
+      host: '0.0.0.0',
+      port: 8080,
+      trustProxy: false,
+      maxHeaderSize: 16 * 1024,
+      headersTimeout: 10_000,
+      requestTimeout: 60_000,
+      keepAliveTimeout: 5_000,
+    });
     assert.equal(config.admin, undefined);
     assert.deepEqual(config.services, {});
     assert.deepEqual(config.routes, []);
@@ -392,7 +400,7 @@ describe('config: defaults', () => {
 
   test('admin: {} turns the admin server on at 127.0.0.1:9901', () => {
     const config = parseConfig('admin: {}\n', { env: NO_ENV });
-    assert.deepEqual(config.admin, { host: '127.0.0.1', port: 9901 });
+    assert.deepEqual(config.admin, { host: '127.0.0.1', port: 9901, registrationRate: 50 });
   });
 
   test('a service gets round-robin, a 15 s timeout and default-weight instances', () => {

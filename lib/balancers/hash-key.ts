@@ -29,7 +29,7 @@ export function keyReader(spec: string): HashKeyReader {
       return (ctx) => {
         const query = ctx.state.mesh.query;
         if (query.length < 2) return undefined;
-        return new URLSearchParams(query.slice(1)).get(name) ?? undefined;
+        return new URLSearchParams(query.slice(1)).get(name) || undefined;
       };
     default:
       throw new Error(`unknown hashOn "${spec}"`);

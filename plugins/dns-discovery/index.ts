@@ -34,7 +34,8 @@ export function dnsDiscovery(options: DnsDiscoveryOptions = {}): GatewayPlugin {
         const cfg = service.policy.dns!;
         const scheme = service.policy.tls ? 'https' : 'http';
         if (cfg.srv) {
-          const records = await (resolver ?? dns).resolveSrv(cfg.name);
+          // A target of "." (RFC 2782) says the service is not available here.
+          const records = (await (resolver ?? dns).resolveSrv(cfg.name)).filter((r) => r.name !== '' && r.name !== '.');
           return records.map((r) => ({ url: `${scheme}://${hostForUrl(r.name)}:${r.port}`, weight: Math.max(1, r.weight), source: SOURCE }));
         }
         const port = cfg.port ?? (scheme === 'https' ? 443 : 80);

@@ -95,12 +95,14 @@ export function rateLimit(options: RateLimitOptions = {}): GatewayPlugin {
         const limiter = mesh.route === null ? undefined : limiters.get(mesh.route);
         if (limiter === undefined) return next();
         const result = await check(limiter, limiter.keyOf(ctx, mesh));
-        ctx.set('ratelimit-limit', String(limiter.local.burst));
-        ctx.set('ratelimit-remaining', String(result.remaining));
-        ctx.set('ratelimit-reset', String(result.reset));
-        ctx.set('ratelimit-policy', limiter.policy);
+        mesh.responseHeaders.push(
+          'ratelimit-limit', String(limiter.local.burst),
+          'ratelimit-remaining', String(result.remaining),
+          'ratelimit-reset', String(result.reset),
+          'ratelimit-policy', limiter.policy,
+        );
         if (!result.allowed) {
-          ctx.set('retry-after', String(result.retryAfter));
+          mesh.responseHeaders.push('retry-after', String(result.retryAfter));
           throw new RateLimitedError(result.retryAfter);
         }
         return next();

@@ -118,6 +118,11 @@ export function redisDiscovery(options: RedisDiscoveryOptions): GatewayPlugin {
         c.on('close', onDown);
         c.on('end', onDown);
       }
+      // Subscribe on every ready, the first included: a subscriber that could not connect at boot
+      // has nothing for ioredis to re-subscribe later. SUBSCRIBE twice to a channel is harmless.
+      subscriber.on('ready', () => {
+        if (!closed) subscriber.subscribe(eventsChannel(prefix)).catch((err: Error) => log.debug({ err: err.message }, 'subscribe failed'));
+      });
       client.on('ready', () => {
         if (closed) return;
         if (down) log.info('Redis connected: resyncing the registry');
@@ -127,7 +132,7 @@ export function redisDiscovery(options: RedisDiscoveryOptions): GatewayPlugin {
 
       gateway.leases.hold(SOURCE);
       try {
-        await Promise.all([client.connect(), subscriber.connect().then(() => subscriber.subscribe(eventsChannel(prefix)))]);
+        await Promise.all([client.connect(), subscriber.connect()]);
         await resync();
       } catch (err) {
         // A gateway must boot without Redis and catch up when it comes: routing does not need it.

@@ -34,7 +34,7 @@ export function traceContext(options: TraceContextOptions = {}): GatewayPlugin {
         const requestId = typeof incomingId === 'string' && REQUEST_ID.test(incomingId) ? incomingId : randomUUID();
         mesh.requestId = requestId;
         mesh.setUpstreamHeader(header, requestId);
-        ctx.set(header, requestId);
+        mesh.responseHeaders.push(header, requestId);
 
         const parent = parseTraceparent(headers.traceparent);
         const traceId = parent?.traceId ?? randomHex(16);
