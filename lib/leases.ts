@@ -13,6 +13,8 @@ export class LeaseKeeper {
   readonly #gateway: Gateway;
   readonly #leased = new Set<Instance>();
   readonly #held = new Set<string>();
+  readonly #verifiers = new Map<string, LeaseVerifier>();
+  readonly #verifying = new Set<Instance>();
   #timer: NodeJS.Timeout | null = null;
 
   constructor(gateway: Gateway) {
@@ -38,6 +40,15 @@ export class LeaseKeeper {
   }
 
   /**
+   * Lets a discovery source confirm an expiry before it happens: the source may know of renewals
+   * this gateway never heard of (a service heartbeating with a plain Redis PEXPIRE). The verifier
+   * answers the lease's remaining ms (renewed), 0 or less (gone), or throws (cannot tell: keep it).
+   */
+  verifyWith(source: string, verifier: LeaseVerifier): void {
+    this.#verifiers.set(source, verifier);
+  }
+
+  /**
    * Stops expiring the instances of one discovery source while it cannot deliver heartbeats
    * (Redis down): the gateway keeps serving from its last view instead of emptying it.
    */
@@ -56,10 +67,32 @@ export class LeaseKeeper {
     for (const inst of this.#leased) {
       if (inst.ttl === undefined || inst.lastHeartbeat === undefined) continue;
       if (this.#held.size > 0 && this.#held.has(inst.source)) continue;
-      if (now - inst.lastHeartbeat > inst.ttl) {
-        this.#gateway.log.warn({ service: inst.service, instance: inst.id, ttl: inst.ttl }, 'lease expired: instance removed');
-        this.#gateway.registry.removeInstance(inst.service, inst.id, 'expired');
-      }
+      if (now - inst.lastHeartbeat <= inst.ttl) continue;
+      const verifier = this.#verifiers.get(inst.source);
+      if (verifier === undefined) this.#expire(inst);
+      else if (!this.#verifying.has(inst)) void this.#verify(inst, verifier);
     }
   }
+
+  async #verify(inst: Instance, verifier: LeaseVerifier): Promise<void> {
+    this.#verifying.add(inst);
+    try {
+      const remaining = await verifier(inst);
+      if (this.#gateway.registry.getInstance(inst.service, inst.id) !== inst) return;
+      if (remaining > 0 && inst.ttl !== undefined) inst.lastHeartbeat = Date.now() - Math.max(0, inst.ttl - remaining);
+      else this.#expire(inst);
+    } catch {
+      // The source cannot say right now (Redis down): keep serving the instance; the next sweep asks again.
+    } finally {
+      this.#verifying.delete(inst);
+    }
+  }
+
+  #expire(inst: Instance): void {
+    this.#gateway.log.warn({ service: inst.service, instance: inst.id, ttl: inst.ttl }, 'lease expired: instance removed');
+    this.#gateway.registry.removeInstance(inst.service, inst.id, 'expired');
+  }
 }
+
+/** Confirms a lease with its source: remaining ms (> 0 renewed), 0 or less (gone); throws when it cannot tell. */
+export type LeaseVerifier = (instance: Instance) => Promise<number>;

@@ -146,7 +146,11 @@ function httpClient(options: RegisterOptions, ttl: number): RegistryClient {
 }
 
 function redisClient(options: RegisterOptions, ttl: number): RegistryClient {
-  const redis = connectRedis({ url: options.registry }, { lazyConnect: false, enableOfflineQueue: true, maxRetriesPerRequest: 0 });
+  // Reconnect at least once a heartbeat, so a restarted Redis sees us again within two heartbeats.
+  const redis = connectRedis(
+    { url: options.registry },
+    { lazyConnect: false, enableOfflineQueue: true, maxRetriesPerRequest: 0, retryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), ttl / 3) },
+  );
   // Reconnects are ioredis's job; failures surface through the calls below.
   redis.on('error', () => {});
   const store = new RedisRegistryStore(redis, options.prefix ?? 'meshgate:');

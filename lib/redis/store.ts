@@ -137,6 +137,11 @@ export class RedisRegistryStore {
     return Number(await this.client.eval(DEREGISTER, 1, instanceKey(this.prefix, service, id), eventsChannel(this.prefix), JSON.stringify(message))) === 1;
   }
 
+  /** Remaining lease of an instance's key in ms: -1 for a key without expiry, -2 when it is gone. */
+  async pttl(service: string, id: string): Promise<number> {
+    return this.client.pttl(instanceKey(this.prefix, service, id));
+  }
+
   /**
    * Every stored instance with its remaining lease (`pttl`, -1 for none), read with SCAN (never
    * KEYS, which blocks Redis) in pages, each page fetched in one pipeline.

@@ -27,7 +27,7 @@ export function dnsDiscovery(options: DnsDiscoveryOptions = {}): GatewayPlugin {
     async setup(gateway: Gateway) {
       const resolver = options.servers ? new dns.Resolver() : null;
       if (resolver && options.servers) resolver.setServers(options.servers);
-      const timers: NodeJS.Timeout[] = [];
+      const timers = new Map<Service, NodeJS.Timeout>();
       let closed = false;
 
       const resolve = async (service: Service): Promise<InstanceSpec[]> => {
@@ -36,7 +36,9 @@ export function dnsDiscovery(options: DnsDiscoveryOptions = {}): GatewayPlugin {
         if (cfg.srv) {
           // A target of "." (RFC 2782) says the service is not available here.
           const records = (await (resolver ?? dns).resolveSrv(cfg.name)).filter((r) => r.name !== '' && r.name !== '.');
-          return records.map((r) => ({ url: `${scheme}://${hostForUrl(r.name)}:${r.port}`, weight: Math.max(1, r.weight), source: SOURCE }));
+          // RFC 2782: only the lowest priority is used; higher ones are backups for when it is empty.
+          const best = Math.min(...records.map((r) => r.priority));
+          return records.filter((r) => r.priority === best).map((r) => ({ url: `${scheme}://${hostForUrl(r.name)}:${r.port}`, weight: Math.max(1, r.weight), source: SOURCE }));
         }
         const port = cfg.port ?? (scheme === 'https' ? 443 : 80);
         let addresses: string[];
@@ -60,7 +62,15 @@ export function dnsDiscovery(options: DnsDiscoveryOptions = {}): GatewayPlugin {
         }
         if (closed) return;
         const wanted = new Set<string>();
-        for (const spec of specs) wanted.add(gateway.registry.upsertInstance(service.name, spec).id);
+        for (const spec of specs) {
+          try {
+            wanted.add(gateway.registry.upsertInstance(service.name, spec).id);
+          } catch (err) {
+            // One bad record must not stop the others, nor the refresh loop.
+            gateway.log.warn({ service: service.name, url: spec.url, err: (err as Error).message }, 'ignoring a DNS answer');
+          }
+        }
+        if (wanted.size === 0 && specs.length > 0) return; // every record was bad: keep the last answer
         for (const inst of [...service.instances.values()]) {
           if (inst.source === SOURCE && !wanted.has(inst.id)) gateway.registry.removeInstance(service.name, inst.id, 'discovery');
         }
@@ -71,18 +81,19 @@ export function dnsDiscovery(options: DnsDiscoveryOptions = {}): GatewayPlugin {
       await Promise.all(services.map(refresh));
       for (const service of services) {
         const loop = (): void => {
-          const timer = setTimeout(async () => {
-            await refresh(service);
-            if (!closed) loop();
+          const timer = setTimeout(() => {
+            refresh(service).finally(() => {
+              if (!closed) loop();
+            });
           }, service.policy.dns!.refresh);
           timer.unref();
-          timers[services.indexOf(service)] = timer;
+          timers.set(service, timer);
         };
         loop();
       }
       gateway.onClose(() => {
         closed = true;
-        for (const timer of timers) clearTimeout(timer);
+        for (const timer of timers.values()) clearTimeout(timer);
       });
     },
   });

@@ -130,6 +130,13 @@ export function redisDiscovery(options: RedisDiscoveryOptions): GatewayPlugin {
         void resync();
       });
 
+      // Before an instance expires here, ask Redis: a service may renew with a plain PEXPIRE
+      // and no message. While Redis is down the verifier throws and the instance stays.
+      gateway.leases.verifyWith(SOURCE, async (inst) => {
+        if (down) throw new RegistryUnavailableError();
+        const pttl = await store.pttl(inst.service, inst.id);
+        return pttl === -1 ? Number.MAX_SAFE_INTEGER : pttl;
+      });
       gateway.leases.hold(SOURCE);
       try {
         await Promise.all([client.connect(), subscriber.connect()]);
