@@ -283,6 +283,9 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       headersTimeout: listen.headersTimeout,
       requestTimeout: listen.requestTimeout,
       keepAliveTimeout: listen.keepAliveTimeout,
+      // Node checks those timeouts only every connectionsCheckingInterval (30 s by default),
+      // which would let a slowloris client hold a socket 60 times longer than configured.
+      connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(Math.min(listen.headersTimeout, listen.requestTimeout) / 2))),
     };
     const server = listen.tls
       ? createHttpsServer(
@@ -506,6 +509,9 @@ export class Gateway extends EventEmitter<GatewayEvents> {
         if (isTlsFailure(err)) {
           // A certificate problem is a configuration error somebody must see, not just a 502.
           this.log.warn({ service: service.name, instance: instance.id, code: ((err as MeshError).cause as { code?: string }).code }, (err as MeshError).message);
+        } else if (service.policy.tls && err instanceof UpstreamResetError) {
+          // Under TLS 1.3 a server that refuses our client certificate just closes the connection.
+          this.log.warn({ service: service.name, instance: instance.id }, `TLS connection to ${instance.url} closed before any response (is the client certificate accepted?)`);
         }
         if (this.listenerCount('upstream:response') > 0) {
           this.emit('upstream:response', instance, { status: 0, durationMs: performance.now() - exchange.startedAt, error: (err as MeshError).code });

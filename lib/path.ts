@@ -3,6 +3,8 @@ import { BadRequestError } from './errors.js';
 // Characters RFC 3986 calls unreserved: their percent-encoding means the same as the character.
 const UNRESERVED = /[A-Za-z0-9\-._~]/;
 const NEEDS_WORK = /%|\/\.\.?(?:\/|$)|^\.\.?(?:\/|$)/;
+// Tomcat-style path parameters on a dot segment (`/..;x/`): some servers resolve them as `..`.
+const DOT_PARAMETER = /(?:^|\/)\.\.?;/;
 
 /** The request target split into a normalized path and the raw query (with its `?`, or `''`). */
 export interface RequestTarget {
@@ -14,8 +16,9 @@ export interface RequestTarget {
  * Normalizes an origin-form request target once, before routing; the same form is forwarded.
  * - percent-encoded unreserved characters are decoded (`%2e` is `.`, `%7E` is `~`), other escapes upper-cased;
  * - dot segments are resolved (RFC 3986 5.2.4), never above `/`, so no path escapes its route prefix;
- * - an encoded slash or backslash (`%2f`, `%5c`), a NUL, a malformed escape, or a target that does not
- *   start with `/` (absolute-form, `*`) is a {@link BadRequestError}.
+ * - an encoded slash or backslash (`%2f`, `%5c`), a raw backslash, a dot segment with a path
+ *   parameter (`..;`), a NUL, a malformed escape, or a target that does not start with `/`
+ *   (absolute-form, `*`) is a {@link BadRequestError}.
  */
 export function normalizeTarget(url: string): RequestTarget {
   const q = url.indexOf('?');
@@ -24,8 +27,15 @@ export function normalizeTarget(url: string): RequestTarget {
   if (rawPath.charCodeAt(0) !== 47 /* / */) {
     throw new BadRequestError(`request target must be a path starting with "/"`, 'MESH_ERR_BAD_PATH');
   }
-  if (!NEEDS_WORK.test(rawPath)) return { path: rawPath, query };
-  return { path: removeDotSegments(decodeUnreserved(rawPath)), query };
+  // Some upstreams (IIS, several Java stacks) read a backslash as a slash: `..\\` would be `../`.
+  if (rawPath.includes('\\')) throw new BadRequestError('backslash in path', 'MESH_ERR_BAD_PATH');
+  if (!NEEDS_WORK.test(rawPath)) {
+    if (rawPath.includes(';') && DOT_PARAMETER.test(rawPath)) throw new BadRequestError('path parameter on a dot segment', 'MESH_ERR_BAD_PATH');
+    return { path: rawPath, query };
+  }
+  const path = removeDotSegments(decodeUnreserved(rawPath));
+  if (DOT_PARAMETER.test(path)) throw new BadRequestError('path parameter on a dot segment', 'MESH_ERR_BAD_PATH');
+  return { path, query };
 }
 
 function decodeUnreserved(path: string): string {

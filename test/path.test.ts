@@ -63,6 +63,12 @@ describe('normalizeTarget', () => {
     for (const target of ['/a%2fb', '/a%2Fb', '/a%5cb', '/a%5Cb', '/api/..%2f..%2fetc', '/%2f', '/x/%2F/y?q=1']) assertBadPath(target);
   });
 
+  test('a raw backslash and a dot segment with a path parameter (..;) are rejected', () => {
+    for (const target of ['/pub/..\\admin/x', '/a\\b', '/api/..;/admin', '/api/.;x/y', '/api/%2e%2e;/admin', '/..;foo']) assertBadPath(target);
+    // A semicolon elsewhere is an ordinary character.
+    assert.equal(normalizeTarget('/a;b/c;d').path, '/a;b/c;d');
+  });
+
   test('a malformed escape or a NUL is rejected', () => {
     for (const target of ['/a%zz', '/a%', '/a%2', '/a%g0/b', '/%%41', '/a%00b']) assertBadPath(target);
   });
