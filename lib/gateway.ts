@@ -277,7 +277,12 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     if (this.#closing) throw new GatewayClosingError();
     if (this.#server) throw new PluginError('gateway is already listening', 'MESH_ERR_ALREADY_LISTENING');
     const { listen } = this.config;
-    const handler = this.app().callback();
+    // The gateway answers every request itself, so Koa's callback (its on-finished listeners,
+    // compose and respond()) would be pure overhead; plugins still get a real Koa context.
+    const app = this.app();
+    const handler = (req: IncomingMessage, res: ServerResponse): void => {
+      this.#handle(app.createContext(req, res), null).catch((err: unknown) => this.emit('gateway:error', err as Error));
+    };
     const serverOptions = {
       maxHeaderSize: listen.maxHeaderSize,
       headersTimeout: listen.headersTimeout,
@@ -405,21 +410,16 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     const socketAddress = ctx.req.socket.remoteAddress ?? '';
     mesh.clientIp = this.#trust === false ? socketAddress : clientAddress(socketAddress, headerValue(ctx.req.headers['x-forwarded-for']), this.#trust);
     this.#inflight++;
-    const res = ctx.res;
-    const onClose = (): void => {
-      if (!res.writableFinished) {
-        mesh.clientGone = true;
-        mesh.exchange?.clientAborted();
-      }
-    };
-    res.once('close', onClose);
+    const res = ctx.res as ServerResponse & { [kMesh]?: MeshState };
+    res[kMesh] = mesh;
+    res.once('close', onResponseClose);
     try {
       if (this.#closing) throw new GatewayClosingError();
       await chains.onRequest(ctx, () => this.#proxyRequest(ctx, mesh, chains));
     } catch (err) {
       this.#answerError(ctx, mesh, err);
     } finally {
-      res.off('close', onClose);
+      res.off('close', onResponseClose);
       if (--this.#inflight === 0 && this.#drained) this.#drained();
     }
   }
@@ -475,7 +475,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       if (mesh.candidates.length === 0) {
         throw new NoHealthyInstanceError(service.name, service.instances.size === 0 ? 'no instances registered' : 'no healthy instance');
       }
-      mesh.instance = this.balancerFor(service).pick(mesh.candidates, ctx, mesh.tried);
+      mesh.instance = this.balancerFor(service).pick(mesh.candidates, ctx, mesh.tried ?? undefined);
     }
     return chains.guard(ctx, () => this.#callUpstream(ctx, mesh));
   }
@@ -483,7 +483,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   async #callUpstream(ctx: Context, mesh: MeshState): Promise<void> {
     const instance = mesh.instance!;
     const service = mesh.service!;
-    mesh.tried.add(instance);
+    (mesh.tried ??= new Set()).add(instance);
     const balancer = this.balancerFor(service);
     for (let staleRetry = true; ; staleRetry = false) {
       const left = mesh.deadline - performance.now();
@@ -637,6 +637,17 @@ function takeSetHeaders(res: ServerResponse): string[] {
     res.removeHeader(name);
   }
   return out;
+}
+
+const kMesh = Symbol('meshgate.state');
+
+/** The client went away before the response was complete: abort what is in flight. Shared, not a closure per request. */
+function onResponseClose(this: ServerResponse & { [kMesh]?: MeshState }): void {
+  const mesh = this[kMesh];
+  if (mesh !== undefined && !this.writableFinished) {
+    mesh.clientGone = true;
+    mesh.exchange?.clientAborted();
+  }
 }
 
 /**

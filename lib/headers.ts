@@ -41,8 +41,15 @@ export function writeHead(res: ServerResponse, status: number, head: string[], h
   res.writeHead(status);
 }
 
-/** Adds the lower-cased tokens of a `Connection` header value to `into` (created when null). */
-export function connectionTokens(value: string, into: Set<string> | null): Set<string> {
+/**
+ * Adds the lower-cased tokens of a `Connection` header value to `into` (created when needed).
+ * `keep-alive` and `close`, by far the usual values, name no header to strip: no allocation then.
+ */
+export function connectionTokens(value: string, into: Set<string> | null): Set<string> | null {
+  if (into === null) {
+    const lower = value.length <= 10 ? value.trim().toLowerCase() : '';
+    if (lower === 'keep-alive' || lower === 'close') return null;
+  }
   const set = into ?? new Set<string>();
   for (const token of value.split(',')) {
     const name = token.trim().toLowerCase();
@@ -66,7 +73,7 @@ export interface ForwardedInfo {
    */
   appendForwardedFor?: boolean;
   /** Headers set (string) or removed (null) by plugins, lower-case names: they win over the client's. */
-  overrides?: ReadonlyMap<string, string | null>;
+  overrides?: ReadonlyMap<string, string | null> | null;
 }
 
 /**
@@ -96,7 +103,7 @@ export function upstreamRequestHeaders(req: IncomingMessage, info: ForwardedInfo
     }
     if (lower === 'host') host = raw[i + 1]!;
     if (info.bodyLength !== undefined && lower === 'content-length') continue;
-    if (info.overrides !== undefined && info.overrides.size > 0 && info.overrides.has(lower)) continue;
+    if (info.overrides != null && info.overrides.has(lower)) continue;
     // The gateway's own internal headers never come from outside.
     if (lower.startsWith('x-meshgate-')) continue;
     out.push(name, raw[i + 1]!);
@@ -113,7 +120,7 @@ export function upstreamRequestHeaders(req: IncomingMessage, info: ForwardedInfo
   out.push('x-forwarded-proto', info.proto);
   if (host) out.push('x-forwarded-host', host);
   if (info.bodyLength !== undefined) out.push('content-length', String(info.bodyLength));
-  if (info.overrides !== undefined) {
+  if (info.overrides != null) {
     for (const [name, value] of info.overrides) if (value !== null) out.push(name, value);
   }
   return out;

@@ -225,7 +225,8 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler {
       this.#res = res;
       this.state = 'streaming';
       writeHead(res, this.statusCode, head, headersWereSet);
-      res.on('drain', this.#drain);
+      (res as ResponseWithExchange)[kExchange] = this;
+      res.on('drain', onResponseDrain);
       const early = this.#early;
       this.#early = null;
       let flowing = true;
@@ -260,16 +261,17 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler {
     this.abort(new ClientAbortedError());
   }
 
-  readonly #drain = (): void => {
+  /** @internal the client's socket drained: let undici deliver more. */
+  resumeUpstream(): void {
     this.#resume?.();
-  };
+  }
 
   #finish(): void {
     if (this.state === 'done' || this.state === 'failed') return;
     this.state = 'done';
     this.#release();
     const res = this.#res!;
-    res.off('drain', this.#drain);
+    res.off('drain', onResponseDrain);
     res.end();
     this.#onDone?.();
   }
@@ -280,7 +282,7 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler {
     this.#release();
     const res = this.#res;
     if (res) {
-      res.off('drain', this.#drain);
+      res.off('drain', onResponseDrain);
       // Headers are out: the only honest signal left is to cut the client's connection.
       if (!res.destroyed) res.destroy();
     }
@@ -300,6 +302,14 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler {
       this.#timer = null;
     }
   }
+}
+
+const kExchange = Symbol('meshgate.exchange');
+type ResponseWithExchange = ServerResponse & { [kExchange]?: UpstreamExchange };
+
+/** Shared 'drain' listener: one function for every response instead of a closure per exchange. */
+function onResponseDrain(this: ResponseWithExchange): void {
+  this[kExchange]?.resumeUpstream();
 }
 
 /** Starts one attempt. The returned exchange's `headers` promise settles at the response headers. */

@@ -19,8 +19,8 @@ export class MeshState {
   instance: Instance | null = null;
   /** 1 for the first try, 2 for the first retry, ... */
   attempt = 0;
-  /** Instances already tried; balancers avoid them on a retry. */
-  readonly tried = new Set<Instance>();
+  /** Instances already tried (null before the first attempt); balancers avoid them on a retry. */
+  tried: Set<Instance> | null = null;
   /** Normalized request path (no query). */
   path = '';
   /** The raw query string, with its leading `?`, or `''`. */
@@ -58,8 +58,8 @@ export class MeshState {
    * replace the upstream's headers of the same name (Set-Cookie and Server-Timing are appended).
    */
   readonly responseHeaders: string[] = [];
-  /** Upstream headers set (a string) or removed (null) by plugins; they win over the client's. */
-  readonly headerOverrides = new Map<string, string | null>();
+  /** Upstream headers set (a string) or removed (null) by plugins; they win over the client's. Null until one is. */
+  headerOverrides: Map<string, string | null> | null = null;
 
   /**
    * Sets a header for the upstream request, replacing any the client sent. Works before the
@@ -75,7 +75,7 @@ export class MeshState {
   }
 
   #override(lower: string, value: string | null): void {
-    this.headerOverrides.set(lower, value);
+    (this.headerOverrides ??= new Map()).set(lower, value);
     const headers = this.upstreamHeaders;
     if (headers.length === 0) return; // not built yet: the builder applies the overrides
     for (let i = headers.length - 2; i >= 0; i -= 2) {

@@ -78,7 +78,9 @@ export function retries(options: RetriesOptions = {}): GatewayPlugin {
               failure === null
                 ? idempotent && policy.retryOn.includes(status)
                 : retryableError(failure, idempotent, mesh);
-            if (!wanted || retry >= policy.attempts || mesh.clientGone || !replayable || !hasUntried(mesh)) {
+            // A body that streams once can still go again if it never left: nothing read, nothing sent.
+            const canReplay = replayable || (failure !== null && nothingSent(failure) && untouched(mesh.body));
+            if (!wanted || retry >= policy.attempts || mesh.clientGone || !canReplay || !hasUntried(mesh)) {
               if (failure !== null) throw failure;
               return;
             }
@@ -112,10 +114,21 @@ export function retries(options: RetriesOptions = {}): GatewayPlugin {
   });
 }
 
+/** The attempt failed before anything reached the upstream. */
+function nothingSent(err: unknown): boolean {
+  return err instanceof UpstreamConnectError || err instanceof CircuitOpenError;
+}
+
+/** A streamed body nobody has read from yet (undici leaves it alone when the connection fails). */
+function untouched(body: MeshState['body']): boolean {
+  if (body === null || typeof body === 'string' || Buffer.isBuffer(body)) return true;
+  return !body.readableDidRead && !body.destroyed;
+}
+
 /** Whether a failed attempt may be tried again. */
 function retryableError(err: unknown, idempotent: boolean, mesh: MeshState): boolean {
   // Nothing reached the upstream: safe for any method.
-  if (err instanceof UpstreamConnectError || err instanceof CircuitOpenError) return true;
+  if (nothingSent(err)) return true;
   if (!idempotent) return false;
   if (err instanceof UpstreamResetError) return mesh.exchange === null || mesh.exchange.statusCode === 0;
   // A per-try timeout leaves time for another try; the total deadline does not (checked by the caller).
@@ -124,7 +137,7 @@ function retryableError(err: unknown, idempotent: boolean, mesh: MeshState): boo
 }
 
 function hasUntried(mesh: MeshState): boolean {
-  for (const inst of mesh.service!.candidates()) if (!mesh.tried.has(inst)) return true;
+  for (const inst of mesh.service!.candidates()) if (mesh.tried === null || !mesh.tried.has(inst)) return true;
   return false;
 }
 
