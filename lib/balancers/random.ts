@@ -1,24 +1,20 @@
 import type { Balancer } from '../balancer.js';
 import type { Instance, Service } from '../registry.js';
-import { randomAvoiding, weightFunction, type WeightOf } from './weights.js';
+import { randomAvoiding } from './weights.js';
 
 /**
  * Weighted random: each instance is picked with probability weight / total weight; uniform when
  * the weights are equal. O(1) per pick through Vose's alias table, built once per candidate list.
  */
 export class RandomBalancer implements Balancer {
-  readonly #service: Service;
   readonly #random: () => number;
-  readonly #weightOf: WeightOf;
   #tableFor: readonly Instance[] | null = null;
   #prob: Float64Array = new Float64Array(0);
   #alias: Uint32Array = new Uint32Array(0);
   #uniform = true;
 
-  constructor(service: Service, random: () => number = Math.random) {
-    this.#service = service;
+  constructor(_service: Service, random: () => number = Math.random) {
     this.#random = random;
-    this.#weightOf = weightFunction(service);
   }
 
   pick(candidates: readonly Instance[], _ctx?: unknown, exclude?: ReadonlySet<Instance>): Instance {
@@ -46,8 +42,9 @@ export class RandomBalancer implements Balancer {
   #build(candidates: readonly Instance[]): void {
     this.#tableFor = candidates;
     const n = candidates.length;
-    const weights = candidates.map(this.#weightOf);
-    this.#uniform = weights.every((w) => w === weights[0]) && this.#service.policy.slowStart === undefined;
+    // Configured weights: slow start is for round-robin and least-request, whose state moves per pick.
+    const weights = candidates.map((c) => c.weight);
+    this.#uniform = weights.every((w) => w === weights[0]);
     if (this.#uniform) return;
     const total = weights.reduce((a, b) => a + b, 0);
     const prob = new Float64Array(n);

@@ -4,8 +4,8 @@ import { rampEndsAt, weightFunction, type WeightOf } from './weights.js';
 
 /** Longest precomputed cycle, in picks; beyond it (or while weights ramp) each pick is computed. */
 const MAX_CYCLE = 10_000;
-/** Most work (instances x cycle) spent precomputing one cycle. */
-const MAX_BUILD_WORK = 2_000_000;
+/** Most work (instances x cycle) spent precomputing one cycle: about 15 ms, once per membership change. */
+const MAX_BUILD_WORK = 8_000_000;
 
 /**
  * Smooth weighted round-robin (nginx's algorithm): each step adds every candidate's weight to its
@@ -21,8 +21,9 @@ export class RoundRobinBalancer implements Balancer {
   readonly #service: Service | undefined;
   readonly #weightOf: WeightOf;
   readonly #now: () => number;
-  /** Running scores of the step-by-step algorithm; WeakMap so leavers take theirs along. */
-  readonly #score = new WeakMap<Instance, number>();
+  /** Running scores of the step-by-step algorithm, by position in #scoresFor. */
+  #scores = new Float64Array(0);
+  #scoresFor: readonly Instance[] | null = null;
   #cycleFor: readonly Instance[] | null = null;
   #cycle: readonly Instance[] = [];
   #rampUntil = 0;
@@ -37,7 +38,11 @@ export class RoundRobinBalancer implements Balancer {
   pick(candidates: readonly Instance[], _ctx?: unknown, exclude?: ReadonlySet<Instance>): Instance {
     if (candidates.length === 1) return candidates[0]!;
     if (candidates !== this.#cycleFor) this.#rebuild(candidates);
-    if (this.#rampUntil > this.#now() || this.#cycle.length === 0) return this.#step(candidates, exclude);
+    if (this.#cycle.length === 0) return this.#step(candidates, exclude);
+    if (this.#rampUntil !== 0) {
+      if (this.#rampUntil > this.#now()) return this.#step(candidates, exclude);
+      this.#rampUntil = 0; // the ramp is over: back to the precomputed cycle for good
+    }
     const cycle = this.#cycle;
     for (let tries = 0; tries < cycle.length; tries++) {
       const inst = cycle[this.#next]!;
@@ -68,26 +73,27 @@ export class RoundRobinBalancer implements Balancer {
     this.#cycle = cycle;
   }
 
-  /** One step of the smooth algorithm over live (possibly ramping) weights. */
+  /** One step of the smooth algorithm over live (possibly ramping) weights: O(n). */
   #step(candidates: readonly Instance[], exclude?: ReadonlySet<Instance>): Instance {
+    if (candidates !== this.#scoresFor) {
+      // Carry scores over by instance, so a changed list does not restart the interleaving.
+      const previous = new Map<Instance, number>();
+      this.#scoresFor?.forEach((inst, i) => previous.set(inst, this.#scores[i]!));
+      this.#scores = Float64Array.from(candidates, (inst) => previous.get(inst) ?? 0);
+      this.#scoresFor = candidates;
+    }
+    const scores = this.#scores;
     let total = 0;
     let best = -1;
-    let bestScore = -Infinity;
     for (let i = 0; i < candidates.length; i++) {
-      const inst = candidates[i]!;
-      const weight = this.#weightOf(inst);
-      const score = (this.#score.get(inst) ?? 0) + weight;
-      this.#score.set(inst, score);
+      const weight = this.#weightOf(candidates[i]!);
+      scores[i]! += weight;
       total += weight;
-      if (score > bestScore && (exclude === undefined || !exclude.has(inst))) {
-        bestScore = score;
-        best = i;
-      }
+      if ((best === -1 || scores[i]! > scores[best]!) && (exclude === undefined || !exclude.has(candidates[i]!))) best = i;
     }
     if (best === -1) best = 0; // everything excluded: any instance beats none
-    const winner = candidates[best]!;
-    this.#score.set(winner, this.#score.get(winner)! - total);
-    return winner;
+    scores[best]! -= total;
+    return candidates[best]!;
   }
 }
 
