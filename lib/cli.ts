@@ -141,6 +141,16 @@ async function register(values: Record<string, string | boolean | undefined>): P
     process.stderr.write('meshgate register: --metadata must be JSON\n');
     return 2;
   }
+  // Listen for signals before registering: a SIGTERM during registration must still deregister.
+  let stopRequested = false;
+  const stopped = new Promise<void>((resolve) => {
+    const stop = (): void => {
+      stopRequested = true;
+      resolve();
+    };
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+  });
   let registration;
   try {
     registration = await registerInstance({
@@ -161,11 +171,8 @@ async function register(values: Record<string, string | boolean | undefined>): P
     process.stderr.write(`${describe(err)}\n`);
     return 1;
   }
-  process.stderr.write(`meshgate register: ${values.url} registered in "${values.service}" as ${registration.id}\n`);
-  await new Promise<void>((resolve) => {
-    process.once('SIGTERM', () => resolve());
-    process.once('SIGINT', () => resolve());
-  });
+  if (!stopRequested) process.stderr.write(`meshgate register: ${values.url} registered in "${values.service}" as ${registration.id}\n`);
+  await stopped;
   await registration.close();
   process.stderr.write(`meshgate register: deregistered ${registration.id}\n`);
   return 0;

@@ -35,7 +35,8 @@ interface Budget {
  *   any other method only when nothing reached the upstream (connect failure, open circuit);
  * - always to an instance not tried yet, when there is one; never after a response byte reached the client;
  * - only with a replayable body: none, or one buffered up to `maxReplayBody` (64 KiB) before the first try;
- * - full-jitter backoff between 25 and 250 ms, inside the request's total `timeout`;
+ * - full-jitter backoff between 25 and 250 ms, inside the request's total `timeout` (none after a
+ *   refused connection: the next try goes to another instance, the failed one got nothing);
  * - within a retry budget: concurrent retries stay under `budgetPercent` (20%) of the service's
  *   active requests, with a floor of `minRetryConcurrency` (3), so retries cannot multiply an outage.
  * Each retry emits `request:retry`.
@@ -89,7 +90,9 @@ export function retries(options: RetriesOptions = {}): GatewayPlugin {
               if (failure !== null) throw failure;
               return;
             }
-            const delay = gateway.random() * Math.min(cap, base * 2 ** retry);
+            // Backoff spares an instance that is struggling. After a refused connection the next try
+            // goes to another instance and the failed one got nothing: waiting would only add latency.
+            const delay = failure !== null && nothingSent(failure) ? 0 : gateway.random() * Math.min(cap, base * 2 ** retry);
             if (performance.now() + delay >= mesh.deadline) {
               if (failure !== null) throw failure;
               return;
@@ -99,7 +102,7 @@ export function retries(options: RetriesOptions = {}): GatewayPlugin {
             // Drop a held answer now: its socket goes back to the pool during the backoff.
             if (mesh.exchange?.state === 'headers') mesh.exchange.discard();
             gateway.emit('request:retry', service, { attempt: mesh.attempt + 1, reason: failure === null ? `status ${status}` : (failure as MeshError).code ?? 'error' });
-            await sleep(delay);
+            if (delay > 0) await sleep(delay);
             if (mesh.clientGone) {
               if (failure !== null) throw failure;
               return;
