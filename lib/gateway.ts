@@ -66,7 +66,8 @@ export interface ListenInfo {
   adminPort?: number;
 }
 
-type StageChain = (ctx: Context, next: Next) => Promise<void>;
+/** A composed stage; null when no plugin added middleware to it, so the pipeline calls straight through. */
+type StageChain = ((ctx: Context, next: Next) => Promise<void>) | null;
 
 /**
  * A gateway: the plugin host, the registry, the router and the proxy. Create it with
@@ -246,7 +247,10 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     }
     if (issues.length > 0) throw new ConfigError(issues);
     const chains = {} as Record<Stage, StageChain>;
-    for (const stage of STAGES) chains[stage] = compose(this.#stages.get(stage)!, stage === 'retry');
+    for (const stage of STAGES) {
+      const stack = this.#stages.get(stage)!;
+      chains[stage] = stack.length === 0 ? null : compose(stack, stage === 'retry');
+    }
     this.#chains = chains;
     this.#started = true;
     this.leases.start();
@@ -415,7 +419,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     res.once('close', onResponseClose);
     try {
       if (this.#closing) throw new GatewayClosingError();
-      await chains.onRequest(ctx, () => this.#proxyRequest(ctx, mesh, chains));
+      if (chains.onRequest === null) await this.#proxyRequest(ctx, mesh, chains);
+      else await chains.onRequest(ctx, () => this.#proxyRequest(ctx, mesh, chains));
     } catch (err) {
       this.#answerError(ctx, mesh, err);
     } finally {
@@ -444,7 +449,9 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       overrides: mesh.headerOverrides,
     });
     try {
-      await chains.resolve(ctx, () => chains.retry(ctx, () => this.#attempt(ctx, mesh, chains)));
+      // Empty stages are skipped outright: no `next` closure is made for them.
+      const attempts = chains.retry === null ? () => this.#attempt(ctx, mesh, chains) : () => chains.retry!(ctx, () => this.#attempt(ctx, mesh, chains));
+      await (chains.resolve === null ? attempts() : chains.resolve(ctx, attempts));
       if (mesh.clientGone) return;
       await this.#commit(ctx, mesh);
     } catch (err) {
@@ -464,9 +471,11 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       mesh.exchange = null;
     }
     mesh.attempt++;
+    // The set of tried instances exists only once there is a second attempt: most requests never need it.
+    if (mesh.instance !== null) (mesh.tried ??= new Set()).add(mesh.instance);
     mesh.instance = null;
     mesh.candidates = mesh.service!.candidates();
-    return chains.select(ctx, () => this.#pick(ctx, mesh, chains));
+    return chains.select === null ? this.#pick(ctx, mesh, chains) : chains.select(ctx, () => this.#pick(ctx, mesh, chains));
   }
 
   #pick(ctx: Context, mesh: MeshState, chains: Record<Stage, StageChain>): Promise<void> {
@@ -477,13 +486,12 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       }
       mesh.instance = this.balancerFor(service).pick(mesh.candidates, ctx, mesh.tried ?? undefined);
     }
-    return chains.guard(ctx, () => this.#callUpstream(ctx, mesh));
+    return chains.guard === null ? this.#callUpstream(ctx, mesh) : chains.guard(ctx, () => this.#callUpstream(ctx, mesh));
   }
 
   async #callUpstream(ctx: Context, mesh: MeshState): Promise<void> {
     const instance = mesh.instance!;
     const service = mesh.service!;
-    (mesh.tried ??= new Set()).add(instance);
     const balancer = this.balancerFor(service);
     for (let staleRetry = true; ; staleRetry = false) {
       const left = mesh.deadline - performance.now();

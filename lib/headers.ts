@@ -73,7 +73,7 @@ export interface ForwardedInfo {
    */
   appendForwardedFor?: boolean;
   /** Headers set (string) or removed (null) by plugins, lower-case names: they win over the client's. */
-  overrides?: ReadonlyMap<string, string | null> | null;
+  overrides?: readonly (string | null)[] | null;
 }
 
 /**
@@ -103,7 +103,7 @@ export function upstreamRequestHeaders(req: IncomingMessage, info: ForwardedInfo
     }
     if (lower === 'host') host = raw[i + 1]!;
     if (info.bodyLength !== undefined && lower === 'content-length') continue;
-    if (info.overrides != null && info.overrides.has(lower)) continue;
+    if (info.overrides != null && isOverridden(info.overrides, lower)) continue;
     // The gateway's own internal headers never come from outside.
     if (lower.startsWith('x-meshgate-')) continue;
     out.push(name, raw[i + 1]!);
@@ -121,7 +121,13 @@ export function upstreamRequestHeaders(req: IncomingMessage, info: ForwardedInfo
   if (host) out.push('x-forwarded-host', host);
   if (info.bodyLength !== undefined) out.push('content-length', String(info.bodyLength));
   if (info.overrides != null) {
-    for (const [name, value] of info.overrides) if (value !== null) out.push(name, value);
+    const overrides = info.overrides;
+    for (let i = 0; i < overrides.length; i += 2) if (overrides[i + 1] !== null) out.push(overrides[i]!, overrides[i + 1]!);
   }
   return out;
+}
+
+function isOverridden(overrides: readonly (string | null)[], lower: string): boolean {
+  for (let i = 0; i < overrides.length; i += 2) if (overrides[i] === lower) return true;
+  return false;
 }

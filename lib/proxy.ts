@@ -112,10 +112,17 @@ export interface UpstreamRequest {
 type ExchangeState = 'waiting' | 'headers' | 'streaming' | 'done' | 'failed';
 
 /**
+ * How much of a held response is buffered before undici is paused. Most answers are smaller and
+ * arrive whole with their headers: they are then written in one go, with no pause and resume.
+ */
+export const HOLD_BUFFER_BYTES = 64 * 1024;
+
+/**
  * One request to one instance, and its undici dispatch handler (the legacy handler API, which
  * undici 7 runs natively). The response is held at its headers until {@link commit}: the guard
  * stage sees the status first and may {@link discard} it (for a retry) before a byte reaches the
- * client. Once committed, body chunks go straight to the client's socket with backpressure.
+ * client. While held, up to {@link HOLD_BUFFER_BYTES} of body is buffered, then undici is paused.
+ * Once committed, body chunks go straight to the client's socket with backpressure.
  */
 export class UpstreamExchange implements Dispatcher.DispatchHandler {
   readonly instance: Instance;
@@ -137,6 +144,7 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler {
   #resume: (() => void) | null = null;
   #res: ServerResponse | null = null;
   #early: Buffer[] | null = null;
+  #earlyBytes = 0;
   #complete = false;
   #timer: NodeJS.Timeout | null = null;
   readonly #timeout: number;
@@ -181,15 +189,16 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler {
     this.#resume = resume;
     this.state = 'headers';
     this.#onHeaders(this);
-    // Pause until commit() or discard(): the guard stage decides what happens to this response.
-    return this.#res !== null;
+    return true;
   }
 
   onData(chunk: Buffer): boolean {
     const res = this.#res;
     if (res === null) {
+      // Held: keep what comes until the guard stage decides, up to a bound, then pause undici.
       (this.#early ??= []).push(chunk);
-      return false;
+      this.#earlyBytes += chunk.length;
+      return this.#earlyBytes < HOLD_BUFFER_BYTES;
     }
     this.bytesReceived += chunk.length;
     return res.write(chunk);
@@ -225,10 +234,16 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler {
       this.#res = res;
       this.state = 'streaming';
       writeHead(res, this.statusCode, head, headersWereSet);
-      (res as ResponseWithExchange)[kExchange] = this;
-      res.on('drain', onResponseDrain);
       const early = this.#early;
       this.#early = null;
+      if (this.#complete && (early === null || early.length === 1)) {
+        // The whole answer is here (the usual case): one end() writes head and body together.
+        this.bytesReceived = this.#earlyBytes;
+        this.#finish(early === null ? undefined : early[0]);
+        return;
+      }
+      (res as ResponseWithExchange)[kExchange] = this;
+      res.on('drain', onResponseDrain);
       let flowing = true;
       if (early) {
         for (const chunk of early) {
@@ -266,13 +281,14 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler {
     this.#resume?.();
   }
 
-  #finish(): void {
+  #finish(last?: Buffer): void {
     if (this.state === 'done' || this.state === 'failed') return;
     this.state = 'done';
     this.#release();
     const res = this.#res!;
     res.off('drain', onResponseDrain);
-    res.end();
+    if (last === undefined) res.end();
+    else res.end(last);
     this.#onDone?.();
   }
 

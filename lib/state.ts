@@ -19,7 +19,7 @@ export class MeshState {
   instance: Instance | null = null;
   /** 1 for the first try, 2 for the first retry, ... */
   attempt = 0;
-  /** Instances already tried (null before the first attempt); balancers avoid them on a retry. */
+  /** Instances earlier attempts went to (null until a second attempt starts); balancers avoid them. */
   tried: Set<Instance> | null = null;
   /** Normalized request path (no query). */
   path = '';
@@ -58,8 +58,12 @@ export class MeshState {
    * replace the upstream's headers of the same name (Set-Cookie and Server-Timing are appended).
    */
   readonly responseHeaders: string[] = [];
-  /** Upstream headers set (a string) or removed (null) by plugins; they win over the client's. Null until one is. */
-  headerOverrides: Map<string, string | null> | null = null;
+  /**
+   * Upstream headers set (a string) or removed (null) by plugins, flat `[name, value, ...]` with
+   * lower-case names; they win over the client's. Null until one is. (An array, not a Map: one
+   * or two entries per request, and a Map costs far more to create.)
+   */
+  headerOverrides: (string | null)[] | null = null;
 
   /**
    * Sets a header for the upstream request, replacing any the client sent. Works before the
@@ -75,7 +79,11 @@ export class MeshState {
   }
 
   #override(lower: string, value: string | null): void {
-    (this.headerOverrides ??= new Map()).set(lower, value);
+    const overrides = (this.headerOverrides ??= []);
+    let i = 0;
+    while (i < overrides.length && overrides[i] !== lower) i += 2;
+    overrides[i] = lower;
+    overrides[i + 1] = value;
     const headers = this.upstreamHeaders;
     if (headers.length === 0) return; // not built yet: the builder applies the overrides
     for (let i = headers.length - 2; i >= 0; i -= 2) {

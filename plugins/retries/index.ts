@@ -140,7 +140,8 @@ function retryableError(err: unknown, idempotent: boolean, mesh: MeshState): boo
 }
 
 function hasUntried(mesh: MeshState): boolean {
-  for (const inst of mesh.service!.candidates()) if (mesh.tried === null || !mesh.tried.has(inst)) return true;
+  // The instance that just failed joins mesh.tried when the next attempt starts; count it already.
+  for (const inst of mesh.service!.candidates()) if (inst !== mesh.instance && (mesh.tried === null || !mesh.tried.has(inst))) return true;
   return false;
 }
 

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { Gateway } from '../../lib/gateway.js';
 import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
 
@@ -31,7 +31,7 @@ export function traceContext(options: TraceContextOptions = {}): GatewayPlugin {
         const mesh = ctx.state.mesh;
         const headers = ctx.req.headers;
         const incomingId = headers[header];
-        const requestId = typeof incomingId === 'string' && REQUEST_ID.test(incomingId) ? incomingId : uuid();
+        const requestId = typeof incomingId === 'string' && REQUEST_ID.test(incomingId) ? incomingId : randomUUID();
         mesh.requestId = requestId;
         mesh.setUpstreamHeader(header, requestId);
         mesh.responseHeaders.push(header, requestId);
@@ -56,13 +56,6 @@ export function parseTraceparent(value: string | string[] | undefined): { versio
   // Version 00 has exactly four fields; later versions may append more, which we ignore.
   if (version === '00' && value.trim().length !== 55) return undefined;
   return { version, traceId, parentId, flags };
-}
-
-/** A random (version 4) UUID from the pooled bytes: randomUUID() costs an allocation per call. */
-function uuid(): string {
-  const hex = randomHex(16);
-  const variant = ((parseInt(hex[16]!, 16) & 0x3) | 0x8).toString(16);
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-${variant}${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
 }
 
 // Random ids from a pooled buffer: one randomBytes call serves many requests.
