@@ -4,6 +4,9 @@ import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { loadConfigFile } from './config/index.js';
 import { ConfigError, MeshError } from './errors.js';
+import cluster from 'node:cluster';
+import { runClusterPrimary, runClusterWorker, workerCount } from './cluster.js';
+import type { GatewayConfig } from './config/schema.js';
 import { createGateway } from './index.js';
 import { registerInstance } from './registration.js';
 
@@ -102,6 +105,11 @@ async function start(file: string, port: string | undefined): Promise<number> {
   let gateway;
   try {
     const { config, baseDir } = await loadConfigFile(file);
+    if (cluster.isWorker && process.env.MESHGATE_CLUSTER_WORKER === '1') {
+      await runClusterWorker(config, baseDir);
+      return new Promise<number>(() => {}); // the worker exits on SIGTERM or when the primary goes
+    }
+    if (workerCount(config.workers) > 1) return await startCluster(config, baseDir, port);
     gateway = createGateway(config, { baseDir });
     const info = await gateway.listen(port === undefined ? {} : { port: Number(port) });
     process.stderr.write(`meshgate ${version()} listening on ${info.url}${info.adminUrl ? `, admin on ${info.adminUrl}` : ''}\n`);
@@ -175,6 +183,23 @@ async function register(values: Record<string, string | boolean | undefined>): P
   await stopped;
   await registration.close();
   process.stderr.write(`meshgate register: deregistered ${registration.id}\n`);
+  return 0;
+}
+
+async function startCluster(config: GatewayConfig, baseDir: string, port: string | undefined): Promise<number> {
+  const handle = await runClusterPrimary({
+    config,
+    baseDir,
+    port: port === undefined ? undefined : Number(port),
+    onListening: ({ url, adminUrl, workers }) =>
+      process.stderr.write(`meshgate ${version()} listening on ${url} with ${workers} workers${adminUrl ? `, admin on ${adminUrl}` : ''}\n`),
+  });
+  await new Promise<void>((resolve) => {
+    process.once('SIGTERM', () => resolve());
+    process.once('SIGINT', () => resolve());
+  });
+  handle.gateway.log.info('draining the workers');
+  await handle.close();
   return 0;
 }
 

@@ -54,7 +54,15 @@ export interface GatewayOptions {
   pool?: PoolOptions;
   /** Random source of the balancers, uniform in [0, 1); pass a seeded one for reproducible runs. @default Math.random */
   random?: () => number;
+  /**
+   * In cluster mode: `primary` runs the control plane (discovery, leases, health checks, admin),
+   * `worker` proxies and mirrors the primary's registry. @default 'standalone'
+   */
+  role?: GatewayRole;
 }
+
+/** What a gateway process does; see {@link GatewayOptions.role}. */
+export type GatewayRole = 'standalone' | 'primary' | 'worker';
 
 /** Where the gateway is listening, after {@link Gateway.listen}. */
 export interface ListenInfo {
@@ -85,6 +93,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   readonly baseDir: string;
   /** The balancers' random source. */
   readonly random: () => number;
+  /** What this process does in cluster mode; `standalone` otherwise. */
+  readonly role: GatewayRole;
   /** Where admin registrations go; a fleet-wide discovery plugin replaces it in its setup. */
   registrar: Registrar;
   readonly leases: LeaseKeeper;
@@ -120,6 +130,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     this.leases = new LeaseKeeper(this);
     this.admin = new AdminServer(this);
     this.random = options.random ?? Math.random;
+    this.role = options.role ?? 'standalone';
     this.#trust = compileTrust(config.listen.trustProxy);
     for (const [name, factory] of Object.entries(BUILTIN_BALANCERS)) this.defineBalancer(name, factory);
     for (const [name, policy] of Object.entries(config.services)) this.registry.addService(name, policy);
@@ -253,7 +264,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     }
     this.#chains = chains;
     this.#started = true;
-    this.leases.start();
+    // A worker's registry mirrors the primary's, which decides when leases run out.
+    if (this.role !== 'worker') this.leases.start();
   }
 
   // serving ---------------------------------------------------------------------------------
@@ -323,7 +335,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     });
     const port = (server.address() as AddressInfo).port;
     const info: ListenInfo = { url: `${listen.tls ? 'https' : 'http'}://${urlHost(host)}:${port}`, port };
-    if (this.config.admin) {
+    // Cluster workers leave the admin API to the primary: a shared admin port would scatter writes.
+    if (this.config.admin && this.role !== 'worker') {
       try {
         const admin = await this.admin.listen();
         info.adminUrl = admin.url;

@@ -11,7 +11,7 @@ import { Gateway, type GatewayOptions } from './gateway.js';
 import { loadPluginModules } from './plugin-loader.js';
 
 export { Gateway } from './gateway.js';
-export type { GatewayOptions, GatewayServices, ListenInfo } from './gateway.js';
+export type { GatewayOptions, GatewayRole, GatewayServices, ListenInfo } from './gateway.js';
 export { definePlugin, STAGES } from './plugin.js';
 export type { GatewayPlugin, Stage } from './plugin.js';
 export type { Middleware, Next } from './compose.js';
@@ -39,7 +39,7 @@ export type { Registrar, RegistrationResult } from './registrar.js';
 export function createGateway(config: GatewayConfigInput | GatewayConfig = {}, options: GatewayOptions = {}): Gateway {
   const valid = validateConfig(config);
   const gateway = new Gateway(valid, options);
-  for (const plugin of builtinPlugins(valid)) gateway.use(plugin);
+  for (const plugin of builtinPlugins(valid, options.role)) gateway.use(plugin);
   if (valid.plugins.length > 0) gateway.use(loadPluginModules(valid.plugins));
   return gateway;
 }

@@ -235,6 +235,12 @@ export const configSchema = z
       .optional(),
     /** W3C traceparent and x-request-id propagation. On unless `false`. */
     tracing: z.union([z.boolean(), z.strictObject({ requestIdHeader: z.string().min(1).optional() })]).optional(),
+    /**
+     * Worker processes sharing the listener (node:cluster): a number, or `auto` for one per CPU.
+     * With more than one, the primary process runs the control plane (admin API, discovery,
+     * health checks, aggregated metrics) and the workers proxy.
+     */
+    workers: z.union([z.number().int().min(1).max(256), z.literal('auto')]).default(1),
     /** pino level for the gateway's own log lines. */
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
     /** How long close() waits for in-flight requests before it cuts them off. */

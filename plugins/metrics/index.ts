@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { MeshError } from '../../lib/errors.js';
 import type { Gateway } from '../../lib/gateway.js';
 import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
@@ -15,6 +15,11 @@ export interface MetricsOptions {
   defaultMetrics?: boolean;
   /** Serve `GET /metrics` on the admin server. @default true */
   adminRoute?: boolean;
+  /**
+   * Cluster mode: a `worker` reports its registry to the primary over IPC; the `primary` serves
+   * the sum over all workers (prom-client's AggregatorRegistry) and records nothing itself.
+   */
+  cluster?: 'primary' | 'worker';
 }
 
 declare module '../../lib/gateway.js' {
@@ -46,6 +51,21 @@ export function metrics(options: MetricsOptions = {}): GatewayPlugin {
     setup(gateway: Gateway) {
       const registry = new Registry();
       gateway.decorate('metricsRegistry', registry);
+      if (options.cluster === 'primary') {
+        // The primary proxies nothing: its /metrics is the workers' registries, added up.
+        const aggregator = new AggregatorRegistry();
+        gateway.admin.router.get('/metrics', async (ctx) => {
+          ctx.set('content-type', aggregator.contentType);
+          ctx.body = await aggregator.clusterMetrics();
+        });
+        return;
+      }
+      // One gateway per worker process, so the process-wide setting is this gateway's.
+      if (options.cluster === 'worker') {
+        AggregatorRegistry.setRegistries([registry]);
+        // prom-client starts answering the primary's IPC requests when an aggregator is constructed.
+        new AggregatorRegistry();
+      }
       if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
 
       const requests = new Counter({
@@ -80,23 +100,28 @@ export function metrics(options: MetricsOptions = {}): GatewayPlugin {
         labelNames: ['service'] as const,
         registers: [registry],
       });
+      // Across cluster workers: health and instance counts are the same everywhere (first),
+      // a circuit is as bad as its worst worker's breaker (max).
       const healthy = new Gauge({
         name: 'meshgate_instance_healthy',
         help: '1 when the instance is healthy, else 0.',
         labelNames: ['service', 'instance'] as const,
         registers: [registry],
+        aggregator: 'first',
       });
       const circuit = new Gauge({
         name: 'meshgate_circuit_state',
         help: 'Circuit breaker state of the instance: 0 closed, 1 half-open, 2 open.',
         labelNames: ['service', 'instance'] as const,
         registers: [registry],
+        aggregator: 'max',
       });
       const instances = new Gauge({
         name: 'meshgate_instances',
         help: 'Instances registered per service.',
         labelNames: ['service'] as const,
         registers: [registry],
+        aggregator: 'first',
       });
 
       // Hot-path caches: one entry per (route, method, code) and per (instance, outcome).

@@ -1,0 +1,184 @@
+import cluster, { type Worker } from 'node:cluster';
+import { availableParallelism } from 'node:os';
+import type { GatewayConfig } from './config/schema.js';
+import type { Gateway } from './gateway.js';
+import { createGateway } from './index.js';
+import type { Health, Instance, InstanceSpec } from './registry.js';
+
+/** How many workers `workers: N | auto` means on this machine. */
+export function workerCount(setting: GatewayConfig['workers']): number {
+  return setting === 'auto' ? availableParallelism() : setting;
+}
+
+/** Registry changes the primary sends its workers. */
+type ToWorker =
+  | { meshgate: 'upsert'; service: string; spec: InstanceSpec; health: Health }
+  | { meshgate: 'synced' }
+  | { meshgate: 'remove'; service: string; id: string; reason: string }
+  | { meshgate: 'health'; service: string; id: string; health: Health; reason: string };
+
+/** What a worker tells the primary. */
+type ToPrimary = { meshgate: 'hello' } | { meshgate: 'listening'; url: string } | { meshgate: 'failed'; message: string };
+
+/** How long a new worker waits for the primary's registry snapshot before it gives up. */
+const SNAPSHOT_TIMEOUT_MS = 10_000;
+
+/** Options of {@link runClusterPrimary}. */
+export interface ClusterOptions {
+  config: GatewayConfig;
+  baseDir: string;
+  /** Overrides `listen.port` in the workers. */
+  port?: number;
+  /** Called once every worker listens. */
+  onListening?: (info: { url: string; adminUrl?: string; workers: number }) => void;
+}
+
+/** A running cluster: the primary's control-plane gateway and a way to stop everything. */
+export interface ClusterHandle {
+  gateway: Gateway;
+  workers: () => Worker[];
+  /** Drains and stops every worker, then the primary's gateway. */
+  close(): Promise<void>;
+}
+
+const RESPAWN_DELAY_MS = 1000;
+
+/**
+ * Cluster mode (node:cluster), in the primary process. The primary is the control plane: it owns
+ * the registry (static, admin API, Redis and DNS discovery, leases, health checks) and serves the
+ * admin API with `/metrics` summed over the workers. Each worker is a data plane: it proxies on
+ * the shared listener with its own balancers, breakers and retries, and mirrors the primary's
+ * registry, which the primary sends over IPC (a snapshot at start, then every change). A worker
+ * that dies is replaced after a second.
+ */
+export async function runClusterPrimary(options: ClusterOptions): Promise<ClusterHandle> {
+  const { config, baseDir } = options;
+  const count = workerCount(config.workers);
+  const gateway = createGateway(config, { baseDir, role: 'primary' });
+  await gateway.ready();
+  const admin = config.admin ? await gateway.admin.listen() : undefined;
+
+  const broadcast = (message: ToWorker): void => {
+    for (const worker of Object.values(cluster.workers ?? {})) {
+      if (worker?.isConnected()) worker.send(message);
+    }
+  };
+  const upsert = (inst: Instance): ToWorker => ({ meshgate: 'upsert', service: inst.service, spec: specOf(inst), health: inst.health });
+  gateway.on('instance:added', (inst) => broadcast(upsert(inst)));
+  gateway.on('instance:updated', (inst) => broadcast(upsert(inst)));
+  gateway.on('instance:removed', (inst, reason) => broadcast({ meshgate: 'remove', service: inst.service, id: inst.id, reason }));
+  gateway.on('instance:health', (inst, _previous, reason) => broadcast({ meshgate: 'health', service: inst.service, id: inst.id, health: inst.health, reason }));
+
+  let closing = false;
+  const env = { MESHGATE_CLUSTER_WORKER: '1', ...(options.port === undefined ? {} : { MESHGATE_PORT: String(options.port) }) };
+  const fork = (): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const worker = cluster.fork(env);
+      worker.on('message', (message: ToPrimary) => {
+        if (message?.meshgate === 'hello') {
+          // The worker listens for IPC now: the snapshot, then every change, in order on one channel.
+          for (const service of gateway.registry.services()) for (const inst of service.instances.values()) worker.send(upsert(inst));
+          worker.send({ meshgate: 'synced' } satisfies ToWorker);
+        } else if (message?.meshgate === 'listening') resolve(message.url);
+        else if (message?.meshgate === 'failed') reject(new Error(`worker ${worker.id}: ${message.message}`));
+      });
+      worker.once('exit', (code, signal) => {
+        if (closing) return;
+        gateway.log.error({ worker: worker.id, code, signal }, 'worker died; starting another');
+        reject(new Error(`worker ${worker.id} exited (${signal ?? code})`));
+        setTimeout(() => void fork().catch((err: Error) => gateway.log.error({ err: err.message }, 'worker restart failed')), RESPAWN_DELAY_MS).unref();
+      });
+    });
+
+  let url: string;
+  try {
+    [url] = (await Promise.all(Array.from({ length: count }, fork))) as [string];
+  } catch (err) {
+    closing = true;
+    for (const worker of Object.values(cluster.workers ?? {})) worker?.kill();
+    await gateway.close();
+    throw err;
+  }
+  options.onListening?.({ url, adminUrl: admin?.url, workers: count });
+
+  let closed: Promise<void> | null = null;
+  return {
+    gateway,
+    workers: () => Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined),
+    close: () =>
+      (closed ??= (async () => {
+        closing = true;
+        // Each worker drains on SIGTERM like a single gateway, then exits.
+        await Promise.all(
+          Object.values(cluster.workers ?? {}).map(
+            (worker) =>
+              new Promise<void>((resolve) => {
+                if (!worker || worker.isDead()) return resolve();
+                worker.once('exit', () => resolve());
+                worker.process.kill('SIGTERM');
+              }),
+          ),
+        );
+        await gateway.close();
+      })()),
+  };
+}
+
+/**
+ * Cluster mode, in a worker process: a gateway that proxies on the shared listener and mirrors
+ * the primary's registry. Resolves once it listens; SIGTERM drains it and exits.
+ */
+export async function runClusterWorker(config: GatewayConfig, baseDir: string): Promise<Gateway> {
+  const gateway = createGateway(config, { baseDir, role: 'worker' });
+  await gateway.ready();
+  let synced: () => void = () => {};
+  const snapshot = new Promise<void>((resolve, reject) => {
+    synced = resolve;
+    setTimeout(() => reject(new Error('no registry snapshot from the primary')), SNAPSHOT_TIMEOUT_MS).unref();
+  });
+  process.on('message', (message: ToWorker) => {
+    if (!message || typeof message !== 'object' || !('meshgate' in message)) return;
+    const registry = gateway.registry;
+    switch (message.meshgate) {
+      case 'synced':
+        synced();
+        return;
+      case 'upsert': {
+        if (!registry.getService(message.service)) return;
+        const inst = registry.upsertInstance(message.service, message.spec);
+        registry.setHealth(inst, message.health, 'from the primary');
+        return;
+      }
+      case 'remove':
+        registry.removeInstance(message.service, message.id, message.reason);
+        return;
+      case 'health': {
+        const inst = registry.getInstance(message.service, message.id);
+        if (inst) registry.setHealth(inst, message.health, message.reason);
+        return;
+      }
+    }
+  });
+  process.send?.({ meshgate: 'hello' } satisfies ToPrimary);
+  try {
+    await snapshot;
+    const port = process.env.MESHGATE_PORT === undefined ? undefined : Number(process.env.MESHGATE_PORT);
+    const info = await gateway.listen(port === undefined ? {} : { port });
+    process.send?.({ meshgate: 'listening', url: info.url } satisfies ToPrimary);
+  } catch (err) {
+    process.send?.({ meshgate: 'failed', message: (err as Error).message } satisfies ToPrimary);
+    throw err;
+  }
+  process.once('SIGTERM', () => {
+    void gateway.close().then(() => process.exit(0));
+  });
+  // The primary went away (killed): nothing would stop this worker otherwise.
+  process.once('disconnect', () => {
+    void gateway.close().then(() => process.exit(0));
+  });
+  return gateway;
+}
+
+function specOf(inst: Instance): InstanceSpec {
+  return { id: inst.id, url: inst.url, weight: inst.weight, metadata: inst.metadata, zone: inst.zone, ttl: inst.ttl, source: inst.source };
+}

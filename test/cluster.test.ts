@@ -1,0 +1,66 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { send, spawnNode, startUpstream, unusedPort, waitFor } from './helpers.js';
+
+const TOKEN = 'cluster-token';
+
+/** Reads one sample's value from Prometheus text, or 0 when the series is absent. */
+function sample(text: string, series: string): number {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? 0 : Number(line.slice(series.length + 1));
+}
+
+test('workers: 2 shares the listener; metrics on the primary add up across workers; registrations reach every worker; SIGTERM drains and exits 0', { timeout: 60_000 }, async (t) => {
+  const a = await startUpstream(t);
+  const b = await startUpstream(t);
+  const port = await unusedPort();
+  const adminPort = await unusedPort();
+  const dir = await mkdtemp(join(tmpdir(), 'meshgate-cluster-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const file = join(dir, 'meshgate.yaml');
+  await writeFile(
+    file,
+    [
+      'workers: 2',
+      'logLevel: warn',
+      `listen: { host: 127.0.0.1, port: ${port} }`,
+      `admin: { port: ${adminPort}, token: ${TOKEN} }`,
+      `services: { api: { instances: [ { url: "${a.url}" } ] } }`,
+      'routes: [ { prefix: /api, service: api } ]',
+    ].join('\n'),
+  );
+  const run = await spawnNode(t, ['--import', 'tsx', 'lib/cli.ts', 'start', '--config', file], { cwd: process.cwd() });
+  await waitFor(() => run.stderr().includes('with 2 workers'), 20_000, 'the cluster to listen');
+
+  const N = 60;
+  const results = await Promise.all(Array.from({ length: N }, () => send(`http://127.0.0.1:${port}/api/x`)));
+  assert.ok(results.every((r) => r.status === 200));
+  assert.equal(a.seen.length, N);
+
+  const admin = `http://127.0.0.1:${adminPort}`;
+  const metrics = await send(`${admin}/metrics`);
+  assert.equal(metrics.status, 200);
+  // Each worker counts only what it served; the primary's /metrics is their sum.
+  assert.equal(sample(metrics.body, 'meshgate_requests_total{route="/api",service="api",method="GET",code="200"}'), N);
+  assert.equal(sample(metrics.body, 'meshgate_instances{service="api"}'), 1, 'a gauge the same on every worker is not summed');
+
+  // A registration on the primary reaches every worker: enough requests land on both workers
+  // (the primary hands out connections round-robin) and all of them route to both instances.
+  const registered = await send(`${admin}/services/api/instances`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ url: b.url }),
+  });
+  assert.equal(registered.status, 201);
+  await waitFor(async () => sample((await send(`${admin}/metrics`)).body, 'meshgate_instances{service="api"}') === 2, 5000, 'workers to see the new instance');
+  const before = b.seen.length;
+  for (let i = 0; i < 40; i++) assert.equal((await send(`http://127.0.0.1:${port}/api/y`)).status, 200);
+  assert.ok(b.seen.length - before >= 10, `the new instance got ${b.seen.length - before} of 40`);
+
+  run.child.kill('SIGTERM');
+  const { code } = await run.exited;
+  assert.equal(code, 0, run.stderr());
+});
