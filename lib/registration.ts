@@ -1,5 +1,4 @@
 import { Agent, request } from 'undici';
-import { RedisRegistryStore, connectRedis } from './redis/store.js';
 import { defaultInstanceId } from './registry.js';
 import { parseDuration } from './config/duration.js';
 import { MeshError } from './errors.js';
@@ -49,7 +48,7 @@ export interface Registration {
 export async function registerInstance(options: RegisterOptions): Promise<Registration> {
   const ttl = parseDuration(options.ttl ?? '10s');
   if (ttl === undefined || ttl < 100) throw new MeshError('MESH_ERR_BAD_OPTION', 400, `ttl: expected a duration of at least 100ms, got ${JSON.stringify(options.ttl)}`);
-  const client = /^rediss?:\/\//.test(options.registry) ? redisClient(options, ttl) : httpClient(options, ttl);
+  const client = /^rediss?:\/\//.test(options.registry) ? await redisClient(options, ttl) : httpClient(options, ttl);
 
   let id: string;
   try {
@@ -145,7 +144,9 @@ function httpClient(options: RegisterOptions, ttl: number): RegistryClient {
   };
 }
 
-function redisClient(options: RegisterOptions, ttl: number): RegistryClient {
+async function redisClient(options: RegisterOptions, ttl: number): Promise<RegistryClient> {
+  // Loaded on use: a service that registers over HTTP never loads ioredis.
+  const { RedisRegistryStore, connectRedis } = await import('./redis/store.js');
   // Reconnect at least once a heartbeat, so a restarted Redis sees us again within two heartbeats.
   const redis = connectRedis(
     { url: options.registry },

@@ -66,7 +66,12 @@ export function metrics(options: MetricsOptions = {}): GatewayPlugin {
         // prom-client starts answering the primary's IPC requests when an aggregator is constructed.
         new AggregatorRegistry();
       }
-      if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
+      if (options.defaultMetrics !== false) {
+        collectDefaultMetrics({ register: registry });
+        // Gauges named *_total break Prometheus' naming rules (promtool rejects them); the
+        // per-type gauges nodejs_active_{handles,requests,resources} carry the same numbers.
+        for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name);
+      }
 
       const requests = new Counter({
         name: 'meshgate_requests_total',

@@ -1,0 +1,35 @@
+/**
+ * The gateway configurations the benchmarks measure, in one place.
+ * - `core`: one route, round-robin, no plugin beyond static discovery (issue 2's yardstick).
+ * - `standard`: what a production user turns on: least-request, circuit breaker, health checks,
+ *   metrics on the admin port, retries and trace context; access log off (issue 8's yardstick).
+ * - `standard+log`: the same with the JSON access log on (written to /dev/null by the bench).
+ */
+import type { GatewayConfigInput } from '../lib/index.js';
+
+export type StackName = 'core' | 'standard' | 'standard+log';
+
+export function stackConfig(stack: StackName, upstream: string, port = 0): GatewayConfigInput {
+  const base: GatewayConfigInput = {
+    listen: { host: '127.0.0.1', port },
+    routes: [{ prefix: '/', service: 'bench' }],
+    logLevel: 'silent',
+  };
+  if (stack === 'core') {
+    return { ...base, tracing: false, services: { bench: { balancer: 'round-robin', instances: [{ url: upstream }] } } };
+  }
+  return {
+    ...base,
+    admin: { host: '127.0.0.1', port: 0, token: 'bench' },
+    accessLog: stack === 'standard+log',
+    services: {
+      bench: {
+        balancer: 'least-request',
+        instances: [{ url: upstream }],
+        circuitBreaker: {},
+        healthCheck: { path: '/health', interval: '1s' },
+        retries: { attempts: 2 },
+      },
+    },
+  };
+}
