@@ -203,6 +203,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       if (service.policy.balancer === name) {
         balancer.close?.();
         this.#balancers.delete(service);
+        service.balancer = null;
       }
     }
     return this;
@@ -215,6 +216,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
 
   /** The balancer of a service, created on first use. */
   balancerFor(service: Service): Balancer {
+    if (service.balancer !== null) return service.balancer;
     let balancer = this.#balancers.get(service);
     if (!balancer) {
       const factory = this.#balancerFactories.get(service.policy.balancer);
@@ -222,6 +224,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       balancer = factory(service, { random: this.random });
       this.#balancers.set(service, balancer);
     }
+    service.balancer = balancer;
     return balancer;
   }
 

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { ServiceConfig } from './config/schema.js';
 import { MeshError } from './errors.js';
+import type { Balancer } from './balancer.js';
 import type { MeshEmitter, RemovalReason } from './events.js';
 
 /** Health as decided by health checks, heartbeats or an operator. */
@@ -94,6 +95,8 @@ export class Service {
   readonly name: string;
   readonly policy: ServiceConfig;
   readonly instances = new Map<string, Instance>();
+  /** The service's balancer, set by the gateway on first use (a field, not a map lookup per request). */
+  balancer: Balancer | null = null;
   /** Bumped whenever an instance joins, leaves or changes weight: balancers that precompute (rings) rebuild on change. */
   membershipVersion = 0;
   #candidates: Instance[] | null = null;

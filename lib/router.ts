@@ -11,11 +11,12 @@ export interface Route {
 
 /**
  * Longest-prefix routing on segment boundaries: `/users` matches `/users`, `/users/` and
- * `/users/42`, never `/usersx`. Matching walks up the path's own prefixes through a map, so its cost
- * grows with the depth of the path, not with the number of routes.
+ * `/users/42`, never `/usersx`. Routes are indexed by their first path segment, so a request costs
+ * one map lookup plus a `startsWith` over the few routes sharing that segment (longest first):
+ * the cost does not grow with the number of routes.
  */
 export class Router {
-  readonly #byPrefix = new Map<string, Route>();
+  readonly #byFirstSegment = new Map<string, Route[]>();
   #root: Route | undefined;
 
   constructor(routes: readonly RouteConfig[] = []) {
@@ -24,31 +25,40 @@ export class Router {
 
   add(config: RouteConfig): Route {
     const route: Route = { prefix: routePrefix(config.prefix), service: config.service, stripPrefix: config.stripPrefix, config };
-    if (route.prefix === '/') this.#root = route;
-    else this.#byPrefix.set(route.prefix, route);
+    if (route.prefix === '/') {
+      this.#root = route;
+      return route;
+    }
+    const first = firstSegment(route.prefix);
+    const list = this.#byFirstSegment.get(first) ?? [];
+    list.push(route);
+    list.sort((a, b) => b.prefix.length - a.prefix.length);
+    this.#byFirstSegment.set(first, list);
     return route;
   }
 
   routes(): Route[] {
-    return this.#root ? [...this.#byPrefix.values(), this.#root] : [...this.#byPrefix.values()];
+    const all = [...this.#byFirstSegment.values()].flat();
+    return this.#root ? [...all, this.#root] : all;
   }
 
   /** The route with the longest prefix that contains `path` (already normalized), if any. */
   match(path: string): Route | undefined {
-    const map = this.#byPrefix;
-    if (map.size > 0) {
-      let end = path.length;
-      let candidate = path;
-      while (end > 0) {
-        const route = map.get(candidate);
-        if (route) return route;
-        end = path.lastIndexOf('/', end - 1);
-        if (end <= 0) break;
-        candidate = path.slice(0, end);
+    const list = this.#byFirstSegment.get(firstSegment(path));
+    if (list !== undefined) {
+      for (let i = 0; i < list.length; i++) {
+        const prefix = list[i]!.prefix;
+        // A prefix matches on a segment boundary: the path ends there or a "/" follows.
+        if (path.startsWith(prefix) && (path.length === prefix.length || path.charCodeAt(prefix.length) === 47)) return list[i];
       }
     }
     return this.#root;
   }
+}
+
+function firstSegment(path: string): string {
+  const end = path.indexOf('/', 1);
+  return end === -1 ? path.slice(1) : path.slice(1, end);
 }
 
 /** The path the upstream sees for `path` on `route`: the prefix removed when `stripPrefix` is on. */
