@@ -31,6 +31,13 @@ async function main(): Promise<void> {
       port = started.port;
       close = () => started.gateway.close();
     }
+  } else if (kind === 'meshgate-metrics' || kind === 'meshgate-no-metrics') {
+    // bench/metrics-cost.ts: meshgate with its admin server, metrics plugin on or off.
+    if (!upstream) throw new Error(`${kind} needs the upstream URL as its second argument`);
+    const { startMeshgateWithAdmin } = await import('./meshgate-admin.js');
+    const started = await startMeshgateWithAdmin(upstream, { metrics: kind === 'meshgate-metrics' });
+    port = started.port;
+    close = () => started.gateway.close();
   } else {
     throw new Error(`unknown target "${kind}" (expected upstream, bare-proxy or meshgate)`);
   }

@@ -29,14 +29,16 @@ export function eventStreamRoute(router: Router, gateway: Gateway, heartbeatMs =
     });
     const heartbeat = setInterval(() => stream.write(': heartbeat\n\n'), heartbeatMs);
     heartbeat.unref();
+    const onClosing = (): void => void setImmediate(cleanup);
     const cleanup = (): void => {
       clearInterval(heartbeat);
       for (const [event, fn] of listeners) gateway.off(event, fn as never);
+      gateway.off('gateway:closing', onClosing);
       stream.end();
     };
     // The response's close, not the request's: a GET's request side closes as soon as it is read.
     ctx.res.once('close', cleanup);
-    gateway.once('gateway:closing', () => setImmediate(cleanup));
+    gateway.once('gateway:closing', onClosing);
     ctx.req.socket.setTimeout(0);
     ctx.req.socket.setNoDelay(true);
     ctx.status = 200;
