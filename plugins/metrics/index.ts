@@ -1,8 +1,9 @@
-import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { AggregatorRegistry, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { MeshError } from '../../lib/errors.js';
 import type { Gateway } from '../../lib/gateway.js';
 import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
 import type { CircuitState, Instance, Service } from '../../lib/registry.js';
+import { FastCounter, FastHistogram, HistogramSeries, type CounterSeries } from './series.js';
 
 /** Options of {@link metrics}. */
 export interface MetricsOptions {
@@ -33,16 +34,16 @@ const CIRCUIT_VALUE: Record<CircuitState, number> = { closed: 0, 'half-open': 1,
 const DEFAULT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 interface RequestSeries {
-  count: { inc(): void };
-  duration: { observe(v: number): void };
+  count: CounterSeries;
+  duration: HistogramSeries;
 }
 
 /**
  * Prometheus metrics with prom-client, on a registry of this gateway's own, served at
  * `GET /metrics` on the admin port (no token: scrapers rarely carry one; keep the admin port
  * private). Routes are labelled with their configured prefix, never the raw path; series of an
- * instance that leaves are removed, so cardinality stays bounded under churn. Labelled children are
- * cached, so the hot path does no label hashing.
+ * instance that leaves are removed, so cardinality stays bounded under churn. The per-request
+ * metrics are plain numbers in cached series objects (./series.ts): no label hashing per request.
  */
 export function metrics(options: MetricsOptions = {}): GatewayPlugin {
   const buckets = options.buckets ?? DEFAULT_BUCKETS;
@@ -73,38 +74,33 @@ export function metrics(options: MetricsOptions = {}): GatewayPlugin {
         for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name);
       }
 
-      const requests = new Counter({
-        name: 'meshgate_requests_total',
-        help: 'Requests answered by the gateway, by route prefix, service, method and status code.',
-        labelNames: ['route', 'service', 'method', 'code'] as const,
-        registers: [registry],
-      });
-      const requestDuration = new Histogram({
-        name: 'meshgate_request_duration_seconds',
-        help: 'Time from request arrival to the last response byte handed to the socket.',
-        labelNames: ['route', 'service', 'method', 'code'] as const,
+      // The per-request metrics count in plain numbers (./series.ts); prom-client formats them on scrape.
+      const requests = new FastCounter(
+        'meshgate_requests_total',
+        'Requests answered by the gateway, by route prefix, service, method and status code.',
+        ['route', 'service', 'method', 'code'] as const,
+      );
+      const requestDuration = new FastHistogram(
+        'meshgate_request_duration_seconds',
+        'Time from request arrival to the last response byte handed to the socket.',
+        ['route', 'service', 'method', 'code'] as const,
         buckets,
-        registers: [registry],
-      });
-      const upstreamRequests = new Counter({
-        name: 'meshgate_upstream_requests_total',
-        help: 'Attempts sent to instances, by outcome: a status class (2xx..5xx) or an error (connect_error, reset, timeout).',
-        labelNames: ['service', 'instance', 'outcome'] as const,
-        registers: [registry],
-      });
-      const upstreamDuration = new Histogram({
-        name: 'meshgate_upstream_request_duration_seconds',
-        help: 'Time from sending an attempt to the response headers (or the failure).',
-        labelNames: ['service', 'instance'] as const,
+      );
+      const upstreamRequests = new FastCounter(
+        'meshgate_upstream_requests_total',
+        'Attempts sent to instances, by outcome: a status class (2xx..5xx) or an error (connect_error, reset, timeout).',
+        ['service', 'instance', 'outcome'] as const,
+      );
+      const upstreamDuration = new FastHistogram(
+        'meshgate_upstream_request_duration_seconds',
+        'Time from sending an attempt to the response headers (or the failure).',
+        ['service', 'instance'] as const,
         buckets,
-        registers: [registry],
-      });
-      const retries = new Counter({
-        name: 'meshgate_retries_total',
-        help: 'Retries made by the retry stage.',
-        labelNames: ['service'] as const,
-        registers: [registry],
-      });
+      );
+      const retries = new FastCounter('meshgate_retries_total', 'Retries made by the retry stage.', ['service'] as const);
+      for (const metric of [requests, requestDuration, upstreamRequests, upstreamDuration, retries]) {
+        registry.registerMetric(metric as unknown as Parameters<Registry['registerMetric']>[0]);
+      }
       // Across cluster workers: health and instance counts are the same everywhere (first),
       // a circuit is as bad as its worst worker's breaker (max).
       const healthy = new Gauge({
@@ -131,14 +127,14 @@ export function metrics(options: MetricsOptions = {}): GatewayPlugin {
 
       // Hot-path caches: one entry per (route, method, code) and per (instance, outcome).
       const requestSeries = new Map<string, RequestSeries>();
-      const upstreamSeries = new Map<Instance, { outcomes: Map<string, { inc(): void }>; duration: { observe(v: number): void } }>();
+      const upstreamSeries = new Map<Instance, { outcomes: Map<string, CounterSeries>; duration: HistogramSeries }>();
 
       const seriesFor = (route: string, service: string, method: string, code: number): RequestSeries => {
         const key = `${route}\u0000${method}\u0000${code}`;
         let series = requestSeries.get(key);
         if (!series) {
           const labels = { route, service, method, code: String(code) };
-          series = { count: requests.labels(labels), duration: requestDuration.labels(labels) };
+          series = { count: requests.series(labels), duration: requestDuration.series(labels) };
           requestSeries.set(key, series);
         }
         return series;
@@ -156,7 +152,7 @@ export function metrics(options: MetricsOptions = {}): GatewayPlugin {
         } finally {
           const route = mesh.route;
           const series = seriesFor(route?.prefix ?? '', route?.service ?? '', ctx.method, mesh.clientGone && code < 400 ? 499 : code);
-          series.count.inc();
+          series.count.value++;
           series.duration.observe((performance.now() - mesh.startedAt) / 1000);
         }
       });
@@ -166,20 +162,25 @@ export function metrics(options: MetricsOptions = {}): GatewayPlugin {
         if (!entry) {
           // An attempt that finishes after its instance left must not bring its series back.
           if (gateway.registry.getInstance(instance.service, instance.id) !== instance) return;
-          entry = { outcomes: new Map(), duration: upstreamDuration.labels({ service: instance.service, instance: instance.id }) };
+          entry = { outcomes: new Map(), duration: upstreamDuration.series({ service: instance.service, instance: instance.id }) };
           upstreamSeries.set(instance, entry);
         }
         const outcome = info.error ? errorOutcome(info.error) : `${Math.floor(info.status / 100)}xx`;
         let child = entry.outcomes.get(outcome);
         if (!child) {
-          child = upstreamRequests.labels({ service: instance.service, instance: instance.id, outcome });
+          child = upstreamRequests.series({ service: instance.service, instance: instance.id, outcome });
           entry.outcomes.set(outcome, child);
         }
-        child.inc();
+        child.value++;
         entry.duration.observe(info.durationMs / 1000);
       });
 
-      gateway.on('request:retry', (service: Service) => retries.inc({ service: service.name }));
+      const retrySeries = new Map<Service, CounterSeries>();
+      gateway.on('request:retry', (service: Service) => {
+        let series = retrySeries.get(service);
+        if (!series) retrySeries.set(service, (series = retries.series({ service: service.name })));
+        series.value++;
+      });
 
       const countInstances = (service: string): void => {
         instances.set({ service }, gateway.registry.getService(service)?.instances.size ?? 0);
