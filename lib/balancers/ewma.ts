@@ -1,5 +1,6 @@
 import type { Balancer } from '../balancer.js';
 import type { Instance } from '../registry.js';
+import { powerOfTwo } from './weights.js';
 
 /** Options of {@link EwmaBalancer}. */
 export interface EwmaOptions {
@@ -38,24 +39,16 @@ export class EwmaBalancer implements Balancer {
   }
 
   pick(candidates: readonly Instance[], _ctx?: unknown, exclude?: ReadonlySet<Instance>): Instance {
-    let pool = candidates;
-    if (exclude !== undefined && exclude.size > 0) {
-      const rest = candidates.filter((c) => !exclude.has(c));
-      if (rest.length > 0) pool = rest;
-    }
-    const n = pool.length;
-    if (n === 1) return pool[0]!;
-    const i = Math.floor(this.#random() * n);
-    let j = Math.floor(this.#random() * (n - 1));
-    if (j >= i) j++;
-    const a = pool[i]!;
-    const b = pool[j]!;
+    return powerOfTwo(candidates, this.#random, exclude, this.#prefer);
+  }
+
+  readonly #prefer = (a: Instance, b: Instance): Instance => {
     const now = this.#now();
     const ca = this.cost(a, now);
     const cb = this.cost(b, now);
     if (ca === cb) return this.#random() < 0.5 ? a : b;
     return ca < cb ? a : b;
-  }
+  };
 
   /**
    * Records one attempt. A failure counts as at least ten default RTTs: a refused connection

@@ -1,6 +1,6 @@
 import type { Balancer } from '../balancer.js';
 import type { Instance, Service } from '../registry.js';
-import { weightFunction, type WeightOf } from './weights.js';
+import { powerOfTwo, weightFunction, type WeightOf } from './weights.js';
 
 /**
  * Least request, as Envoy's `LEAST_REQUEST`: the power of two choices. Two distinct random
@@ -21,31 +21,15 @@ export class LeastRequestBalancer implements Balancer {
   }
 
   pick(candidates: readonly Instance[], _ctx?: unknown, exclude?: ReadonlySet<Instance>): Instance {
-    const n = candidates.length;
-    if (n === 1) return candidates[0]!;
-    const i = Math.floor(this.#random() * n);
-    let j = Math.floor(this.#random() * (n - 1));
-    if (j >= i) j++;
-    let a = candidates[i]!;
-    let b = candidates[j]!;
-    if (exclude !== undefined && exclude.size > 0) {
-      if (exclude.has(a) || exclude.has(b)) {
-        const rest = candidates.filter((c) => !exclude.has(c));
-        if (rest.length === 1) return rest[0]!;
-        if (rest.length > 1) {
-          const k = Math.floor(this.#random() * rest.length);
-          let m = Math.floor(this.#random() * (rest.length - 1));
-          if (m >= k) m++;
-          a = rest[k]!;
-          b = rest[m]!;
-        }
-      }
-    }
+    return powerOfTwo(candidates, this.#random, exclude, this.#prefer);
+  }
+
+  readonly #prefer = (a: Instance, b: Instance): Instance => {
     const ea = this.#effective(a);
     const eb = this.#effective(b);
     if (ea === eb) return this.#random() < 0.5 ? a : b;
     return ea > eb ? a : b;
-  }
+  };
 
   #effective(instance: Instance): number {
     const active = instance.inflight + 1;

@@ -40,3 +40,26 @@ export function randomAvoiding(candidates: readonly Instance[], random: () => nu
   const rest = candidates.filter((c) => !exclude.has(c));
   return rest.length === 0 ? first : rest[Math.floor(random() * rest.length)]!;
 }
+
+/**
+ * The power of two choices: two distinct random candidates, of which `prefer` keeps one. Instances
+ * in `exclude` (tried by earlier attempts) are left out while any other is left.
+ */
+export function powerOfTwo(
+  candidates: readonly Instance[],
+  random: () => number,
+  exclude: ReadonlySet<Instance> | undefined,
+  prefer: (a: Instance, b: Instance) => Instance,
+): Instance {
+  let pool = candidates;
+  if (exclude !== undefined && exclude.size > 0) {
+    const rest = candidates.filter((c) => !exclude.has(c));
+    if (rest.length > 0) pool = rest;
+  }
+  const n = pool.length;
+  if (n === 1) return pool[0]!;
+  const i = Math.floor(random() * n);
+  let j = Math.floor(random() * (n - 1));
+  if (j >= i) j++;
+  return prefer(pool[i]!, pool[j]!);
+}

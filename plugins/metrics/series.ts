@@ -29,16 +29,10 @@ function keyOf(labels: Readonly<Record<string, string>>, names: readonly string[
   return key;
 }
 
-/** One counter series: bump `value`. */
-export interface CounterSeries {
-  value: number;
-}
-
-/** A counter with labels; register it with `registry.registerMetric(counter)`. */
-export class FastCounter<L extends string> {
-  readonly type = 'counter';
+/** Series by label set: created on first use, kept by the caller, dropped with `remove`. */
+abstract class Labelled<L extends string, S> {
   readonly aggregator = 'sum';
-  readonly #series = new Map<string, { labels: Labels<L>; series: CounterSeries }>();
+  protected readonly entries = new Map<string, { labels: Labels<L>; series: S }>();
 
   constructor(
     readonly name: string,
@@ -46,21 +40,37 @@ export class FastCounter<L extends string> {
     readonly labelNames: readonly L[],
   ) {}
 
-  /** The series for `labels`, created on first use; keep it and bump `value`. */
-  series(labels: Labels<L>): CounterSeries {
+  protected abstract create(): S;
+
+  /** The series for `labels`, created on first use; keep it, then only touch its numbers. */
+  series(labels: Labels<L>): S {
     const key = keyOf(labels, this.labelNames);
-    let entry = this.#series.get(key);
-    if (!entry) this.#series.set(key, (entry = { labels: { ...labels }, series: { value: 0 } }));
+    let entry = this.entries.get(key);
+    if (!entry) this.entries.set(key, (entry = { labels: { ...labels }, series: this.create() }));
     return entry.series;
   }
 
   remove(labels: Labels<L>): void {
-    this.#series.delete(keyOf(labels, this.labelNames));
+    this.entries.delete(keyOf(labels, this.labelNames));
+  }
+}
+
+/** One counter series: bump `value`. */
+export interface CounterSeries {
+  value: number;
+}
+
+/** A counter with labels; register it with `registry.registerMetric(counter)`. */
+export class FastCounter<L extends string> extends Labelled<L, CounterSeries> {
+  readonly type = 'counter';
+
+  protected create(): CounterSeries {
+    return { value: 0 };
   }
 
   async get(): Promise<MetricJson> {
     const values: MetricValue[] = [];
-    for (const { labels, series } of this.#series.values()) values.push({ value: series.value, labels: { ...labels } });
+    for (const { labels, series } of this.entries.values()) values.push({ value: series.value, labels: { ...labels } });
     return { name: this.name, help: this.help, type: 'counter', values, aggregator: 'sum' };
   }
 }
@@ -89,32 +99,20 @@ export class HistogramSeries {
 }
 
 /** A histogram with labels; register it with `registry.registerMetric(histogram)`. */
-export class FastHistogram<L extends string> {
+export class FastHistogram<L extends string> extends Labelled<L, HistogramSeries> {
   readonly type = 'histogram';
-  readonly aggregator = 'sum';
-  readonly #series = new Map<string, { labels: Labels<L>; series: HistogramSeries }>();
 
-  constructor(
-    readonly name: string,
-    readonly help: string,
-    readonly labelNames: readonly L[],
-    readonly buckets: readonly number[],
-  ) {}
-
-  series(labels: Labels<L>): HistogramSeries {
-    const key = keyOf(labels, this.labelNames);
-    let entry = this.#series.get(key);
-    if (!entry) this.#series.set(key, (entry = { labels: { ...labels }, series: new HistogramSeries(this.buckets) }));
-    return entry.series;
+  constructor(name: string, help: string, labelNames: readonly L[], readonly buckets: readonly number[]) {
+    super(name, help, labelNames);
   }
 
-  remove(labels: Labels<L>): void {
-    this.#series.delete(keyOf(labels, this.labelNames));
+  protected create(): HistogramSeries {
+    return new HistogramSeries(this.buckets);
   }
 
   async get(): Promise<MetricJson> {
     const values: MetricValue[] = [];
-    for (const { labels, series } of this.#series.values()) {
+    for (const { labels, series } of this.entries.values()) {
       let cumulative = 0;
       this.buckets.forEach((bound, i) => {
         cumulative += series.counts[i]!;
