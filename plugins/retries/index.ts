@@ -59,7 +59,8 @@ export function retries(options: RetriesOptions = {}): GatewayPlugin {
         const idempotent = (policy.methods ?? IDEMPOTENT_METHODS).includes(method);
         let budget = budgets.get(service);
         if (!budget) budgets.set(service, (budget = { active: 0, retrying: 0 }));
-        const replayable = await makeReplayable(mesh, maxReplayBody);
+        // Most requests carry no body: no await (and no promise) for them.
+        const replayable = mesh.body === null ? true : await makeReplayable(mesh, maxReplayBody);
         budget.active++;
         let holdsRetrySlot = false;
         try {
