@@ -1,15 +1,23 @@
 /**
  * Entry point of one benchmark process: `node --import tsx bench/child.ts <kind> [upstream-url]`.
- * Starts the target, prints its port alone on a line of stdout when it is ready, and exits on
+ * Starts the target, sends `{ port }` over the IPC channel when it is ready (not stdout: the
+ * runner sends stdout to /dev/null, where `meshgate-log` writes its access log), and exits on
  * SIGTERM, SIGINT or when its parent goes away (the IPC channel closes), so a crashed or killed
  * runner leaves no orphans. Exiting through `process.exit` also lets `--cpu-prof` write its file.
  */
 import { startBareProxy } from './bare-proxy.js';
-import { startMeshgate } from './meshgate.js';
+import { startHttpProxy } from './http-proxy.js';
+import { startMeshgate, startMeshgateStack } from './meshgate.js';
+import { startReplyFrom } from './reply-from.js';
+import type { StackName } from './stack.js';
 import { startUpstream } from './upstream.js';
+
+const STACKS: Record<string, StackName> = { 'meshgate-core': 'core', 'meshgate-standard': 'standard', 'meshgate-log': 'standard+log' };
 
 async function main(): Promise<void> {
   const [kind, upstream] = process.argv.slice(2);
+  // The port goes back over IPC, and a closed channel is how this process learns its runner died.
+  if (!process.send) throw new Error('start this through bench/targets.ts (it needs an IPC channel)');
   let close: () => Promise<unknown>;
   let port: number;
   if (kind === 'upstream') {
@@ -31,6 +39,29 @@ async function main(): Promise<void> {
       port = started.port;
       close = () => started.gateway.close();
     }
+  } else if (kind === 'reply-from' || kind === 'http-proxy') {
+    if (!upstream) throw new Error(`${kind} needs the upstream URL as its second argument`);
+    if (kind === 'reply-from') {
+      const started = await startReplyFrom(upstream);
+      port = started.port;
+      close = async () => {
+        started.app.server.closeAllConnections();
+        await started.app.close();
+      };
+    } else {
+      const started = await startHttpProxy(upstream);
+      port = started.port;
+      close = async () => {
+        started.server.closeAllConnections();
+        await new Promise((resolve) => started.server.close(resolve));
+        started.agent.destroy();
+      };
+    }
+  } else if (kind !== undefined && Object.hasOwn(STACKS, kind)) {
+    if (!upstream) throw new Error(`${kind} needs the upstream URL as its second argument`);
+    const started = await startMeshgateStack(STACKS[kind]!, upstream);
+    port = started.port;
+    close = () => started.gateway.close();
   } else if (kind === 'meshgate-metrics' || kind === 'meshgate-no-metrics') {
     // bench/metrics-cost.ts: meshgate with its admin server, metrics plugin on or off.
     if (!upstream) throw new Error(`${kind} needs the upstream URL as its second argument`);
@@ -39,7 +70,7 @@ async function main(): Promise<void> {
     port = started.port;
     close = () => started.gateway.close();
   } else {
-    throw new Error(`unknown target "${kind}" (expected upstream, bare-proxy or meshgate)`);
+    throw new Error(`unknown target "${kind}" (see TargetKind in bench/targets.ts)`);
   }
 
   let exiting = false;
@@ -56,7 +87,7 @@ async function main(): Promise<void> {
   process.once('SIGTERM', exit);
   process.once('SIGINT', exit);
   process.once('disconnect', exit);
-  process.stdout.write(`${port}\n`);
+  process.send!({ port });
 }
 
 main().catch((err: unknown) => {

@@ -1,12 +1,16 @@
 /**
- * The meshgate target: a gateway with one service, `bench`, whose only instance is the benchmark
- * upstream, a route `/` to it, round-robin, logging silent and no admin server. Nothing else is
- * configured, so this measures the core pipeline (Koa, routing, the stages, the undici proxy)
- * plus whatever built-in plugins are on by default (lib/builtins.ts), as a user gets it.
+ * The meshgate targets.
+ * - `meshgate` ({@link startMeshgate}): a gateway with one service, `bench`, whose only instance
+ *   is the benchmark upstream, a route `/` to it, round-robin, logging silent and no admin server.
+ *   Nothing else is configured, so this measures the core pipeline (Koa, routing, the stages, the
+ *   undici proxy) plus whatever built-in plugins are on by default (lib/builtins.ts).
+ * - `meshgate-core`, `meshgate-standard`, `meshgate-log` ({@link startMeshgateStack}): the stacks
+ *   of bench/stack.ts, each checked at start to run exactly the plugins its name promises.
  */
 import { existsSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import type { Gateway, GatewayConfigInput } from '../lib/index.js';
+import { stackConfig, type StackName } from './stack.js';
 
 // Measure what users run: the tsc build in dist/ (npm run bench builds it first). Under tsx the
 // sources carry esbuild's __name() wrappers on every closure. BENCH_SOURCE=1 measures the sources.
@@ -23,5 +27,32 @@ export async function startMeshgate(upstream: string, port = 0): Promise<{ gatew
     logLevel: 'silent',
   });
   await gateway.listen();
+  return { gateway, port: (gateway.server!.address() as AddressInfo).port };
+}
+
+/** The built-in plugins each stack must run (static discovery is always on) and those it must not. */
+const STACK_PLUGINS: Record<StackName, { on: string[]; off: string[] }> = {
+  core: { on: [], off: ['trace-context', 'metrics', 'access-log', 'health-check', 'circuit-breaker', 'retries'] },
+  standard: { on: ['trace-context', 'metrics', 'health-check', 'circuit-breaker', 'retries'], off: ['access-log'] },
+  'standard+log': { on: ['trace-context', 'metrics', 'health-check', 'circuit-breaker', 'retries', 'access-log'], off: [] },
+};
+
+/**
+ * Starts meshgate with one of the stacks of bench/stack.ts in front of `upstream`, and throws if
+ * the plugins it runs are not the ones the stack stands for (a config change that silently turned
+ * one off would otherwise make the benchmark flatter). The access log, when on, goes to stdout.
+ */
+export async function startMeshgateStack(stack: StackName, upstream: string, port = 0): Promise<{ gateway: Gateway; port: number }> {
+  const gateway = createGateway(stackConfig(stack, upstream, port));
+  await gateway.listen();
+  const expected = STACK_PLUGINS[stack];
+  const wrong = [
+    ...expected.on.filter((name) => !gateway.hasPlugin(name)).map((name) => `${name} is off`),
+    ...expected.off.filter((name) => gateway.hasPlugin(name)).map((name) => `${name} is on`),
+  ];
+  if (wrong.length > 0) {
+    await gateway.close();
+    throw new Error(`the ${stack} stack is not what it claims: ${wrong.join(', ')}`);
+  }
   return { gateway, port: (gateway.server!.address() as AddressInfo).port };
 }

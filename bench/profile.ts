@@ -1,7 +1,7 @@
 /**
- * `node --import tsx bench/profile.ts [meshgate|bare-proxy]`: runs one target under
- * `node --cpu-prof` while the load generator drives it, then prints where its CPU time went
- * (bench/cpuprofile-summary.ts), counting only the window under load.
+ * `node --import tsx bench/profile.ts [target]`: runs one proxy target of bench/targets.ts
+ * (default meshgate) under `node --cpu-prof` while the load generator drives it, then prints
+ * where its CPU time went (bench/cpuprofile-summary.ts), counting only the window under load.
  *
  * Environment: BENCH_CONNECTIONS (64), BENCH_DURATION seconds of load (10), BENCH_WARMUP seconds
  * before it (2), BENCH_PROF_INTERVAL sampling interval in µs (100), BENCH_TOP rows (30). Pinning as
@@ -17,7 +17,7 @@ import { ROOT, installExitHooks, interrupted, startTarget, stopAll, type TargetK
 async function main(): Promise<void> {
   installExitHooks();
   const kind = (process.argv[2] ?? 'meshgate') as TargetKind;
-  if (kind !== 'meshgate' && kind !== 'bare-proxy') throw new Error(`profile meshgate or bare-proxy, not "${kind}"`);
+  if (kind === 'upstream') throw new Error('profile a proxy (bare-proxy, reply-from, http-proxy, meshgate, meshgate-core, meshgate-standard, meshgate-log), not the upstream');
   const env = process.env;
   const connections = Number(env.BENCH_CONNECTIONS ?? 64);
   const durationSec = Number(env.BENCH_DURATION ?? 10);

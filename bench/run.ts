@@ -1,29 +1,44 @@
 /**
- * `npm run bench`: requests/s and latency of meshgate against the floor for a Node proxy (a bare
- * http.createServer + undici Pool), and against the upstream hit directly, in one run.
+ * `npm run bench`: requests/s and latency of meshgate's stacks against the floor for a Node proxy
+ * (a bare http.createServer + undici Pool), against the proxies users would otherwise pick
+ * (Fastify + @fastify/reply-from, http-proxy), and against the upstream hit directly, in one run.
  *
  * Every target runs in its own process (bench/targets.ts). After a warm-up, the targets are
  * measured in alternating rounds, the order rotated each round, so drift on the machine (thermal,
  * noisy neighbours) spreads over all of them instead of landing on one. The table reports the
- * median over rounds and meshgate's ratio to the bare proxy; the ratio is the claim, not the
- * absolute numbers, which depend on the machine.
+ * median over rounds and each target's ratio to the bare proxy; the checks below it compare
+ * those medians with the targets of the issues. The ratios are the claim, not the absolute
+ * numbers, which depend on the machine.
  *
- * Environment: BENCH_CONNECTIONS (64), BENCH_DURATION seconds per run (5), BENCH_ROUNDS (5),
+ * Checks (printed PASS / FAIL; see CHECKS): meshgate-core ≥ 0.8x the bare proxy's req/s;
+ * meshgate-standard ≥ 0.85x the bare proxy and ≥ 1.2x reply-from, with a p99 ≤ 1.3x the bare
+ * proxy's; meshgate-log ≥ 0.7x the bare proxy. Only the core check sets the exit status (its
+ * threshold is BENCH_MIN_RATIO); the others are reported, not enforced.
+ *
+ * Cluster mode (`meshgate start` with `workers: auto`, bench/meshgate-cluster.ts) is measured
+ * only with more than 2 CPUs: with 2, the workers would share the cores of the load generator and
+ * the upstream, and the number would say nothing about scaling. The run then says so in one line.
+ *
+ * Environment: BENCH_CONNECTIONS (64), BENCH_DURATION seconds per run (4), BENCH_ROUNDS (4),
  * BENCH_WARMUP seconds per target (2), BENCH_THREADS wrk threads (half the cores, 1 to 4),
- * BENCH_LOADGEN (wrk | autocannon; default wrk when on PATH), BENCH_MIN_RATIO (0.8; 0 turns the
- * check off), BENCH_PIN (1; 0 turns pinning off).
+ * BENCH_LOADGEN (wrk | autocannon; default wrk when on PATH), BENCH_MIN_RATIO (0.8; 0 stops the
+ * core check from setting the exit status), BENCH_PIN (1; 0 turns pinning off), BENCH_CLUSTER
+ * (unset: measure the cluster when there are more than 2 CPUs; 0: never; 1: even with 2 or fewer,
+ * labelled as not a scaling measurement).
  *
  * Pinning (Linux with taskset and at least two CPUs): for each run the process under test gets the
  * last CPU to itself and everything else (load generator, upstream) shares the others, so a proxy
  * is measured as what one core of it can do, not as whatever the scheduler left it while the load
- * generator and the upstream ran on the same cores. Both proxies get the same treatment.
+ * generator and the upstream ran on the same cores. Every single-process target gets the same
+ * treatment. The cluster is the exception: it is there to use every core, so during its runs no
+ * process is pinned.
  *
- * BENCH_SMOKE=1: 1 round of 1 s at 8 connections, no warm-up, no ratio check, so CI keeps this
- * code working without caring about the numbers.
+ * BENCH_SMOKE=1: 1 round of 1 s at 8 connections, no warm-up, no checks, so CI keeps this code
+ * working without caring about the numbers.
  *
- * Output: a markdown table on stdout (progress goes to stderr), the same as JSON in
+ * Output: a markdown table and the checks on stdout (progress goes to stderr), the same as JSON in
  * .bench/latest.json (.bench/smoke.json in smoke mode). Exits 1 when a target answered non-2xx,
- * or when meshgate is below BENCH_MIN_RATIO of the bare proxy.
+ * or when meshgate-core is below BENCH_MIN_RATIO of the bare proxy.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -32,8 +47,9 @@ import { createRequire } from 'node:module';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { pickLoadGenerator, runLoad, type LoadGeneratorName, type LoadResult } from './load.js';
+import { startMeshgateCluster, type ClusterTarget } from './meshgate-cluster.js';
 import { choosePinning, machine, machineBusyMs, median, pin, processCpuMs, selfAndReapedCpuMs, type Pinning } from './stats.js';
-import { ROOT, installExitHooks, interrupted, startTarget, stopAll, type TargetProcess } from './targets.js';
+import { ROOT, installExitHooks, interrupted, startTarget, stopAll, type TargetKind } from './targets.js';
 import { UPSTREAM_BODY } from './upstream.js';
 
 interface Settings {
@@ -44,23 +60,42 @@ interface Settings {
   warmupSec: number;
   threads: number;
   pin: boolean;
-  /** meshgate's req/s must be at least this share of the bare proxy's; null: no check. */
+  /** The core check's threshold, and whether it sets the exit status (null: 0.8, reported only). */
   minRatio: number | null;
+  /** Measure meshgate-cluster: 'auto' (more than 2 CPUs), 'off', or 'forced' (BENCH_CLUSTER=1). */
+  cluster: 'auto' | 'off' | 'forced';
 }
 
+type TargetName = 'direct' | 'bare-proxy' | 'reply-from' | 'http-proxy' | 'meshgate-core' | 'meshgate-standard' | 'meshgate-log' | 'meshgate-cluster';
+
+/** The proxies started through bench/child.ts, in table order, and what each is. */
+const PROXIES: { name: TargetName & TargetKind; description: string }[] = [
+  { name: 'bare-proxy', description: 'http.createServer + undici Pool.stream' },
+  { name: 'reply-from', description: 'fastify + @fastify/reply-from, defaults' },
+  { name: 'http-proxy', description: 'http.createServer + http-proxy, keep-alive agent' },
+  { name: 'meshgate-core', description: 'round-robin, no plugins beyond static discovery' },
+  { name: 'meshgate-standard', description: 'least-request, breaker, health checks, metrics, retries, tracing' },
+  { name: 'meshgate-log', description: 'standard + JSON access log to /dev/null' },
+];
+
+/** Above this many CPUs the cluster is measured by default. */
+const CLUSTER_MIN_CPUS = 3;
+
 interface Target {
-  name: 'direct' | 'bare-proxy' | 'meshgate';
+  name: TargetName;
   description: string;
   url: string;
-  /** The process whose CPU time is charged to this target. */
-  pid: number;
+  /** The processes whose CPU time is charged to this target (one, or a cluster's primary and workers). */
+  pids: number[];
+  /** Runs on every CPU: nothing is pinned while it is measured. */
+  spread: boolean;
 }
 
 interface Run extends LoadResult {
   round: number;
   /** Position in the round's order, 0-based. */
   slot: number;
-  /** CPU time of the target's process per request, in µs; null where /proc is unavailable. */
+  /** CPU time of the target's processes per request, in µs; null where /proc is unavailable. */
   cpuUsPerReq: number | null;
   /** Share of the machine's CPU that processes outside the benchmark used during the run, %. */
   otherLoadPct: number | null;
@@ -74,20 +109,24 @@ function settingsFromEnv(env: NodeJS.ProcessEnv): Settings {
     if (!Number.isInteger(value) || value < 0) throw new Error(`${name} must be a non-negative integer, got "${raw}"`);
     return value;
   };
+  const clusterEnv = env.BENCH_CLUSTER ?? '';
+  if (!['', '0', '1'].includes(clusterEnv)) throw new Error(`BENCH_CLUSTER must be 0 or 1 (or unset), got "${clusterEnv}"`);
+  const cluster = clusterEnv === '0' ? 'off' : clusterEnv === '1' ? 'forced' : 'auto';
   if (env.BENCH_SMOKE === '1') {
-    return { smoke: true, connections: 8, durationSec: 1, rounds: 1, warmupSec: 0, threads: 1, pin: env.BENCH_PIN !== '0', minRatio: null };
+    return { smoke: true, connections: 8, durationSec: 1, rounds: 1, warmupSec: 0, threads: 1, pin: env.BENCH_PIN !== '0', minRatio: null, cluster };
   }
   const minRatio = Number(env.BENCH_MIN_RATIO ?? 0.8);
   if (!Number.isFinite(minRatio)) throw new Error(`BENCH_MIN_RATIO must be a number, got "${env.BENCH_MIN_RATIO}"`);
   const settings: Settings = {
     smoke: false,
     connections: int('BENCH_CONNECTIONS', 64),
-    durationSec: int('BENCH_DURATION', 5),
-    rounds: int('BENCH_ROUNDS', 5),
+    durationSec: int('BENCH_DURATION', 4),
+    rounds: int('BENCH_ROUNDS', 4),
     warmupSec: int('BENCH_WARMUP', 2),
     threads: int('BENCH_THREADS', Math.max(1, Math.min(4, Math.floor(machine().cores / 2)))),
     pin: env.BENCH_PIN !== '0',
     minRatio: minRatio > 0 ? minRatio : null,
+    cluster,
   };
   if (settings.connections < 1 || settings.durationSec < 1 || settings.rounds < 1 || settings.threads < 1) {
     throw new Error('BENCH_CONNECTIONS, BENCH_DURATION, BENCH_ROUNDS and BENCH_THREADS must be at least 1');
@@ -115,25 +154,30 @@ interface Bench {
   generator: LoadGeneratorName;
   settings: Settings;
   pinning: Pinning | null;
+  targets: Target[];
   /** Every process started, so the ones not under test can be moved off the target's CPU. */
   pids: number[];
 }
 
 async function measure(bench: Bench, target: Target, durationSec: number): Promise<Omit<Run, 'round' | 'slot'>> {
   const { settings, pinning } = bench;
-  if (pinning) for (const pid of bench.pids) pin(pid, pid === target.pid ? pinning.target : pinning.rest);
-  const before = cpuSnapshot(bench.pids);
+  if (pinning) {
+    const all = `${pinning.rest},${pinning.target}`;
+    const mine = new Set(target.pids);
+    for (const pid of bench.pids) pin(pid, target.spread ? all : mine.has(pid) ? pinning.target : pinning.rest);
+  }
+  const before = cpuSnapshot(bench);
   const started = performance.now();
   const result = await runLoad(bench.generator, `${target.url}/`, {
     connections: settings.connections,
     durationSec,
     threads: settings.threads,
-    cpus: pinning?.rest,
+    cpus: pinning && !target.spread ? pinning.rest : undefined,
   });
   const wallMs = performance.now() - started;
-  const after = cpuSnapshot(bench.pids);
-  const targetBefore = before.pids[bench.pids.indexOf(target.pid)];
-  const targetAfter = after.pids[bench.pids.indexOf(target.pid)];
+  const after = cpuSnapshot(bench);
+  const index = bench.targets.indexOf(target);
+  const [targetBefore, targetAfter] = [before.targets[index], after.targets[index]];
   const cpuUsPerReq = targetBefore != null && targetAfter != null && result.requests > 0 ? ((targetAfter - targetBefore) * 1000) / result.requests : null;
   return { ...result, cpuUsPerReq, otherLoadPct: otherLoad(before, after, wallMs) };
 }
@@ -142,11 +186,16 @@ interface CpuSnapshot {
   machine: number | null;
   /** This runner plus the load generators it already reaped. */
   self: number | null;
+  /** Every process started, in `bench.pids` order. */
   pids: (number | null)[];
+  /** Each target's processes summed, in `bench.targets` order. */
+  targets: (number | null)[];
 }
 
-function cpuSnapshot(pids: number[]): CpuSnapshot {
-  return { machine: machineBusyMs(), self: selfAndReapedCpuMs(), pids: pids.map(processCpuMs) };
+function cpuSnapshot(bench: Bench): CpuSnapshot {
+  const byPid = new Map(bench.pids.map((pid) => [pid, processCpuMs(pid)]));
+  const targets = bench.targets.map((t) => t.pids.reduce<number | null>((sum, pid) => (sum === null || byPid.get(pid) == null ? null : sum + byPid.get(pid)!), 0));
+  return { machine: machineBusyMs(), self: selfAndReapedCpuMs(), pids: [...byPid.values()], targets };
 }
 
 /** What the rest of the machine (other users, other jobs) took while a run was going on, in %. */
@@ -171,6 +220,13 @@ function generatorVersion(generator: LoadGeneratorName): string {
   return (createRequire(import.meta.url)('autocannon/package.json') as { version: string }).version;
 }
 
+/** The versions of the competing proxies, as installed. */
+function competitorVersions(): string {
+  const require = createRequire(import.meta.url);
+  const version = (name: string): string => (require(`${name}/package.json`) as { version: string }).version;
+  return ['undici', 'fastify', '@fastify/reply-from', 'http-proxy'].map((name) => `${name} ${version(name)}`).join(', ');
+}
+
 /** The commit measured, and whether lib/ or plugins/ had uncommitted changes. */
 function sourceVersion(): string {
   const git = (...args: string[]): string | null => {
@@ -186,27 +242,102 @@ function sourceVersion(): string {
 const fmt = (n: number | null, digits: number): string => (n === null || !Number.isFinite(n) ? 'n/a' : n.toFixed(digits));
 const thousands = (n: number): string => Math.round(n).toLocaleString('en-US');
 
+interface Summary {
+  name: TargetName;
+  description: string;
+  rps: number;
+  p50Ms: number;
+  p99Ms: number;
+  ratioVsBare: number;
+  /** The same ratio taken round by round (both measured seconds apart), then the median. */
+  pairedRatioVsBare: number;
+  rpsMin: number;
+  rpsMax: number;
+  cpuUsPerReq: number | null;
+  otherLoadPct: number | null;
+  non2xx: number;
+  errors: number;
+  runs: Run[];
+}
+
+/** A target from the issues, checked against the medians of one run. */
+interface Check {
+  /** What is compared, e.g. `meshgate-standard req/s / reply-from req/s`. */
+  what: string;
+  op: '≥' | '≤';
+  threshold: number;
+  /** The ratio of the medians: what passes or fails. */
+  ratio: number;
+  /** The round-by-round median of the same ratio, shown for how steady the first is; null for p99. */
+  paired: number | null;
+  pass: boolean;
+  /** Sets the exit status when it fails. */
+  enforced: boolean;
+  source: string;
+}
+
+/**
+ * The targets of the issues. Each compares one metric of `target` with the same metric of
+ * `baseline` (req/s: higher is better; p99: lower is better).
+ */
+const CHECKS: { target: TargetName; baseline: TargetName; metric: 'req/s' | 'p99'; op: '≥' | '≤'; threshold: number; source: string }[] = [
+  { target: 'meshgate-core', baseline: 'bare-proxy', metric: 'req/s', op: '≥', threshold: 0.8, source: 'issue 2 (BENCH_MIN_RATIO)' },
+  { target: 'meshgate-standard', baseline: 'bare-proxy', metric: 'req/s', op: '≥', threshold: 0.85, source: 'issue 8' },
+  { target: 'meshgate-standard', baseline: 'reply-from', metric: 'req/s', op: '≥', threshold: 1.2, source: 'issue 8' },
+  { target: 'meshgate-standard', baseline: 'bare-proxy', metric: 'p99', op: '≤', threshold: 1.3, source: 'issue 8' },
+  { target: 'meshgate-log', baseline: 'bare-proxy', metric: 'req/s', op: '≥', threshold: 0.7, source: 'issue 8' },
+];
+
+function runChecks(summary: Summary[], settings: Settings): Check[] {
+  const byName = (name: TargetName): Summary => summary.find((s) => s.name === name)!;
+  return CHECKS.map((c) => {
+    const [target, baseline] = [byName(c.target), byName(c.baseline)];
+    const core = c.target === 'meshgate-core';
+    const threshold = core ? (settings.minRatio ?? c.threshold) : c.threshold;
+    const ratio = c.metric === 'req/s' ? target.rps / baseline.rps : target.p99Ms / baseline.p99Ms;
+    const paired = c.metric === 'req/s' ? median(target.runs.map((r, i) => r.rps / baseline.runs[i]!.rps)) : null;
+    return {
+      what: `${c.target} ${c.metric} / ${c.baseline} ${c.metric}`,
+      op: c.op,
+      threshold,
+      ratio,
+      paired,
+      pass: c.op === '≥' ? ratio >= threshold : ratio <= threshold,
+      enforced: core && settings.minRatio !== null,
+      source: c.source,
+    };
+  });
+}
+
 async function main(): Promise<number> {
   installExitHooks();
   const settings = settingsFromEnv(process.env);
   const generator = pickLoadGenerator();
+  const host = machine();
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
+  const measureCluster = settings.cluster === 'forced' || (settings.cluster === 'auto' && host.cores >= CLUSTER_MIN_CPUS);
 
-  log(`bench: starting upstream, bare proxy and meshgate (load generator: ${generator})`);
+  log(`bench: starting the upstream and ${PROXIES.length + (measureCluster ? 1 : 0)} proxies (load generator: ${generator})`);
   const upstream = await startTarget('upstream');
-  const [bare, gateway] = await Promise.all([
-    startTarget('bare-proxy', { upstream: upstream.url }),
-    startTarget('meshgate', { upstream: upstream.url }),
-  ]);
-  const procOf = (p: TargetProcess): { url: string; pid: number } => ({ url: p.url, pid: p.pid });
+  const started = await Promise.all(PROXIES.map((p) => startTarget(p.name, { upstream: upstream.url })));
+  let cluster: ClusterTarget | null = null;
+  if (measureCluster) cluster = await startMeshgateCluster(upstream.url);
   const targets: Target[] = [
-    { name: 'direct', description: 'load generator -> upstream', ...procOf(upstream) },
-    { name: 'bare-proxy', description: 'http.createServer + undici Pool.stream', ...procOf(bare) },
-    { name: 'meshgate', description: 'createGateway, one route, round-robin', ...procOf(gateway) },
+    { name: 'direct', description: 'load generator -> upstream', url: upstream.url, pids: [upstream.pid], spread: false },
+    ...PROXIES.map((p, i) => ({ ...p, url: started[i]!.url, pids: [started[i]!.pid], spread: false })),
   ];
+  if (cluster) {
+    targets.push({
+      name: 'meshgate-cluster',
+      description: `meshgate start, standard stack, workers: auto (${cluster.workers})`,
+      url: cluster.url,
+      pids: cluster.pids,
+      spread: true,
+    });
+  }
   for (const target of targets) await checkAnswers(target);
   const pinning = settings.pin ? choosePinning() : null;
-  const bench: Bench = { generator, settings, pinning, pids: targets.map((t) => t.pid) };
+  const bench: Bench = { generator, settings, pinning, targets, pids: targets.flatMap((t) => t.pids) };
 
   if (settings.warmupSec > 0) {
     for (const target of targets) {
@@ -215,100 +346,139 @@ async function main(): Promise<number> {
     }
   }
 
-  const runs = new Map<Target['name'], Run[]>(targets.map((t) => [t.name, []]));
+  const runs = new Map<TargetName, Run[]>(targets.map((t) => [t.name, []]));
   for (let round = 0; round < settings.rounds; round++) {
     const order = targets.map((_, i) => targets[(i + round) % targets.length]!);
     for (const [slot, target] of order.entries()) {
       const result = await measure(bench, target, settings.durationSec);
       runs.get(target.name)!.push({ round, slot, ...result });
       log(
-        `bench: round ${round + 1}/${settings.rounds} ${target.name.padEnd(10)} ${thousands(result.rps).padStart(8)} req/s` +
+        `bench: round ${round + 1}/${settings.rounds} ${target.name.padEnd(17)} ${thousands(result.rps).padStart(8)} req/s` +
           `  p50 ${fmt(result.p50Ms, 2)} ms  p99 ${fmt(result.p99Ms, 2)} ms  cpu ${fmt(result.cpuUsPerReq, 1)} µs/req` +
           `  other load ${fmt(result.otherLoadPct, 0)}%` +
           (result.non2xx + result.errors > 0 ? `  non-2xx ${result.non2xx} errors ${result.errors}` : ''),
       );
     }
   }
+  await cluster?.stop();
   await stopAll();
 
   const bareRuns = runs.get('bare-proxy')!;
-  const summary = targets.map((target) => {
+  const bareRps = median(bareRuns.map((r) => r.rps));
+  const summary: Summary[] = targets.map((target) => {
     const list = runs.get(target.name)!;
     const rps = median(list.map((r) => r.rps));
-    const cpu = list.every((r) => r.cpuUsPerReq !== null) ? median(list.map((r) => r.cpuUsPerReq!)) : null;
-    const other = list.every((r) => r.otherLoadPct !== null) ? median(list.map((r) => r.otherLoadPct!)) : null;
     return {
       name: target.name,
       description: target.description,
       rps,
       p50Ms: median(list.map((r) => r.p50Ms)),
       p99Ms: median(list.map((r) => r.p99Ms)),
-      ratioVsBare: rps / median(bareRuns.map((r) => r.rps)),
-      // The same ratio taken round by round (both measured minutes apart at most), then the median.
+      ratioVsBare: rps / bareRps,
       pairedRatioVsBare: median(list.map((r, i) => r.rps / bareRuns[i]!.rps)),
       rpsMin: Math.min(...list.map((r) => r.rps)),
       rpsMax: Math.max(...list.map((r) => r.rps)),
-      cpuUsPerReq: cpu,
-      otherLoadPct: other,
+      cpuUsPerReq: list.every((r) => r.cpuUsPerReq !== null) ? median(list.map((r) => r.cpuUsPerReq!)) : null,
+      otherLoadPct: list.every((r) => r.otherLoadPct !== null) ? median(list.map((r) => r.otherLoadPct!)) : null,
       non2xx: list.reduce((n, r) => n + r.non2xx, 0),
       errors: list.reduce((n, r) => n + r.errors, 0),
       runs: list,
     };
   });
+  const find = (name: TargetName): Summary | undefined => summary.find((s) => s.name === name);
+  const bare = find('bare-proxy')!;
 
-  const host = machine();
   const date = new Date().toISOString();
   const version = generatorVersion(generator);
   const source = sourceVersion();
   const threadNote = generator === 'wrk' ? `, ${settings.threads} thread(s)` : '';
+  // With the proxy CPU-bound, its capacity per core is 1 / (CPU per request): this ratio is what
+  // req/s converges to on a quiet machine, and it is much steadier on a shared one.
+  // For the cluster, CPU per request is summed over the primary and its workers.
+  const capacity = (s: Summary): number | null => (s.cpuUsPerReq !== null && bare.cpuUsPerReq !== null ? bare.cpuUsPerReq / s.cpuUsPerReq : null);
   const lines = [
-    `| target | req/s (median) | p50 ms | p99 ms | vs bare proxy (req/s) | req/s min-max | CPU µs/req (target process) | other load % | non-2xx / socket errors |`,
-    `|---|---:|---:|---:|---:|---:|---:|---:|---:|`,
+    `| target | req/s (median) | p50 ms | p99 ms | vs bare proxy (req/s) | req/s min-max | CPU µs/req | capacity per core vs bare (CPU) | other load % | non-2xx / socket errors |`,
+    `|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|`,
     ...summary.map(
       (s) =>
         `| ${s.name} | ${thousands(s.rps)} | ${fmt(s.p50Ms, 2)} | ${fmt(s.p99Ms, 2)} | ${fmt(s.ratioVsBare, 2)}x | ` +
-        `${thousands(s.rpsMin)}-${thousands(s.rpsMax)} | ${fmt(s.cpuUsPerReq, 1)} | ${fmt(s.otherLoadPct, 0)} | ${s.non2xx} / ${s.errors} |`,
+        `${thousands(s.rpsMin)}-${thousands(s.rpsMax)} | ${fmt(s.cpuUsPerReq, 1)} | ${s.name === 'direct' ? '-' : `${fmt(capacity(s), 2)}x`} | ${fmt(s.otherLoadPct, 0)} | ${s.non2xx} / ${s.errors} |`,
     ),
     '',
-    `${date.slice(0, 10)} · ${host.cpu} · ${host.cores} cores · node ${host.node} · meshgate ${source} · ${generator} ${version}${threadNote} · ` +
-      `${settings.connections} connections · ` +
+    ...summary.map((s) => `- ${s.name}: ${s.description}`),
+    '',
+    `${date.slice(0, 10)} · ${host.cpu} · ${host.cores} cores · node ${host.node} · meshgate ${source} (dist build) · ${competitorVersions()} · ` +
+      `${generator} ${version}${threadNote} · ${settings.connections} connections · ` +
       (pinning ? `target pinned to CPU ${pinning.target}, load generator and upstream on CPU ${pinning.rest} · ` : 'no CPU pinning · ') +
       `${settings.rounds} round(s) × ${settings.durationSec} s after ${settings.warmupSec} s warm-up, order rotated each round` +
       (settings.smoke ? ' · SMOKE (numbers not meaningful)' : ''),
   ];
 
-  const meshgate = summary.find((s) => s.name === 'meshgate')!;
-  const bareSummary = summary.find((s) => s.name === 'bare-proxy')!;
-  // CPU per request is steadier than req/s when the machine is shared: with the proxy CPU-bound,
-  // capacity is 1 / (CPU per request), so this ratio is what req/s converges to on a quiet box.
-  const cpuRatio = meshgate.cpuUsPerReq !== null && bareSummary.cpuUsPerReq !== null ? bareSummary.cpuUsPerReq / meshgate.cpuUsPerReq : null;
-  if (cpuRatio !== null) {
+  // Where the CPU per request goes, stack by stack: each step's extra µs is what it adds.
+  const [core, standard, withLog] = [find('meshgate-core')!, find('meshgate-standard')!, find('meshgate-log')!];
+  if (bare.cpuUsPerReq !== null && core.cpuUsPerReq !== null && standard.cpuUsPerReq !== null && withLog.cpuUsPerReq !== null) {
+    const plus = (a: number, b: number): string => `${a - b >= 0 ? '+' : ''}${fmt(a - b, 1)} µs`;
     lines.push(
       '',
-      `CPU per request: meshgate ${fmt(meshgate.cpuUsPerReq, 1)} µs, bare proxy ${fmt(bareSummary.cpuUsPerReq, 1)} µs: ` +
-        `meshgate's capacity per core ≈ ${fmt(cpuRatio, 2)}x the bare proxy's`,
+      `CPU per request: bare proxy ${fmt(bare.cpuUsPerReq, 1)} µs; meshgate-core ${fmt(core.cpuUsPerReq, 1)} µs (${plus(core.cpuUsPerReq, bare.cpuUsPerReq)} over bare), ` +
+        `meshgate-standard ${fmt(standard.cpuUsPerReq, 1)} µs (${plus(standard.cpuUsPerReq, core.cpuUsPerReq)} over core), ` +
+        `meshgate-log ${fmt(withLog.cpuUsPerReq, 1)} µs (${plus(withLog.cpuUsPerReq, standard.cpuUsPerReq)} over standard)`,
     );
   }
-  const allRuns = [...runs.values()].flat();
-  const otherLoad = allRuns.every((r) => r.otherLoadPct !== null) ? median(allRuns.map((r) => r.otherLoadPct!)) : null;
-  if (otherLoad !== null && otherLoad > 10) {
-    lines.push('', `warning: other processes used ${fmt(otherLoad, 0)}% of the machine's CPU during the runs (median): req/s and latency are noisy; trust the CPU-per-request ratio more.`);
+
+  const clusterSummary = find('meshgate-cluster');
+  let clusterNote: string;
+  if (clusterSummary) {
+    const paired = median(clusterSummary.runs.map((r, i) => r.rps / standard.runs[i]!.rps));
+    const direct = find('direct')!;
+    clusterNote =
+      `cluster: meshgate-cluster (${cluster!.workers} workers, unpinned) / meshgate-standard (one process, one CPU) = ${fmt(clusterSummary.rps / standard.rps, 2)}x req/s ` +
+      `(round by round ${fmt(paired, 2)}x); the upstream alone does ${thousands(direct.rps)} req/s, a ceiling for anything in front of it` +
+      (host.cores < CLUSTER_MIN_CPUS ? ` · FORCED on ${host.cores} CPUs: the workers share the cores of the load generator and the upstream, this is not a scaling measurement` : '');
+  } else {
+    clusterNote =
+      settings.cluster === 'off'
+        ? 'cluster: scaling not measured (BENCH_CLUSTER=0)'
+        : `cluster: scaling not measured: this machine has ${host.cores} CPU${host.cores === 1 ? '' : 's'}, and cluster mode is only measured with more than 2 ` +
+          '(with fewer, its workers would share the cores of the load generator and the upstream)';
   }
+  lines.push('', clusterNote);
+
+  const allRuns = [...runs.values()].flat();
+  const otherLoadPct = allRuns.every((r) => r.otherLoadPct !== null) ? median(allRuns.map((r) => r.otherLoadPct!)) : null;
+  if (otherLoadPct !== null && otherLoadPct > 10) {
+    lines.push('', `warning: other processes used ${fmt(otherLoadPct, 0)}% of the machine's CPU during the runs (median): req/s and latency are noisy; trust the CPU-per-request column more.`);
+  }
+
   const failures: string[] = [];
   for (const s of summary) if (s.non2xx > 0) failures.push(`${s.name} answered ${s.non2xx} non-2xx responses: its numbers are not valid`);
-  let verdict: string | null = null;
-  if (settings.minRatio !== null) {
-    const pass = meshgate.ratioVsBare >= settings.minRatio;
-    verdict = `meshgate / bare proxy = ${fmt(meshgate.ratioVsBare, 2)}x req/s (round-by-round median ${fmt(meshgate.pairedRatioVsBare, 2)}x); target ≥ ${settings.minRatio}x: ${pass ? 'PASS' : 'BELOW TARGET'}`;
-    lines.push('', verdict);
-    if (!pass) failures.push(verdict);
+  const checks = settings.smoke ? [] : runChecks(summary, settings);
+  if (settings.smoke) {
+    lines.push('', 'checks: skipped in smoke mode');
+  } else {
+    lines.push(
+      '',
+      'Checks (ratios of the medians above; round-by-round median of the same ratio in brackets):',
+      '',
+      '| check | target | measured | result | source |',
+      '|---|---:|---:|---|---|',
+      ...checks.map(
+        (c) =>
+          `| ${c.what} | ${c.op} ${c.threshold}x | ${fmt(c.ratio, 2)}x${c.paired === null ? '' : ` (${fmt(c.paired, 2)}x)`} | ${c.pass ? 'PASS' : 'FAIL'} | ` +
+          `${c.source}${c.enforced ? ', sets the exit status' : ', reported only'} |`,
+      ),
+      '',
+      `${checks.filter((c) => c.pass).length} of ${checks.length} checks pass` +
+        (checks.some((c) => !c.pass) ? `; failing: ${checks.filter((c) => !c.pass).map((c) => c.what).join('; ')}` : ''),
+    );
+    for (const c of checks) if (c.enforced && !c.pass) failures.push(`${c.what} = ${fmt(c.ratio, 2)}x, below ${c.threshold}x`);
   }
   process.stdout.write(`${lines.join('\n')}\n`);
 
   const dir = join(ROOT, '.bench');
   mkdirSync(dir, { recursive: true });
   const base = settings.smoke ? 'smoke' : 'latest';
-  const report = { date, source, machine: host, loadGenerator: { name: generator, version }, settings, pinning, targets: summary, cpuRatio, otherLoadPct: otherLoad, verdict };
+  const report = { date, source, machine: host, loadGenerator: { name: generator, version }, settings, pinning, targets: summary, checks, cluster: clusterNote, otherLoadPct };
   writeFileSync(join(dir, `${base}.json`), `${JSON.stringify(report, null, 2)}\n`);
   writeFileSync(join(dir, `${base}.md`), `${lines.join('\n')}\n`);
   log(`bench: wrote .bench/${base}.json and .bench/${base}.md`);

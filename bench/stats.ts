@@ -1,6 +1,6 @@
 /** Small helpers for the runner: medians, per-process CPU time, machine description. */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { availableParallelism, cpus } from 'node:os';
 
 /** The median of `values` (the mean of the middle two for an even count). */
@@ -107,4 +107,27 @@ export function selfAndReapedCpuMs(): number | null {
     // Not Linux: see machineBusyMs.
     return null;
   }
+}
+
+/** The pids whose parent is `pid` (Linux /proc); empty where /proc is unavailable. */
+export function childPids(pid: number): number[] {
+  const children: number[] = [];
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    // Not Linux: the caller charges the parent alone.
+    return children;
+  }
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      // The parent pid is the second field after the parenthesized command name.
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) children.push(Number(entry));
+    } catch {
+      // The process exited between readdir and read: not a child any more.
+    }
+  }
+  return children;
 }

@@ -6,11 +6,22 @@
  */
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { once } from 'node:events';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
-/** The processes the benchmark can start; see bench/child.ts. */
-export type TargetKind = 'upstream' | 'bare-proxy' | 'meshgate';
+/**
+ * The processes the benchmark can start; see bench/child.ts. `meshgate` is the gateway of
+ * bench/meshgate.ts (round-robin, built-in defaults); the `meshgate-<stack>` kinds are the stacks
+ * of bench/stack.ts (`meshgate-log` is `standard+log`).
+ */
+export type TargetKind =
+  | 'upstream'
+  | 'bare-proxy'
+  | 'reply-from'
+  | 'http-proxy'
+  | 'meshgate'
+  | 'meshgate-core'
+  | 'meshgate-standard'
+  | 'meshgate-log';
 
 /** The repository root: children run from there so `--import tsx` resolves. */
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -39,28 +50,31 @@ export function spawnTracked(command: string, args: readonly string[], options: 
 }
 
 /**
- * Starts `bench/child.ts <kind> [upstream]` in a new Node process and resolves once it printed
- * its port. `nodeArgs` go before the script (e.g. `--cpu-prof`).
+ * Starts `bench/child.ts <kind> [upstream]` in a new Node process and resolves once it reported
+ * its port over the IPC channel. The child's stdout is /dev/null: nothing reads it, and the access
+ * log of `meshgate-log` (pino, fd 1) is written there for real and discarded. `nodeArgs` go before
+ * the script (e.g. `--cpu-prof`).
  */
 export async function startTarget(
   kind: TargetKind,
   options: { upstream?: string; nodeArgs?: readonly string[]; readyTimeoutMs?: number } = {},
 ): Promise<TargetProcess> {
   const args = [...(options.nodeArgs ?? []), '--import', 'tsx', CHILD, kind, ...(options.upstream ? [options.upstream] : [])];
-  const child = spawnTracked(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
-  const lines = createInterface({ input: child.stdout! });
+  // 'ignore' opens /dev/null on the child's fd 1.
+  const child = spawnTracked(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
   const timeoutMs = options.readyTimeoutMs ?? 30_000;
-  let onLine: ((line: string) => void) | undefined;
+  let onMessage: ((message: unknown) => void) | undefined;
   let onExit: ((code: number | null, signal: string | null) => void) | undefined;
   let timer: NodeJS.Timeout | undefined;
   try {
     const port = await new Promise<number>((resolve, reject) => {
-      onLine = (line) => {
-        if (/^\d+$/.test(line.trim())) resolve(Number(line.trim()));
+      onMessage = (message) => {
+        const port = (message as { port?: unknown } | null)?.port;
+        if (typeof port === 'number') resolve(port);
       };
       onExit = (code, signal) => reject(new Error(`${kind} exited before it was ready (code ${code}, signal ${signal})`));
-      timer = setTimeout(() => reject(new Error(`${kind} did not print its port within ${timeoutMs} ms`)), timeoutMs);
-      lines.on('line', onLine);
+      timer = setTimeout(() => reject(new Error(`${kind} did not report its port within ${timeoutMs} ms`)), timeoutMs);
+      child.on('message', onMessage);
       child.once('exit', onExit);
       child.once('error', reject);
     });
@@ -76,7 +90,7 @@ export async function startTarget(
     throw err;
   } finally {
     clearTimeout(timer);
-    // The 'line' listener stays (a no-op now) so a chatty child never blocks on a full pipe.
+    if (onMessage) child.off('message', onMessage);
     if (onExit) child.off('exit', onExit);
   }
 }

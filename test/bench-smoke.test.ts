@@ -1,7 +1,8 @@
 /**
  * Keeps bench/ from rotting: runs `npm run bench`'s script in smoke mode (1 round of 1 s at 8
- * connections, no ratio check) and checks it finishes and reports every target. It asserts
- * nothing about performance: that is bench/'s job, on a quiet machine, as a ratio.
+ * connections, no checks) and checks it finishes, reports every target with traffic and no
+ * errors, and says what it did about cluster mode. It asserts nothing about performance: that is
+ * bench/'s job, on a quiet machine, as a ratio.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -28,8 +29,12 @@ test('bench/run.ts in smoke mode exits 0 and prints a row for each target', { ti
   const [code] = (await once(child, 'exit')) as [number | null];
 
   assert.equal(code, 0, `bench exited ${code}\nstdout:\n${stdout}\nstderr:\n${stderr}`);
-  for (const target of ['direct', 'bare-proxy', 'meshgate']) {
-    // A data row: the target's name, then a number of requests per second greater than zero.
-    assert.match(stdout, new RegExp(`^\\| ${target} \\| [1-9][\\d,]* \\|`, 'm'), `no table row for ${target} in:\n${stdout}`);
+  for (const target of ['direct', 'bare-proxy', 'reply-from', 'http-proxy', 'meshgate-core', 'meshgate-standard', 'meshgate-log']) {
+    // A data row: the target's name, a number of requests per second greater than zero, and (last
+    // column) no non-2xx answers and no socket errors.
+    assert.match(stdout, new RegExp(`^\\| ${target} \\| [1-9][\\d,]* \\|.* \\| 0 / 0 \\|$`, 'm'), `no clean table row for ${target} in:\n${stdout}`);
   }
+  // Either the cluster was measured (more than 2 CPUs) or the run says why not; never silence.
+  assert.match(stdout, /^(\| meshgate-cluster \| [1-9]|cluster: scaling not measured)/m, `nothing about cluster mode in:\n${stdout}`);
+  assert.match(stdout, /^checks: skipped in smoke mode$/m);
 });
