@@ -52,6 +52,8 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
             rollingCountBuckets: policy.rollingCountBuckets,
             // The gateway runs its own per-try and total deadlines; a second clock would only disagree.
             timeout: false,
+            // Latency percentiles are metrics' job; opossum's would sort every latency of the window each second.
+            rollingPercentilesEnabled: false,
             // A client that hangs up says nothing about the instance, except on a half-open probe:
             // opossum counts a filtered error as a success, which would close the circuit on no evidence.
             errorFilter: (err: unknown) => err instanceof ClientAbortedError && !breaker!.halfOpen,
