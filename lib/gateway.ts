@@ -469,7 +469,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       const attempts = chains.retry === null ? () => this.#attempt(ctx, mesh, chains) : () => chains.retry!(ctx, () => this.#attempt(ctx, mesh, chains));
       await (chains.resolve === null ? attempts() : chains.resolve(ctx, attempts));
       if (mesh.clientGone) return;
-      await this.#commit(ctx, mesh);
+      const committing = this.#commit(ctx, mesh);
+      if (committing !== undefined) await committing;
     } catch (err) {
       // Whatever went wrong, an exchange still held at its headers must free its socket.
       if (mesh.exchange?.state === 'headers') mesh.exchange.discard();
@@ -551,7 +552,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     }
   }
 
-  async #commit(ctx: Context, mesh: MeshState): Promise<void> {
+  #commit(ctx: Context, mesh: MeshState): Promise<void> | undefined {
     const exchange = mesh.exchange!;
     const res = ctx.res;
     ctx.respond = false;
@@ -561,7 +562,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     for (let i = 0; i < mesh.responseHeaders.length; i++) extra.push(mesh.responseHeaders[i]!);
     extra.push('server-timing', `gateway;dur=${gatewayMs.toFixed(1)}, upstream;dur=${exchange.headersMs.toFixed(1)}`);
     if (this.#closing) res.shouldKeepAlive = false;
-    await exchange.commit(res, responseHeaders(exchange.rawHeaders, extra), headersWereSet);
+    return exchange.commit(res, responseHeaders(exchange.rawHeaders, extra), headersWereSet);
   }
 
   #answerError(ctx: Context, mesh: MeshState, err: unknown): void {

@@ -225,23 +225,25 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler {
 
   /**
    * Sends the held response to the client: `head` is the status line's headers (already filtered),
-   * then the body streams through. Resolves when the last byte is handed to the socket; rejects
-   * when the upstream or the client breaks off.
+   * then the body streams through. Returns nothing when the answer was already complete and is
+   * now written; otherwise a promise that resolves when the last byte is handed to the socket and
+   * rejects when the upstream or the client breaks off.
    */
-  commit(res: ServerResponse, head: string[], headersWereSet = false): Promise<void> {
+  commit(res: ServerResponse, head: string[], headersWereSet = false): Promise<void> | undefined {
+    this.#res = res;
+    this.state = 'streaming';
+    writeHead(res, this.statusCode, head, headersWereSet);
+    const early = this.#early;
+    this.#early = null;
+    if (this.#complete && (early === null || early.length === 1)) {
+      // The whole answer is here (the usual case): one end() writes head and body together,
+      // and there is nothing to wait for (no promise is made).
+      this.bytesReceived = this.#earlyBytes;
+      this.#finish(early === null ? undefined : early[0]);
+      return undefined;
+    }
     return new Promise<void>((resolve, reject) => {
       this.#onDone = (err) => (err ? reject(err) : resolve());
-      this.#res = res;
-      this.state = 'streaming';
-      writeHead(res, this.statusCode, head, headersWereSet);
-      const early = this.#early;
-      this.#early = null;
-      if (this.#complete && (early === null || early.length === 1)) {
-        // The whole answer is here (the usual case): one end() writes head and body together.
-        this.bytesReceived = this.#earlyBytes;
-        this.#finish(early === null ? undefined : early[0]);
-        return;
-      }
       (res as ResponseWithExchange)[kExchange] = this;
       res.on('drain', onResponseDrain);
       let flowing = true;
