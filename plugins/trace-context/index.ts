@@ -1,4 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
+import type { Context } from 'koa';
+import type { Next } from '../../lib/compose.js';
+import { MeshError } from '../../lib/errors.js';
 import type { Gateway } from '../../lib/gateway.js';
 import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
 
@@ -21,12 +24,17 @@ const ZERO_SPAN = '0'.repeat(16);
  * - `x-request-id`: an incoming one (printable, up to 200 chars) is kept, else a UUID is made;
  *   it goes to the upstream and back to the client.
  * Both ids land on `ctx.state.mesh` (`requestId`, `traceId`) for logs.
+ *
+ * OpenTelemetry (optional peer dependency): when `@opentelemetry/api` is installed and a tracer
+ * provider is registered, every request gets a SERVER span, child of the incoming traceparent;
+ * the span's own ids are the gateway hop in the upstream's traceparent, so the trace has no gap.
  */
 export function traceContext(options: TraceContextOptions = {}): GatewayPlugin {
   const header = (options.requestIdHeader ?? 'x-request-id').toLowerCase();
   return definePlugin({
     name: 'trace-context',
-    setup(gateway: Gateway) {
+    async setup(gateway: Gateway) {
+      const otel = await loadOpenTelemetry();
       gateway.use('onRequest', (ctx, next) => {
         const mesh = ctx.state.mesh;
         const headers = ctx.req.headers;
@@ -37,6 +45,10 @@ export function traceContext(options: TraceContextOptions = {}): GatewayPlugin {
         mesh.responseHeaders.push(header, requestId);
 
         const parent = parseTraceparent(headers.traceparent);
+        if (otel !== null) {
+          const span = startSpan(otel, ctx, parent);
+          if (span !== null) return traced(otel, span, ctx, next);
+        }
         const traceId = parent?.traceId ?? randomHex(16);
         mesh.traceId = traceId;
         mesh.setUpstreamHeader('traceparent', `00-${traceId}-${randomHex(8)}-${parent?.flags ?? '01'}`);
@@ -44,6 +56,70 @@ export function traceContext(options: TraceContextOptions = {}): GatewayPlugin {
       });
     },
   });
+}
+
+type OpenTelemetry = typeof import('@opentelemetry/api');
+type Span = import('@opentelemetry/api').Span;
+
+/** `@opentelemetry/api` when the application installed it, else null. */
+async function loadOpenTelemetry(): Promise<OpenTelemetry | null> {
+  try {
+    return (await import('@opentelemetry/api')) as OpenTelemetry;
+  } catch {
+    return null; // not installed: tracing stays header-only
+  }
+}
+
+/** Whether an application registered a tracer provider (the API's default is a no-op one). */
+function tracerRegistered(otel: OpenTelemetry): boolean {
+  const provider = otel.trace.getTracerProvider() as { getDelegate?: () => { constructor: { name: string } } };
+  const delegate = provider.getDelegate?.() ?? provider;
+  return delegate.constructor.name !== 'NoopTracerProvider';
+}
+
+/** A recording SERVER span for the request, or null when no tracer provider is registered. */
+function startSpan(otel: OpenTelemetry, ctx: Context, parent: ReturnType<typeof parseTraceparent>): Span | null {
+  // Checked per request (an application may register its provider after the gateway starts),
+  // and cheap: without a provider no span object is made at all.
+  if (!tracerRegistered(otel)) return null;
+  const parentContext =
+    parent === undefined
+      ? otel.ROOT_CONTEXT
+      : otel.trace.setSpanContext(otel.ROOT_CONTEXT, { traceId: parent.traceId, spanId: parent.parentId, traceFlags: parseInt(parent.flags, 16), isRemote: true });
+  const mesh = ctx.state.mesh;
+  const span = otel.trace.getTracer('meshgate').startSpan(
+    `${ctx.method} ${mesh.route?.prefix ?? 'unmatched'}`,
+    {
+      kind: otel.SpanKind.SERVER,
+      attributes: { 'http.request.method': ctx.method, 'url.path': mesh.path, 'http.route': mesh.route?.prefix ?? '', 'meshgate.service': mesh.route?.service ?? '' },
+    },
+    parentContext,
+  );
+  if (span.isRecording()) return span;
+  span.end();
+  return null;
+}
+
+async function traced(otel: OpenTelemetry, span: Span, ctx: Context, next: Next): Promise<void> {
+  const mesh = ctx.state.mesh;
+  const { traceId, spanId, traceFlags } = span.spanContext();
+  mesh.traceId = traceId;
+  mesh.setUpstreamHeader('traceparent', `00-${traceId}-${spanId}-${traceFlags.toString(16).padStart(2, '0')}`);
+  let status = 0;
+  try {
+    await next();
+    status = ctx.res.statusCode;
+  } catch (err) {
+    status = err instanceof MeshError ? err.status : 500;
+    span.recordException(err as Error);
+    throw err;
+  } finally {
+    span.setAttribute('http.response.status_code', status);
+    if (mesh.instance) span.setAttribute('meshgate.instance', mesh.instance.id);
+    if (mesh.attempt > 1) span.setAttribute('meshgate.attempts', mesh.attempt);
+    if (status >= 500) span.setStatus({ code: otel.SpanStatusCode.ERROR, message: mesh.error?.code });
+    span.end();
+  }
 }
 
 /** Parses a `traceparent` header; undefined for anything invalid (which then starts a new trace). */
