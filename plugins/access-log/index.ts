@@ -1,6 +1,6 @@
 import pino from 'pino';
 import type { Context } from 'koa';
-import { MeshError } from '../../lib/errors.js';
+import { observeOutcome } from '../../lib/outcome.js';
 import type { Gateway } from '../../lib/gateway.js';
 import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
 import type { MeshState } from '../../lib/state.js';
@@ -83,19 +83,7 @@ export function accessLog(options: AccessLogOptions = {}): GatewayPlugin {
           // a destination that is not ready yet has nothing buffered to lose
         }
       });
-      gateway.use('onRequest', async (ctx, next) => {
-        let status = 0;
-        try {
-          await next();
-          status = ctx.res.statusCode;
-        } catch (err) {
-          status = err instanceof MeshError ? err.status : 500;
-          if (err instanceof MeshError) ctx.state.mesh.error ??= err;
-          throw err;
-        } finally {
-          log.info(entry(ctx, status));
-        }
-      });
+      gateway.use('onRequest', (ctx, next) => observeOutcome(ctx, next, (status) => log.info(entry(ctx, status))));
     },
   });
 }
@@ -109,7 +97,7 @@ function entry(ctx: Context, status: number): Record<string, unknown> {
     route: mesh.route?.prefix ?? null,
     service: mesh.service?.name ?? null,
     instance: mesh.instance?.id ?? null,
-    status: mesh.clientGone && status < 400 ? 499 : status,
+    status,
     durationMs: round(performance.now() - mesh.startedAt),
     upstreamMs: exchange ? round(exchange.headersMs) : null,
     attempts: mesh.attempt,

@@ -1,5 +1,5 @@
 import { AggregatorRegistry, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import { MeshError } from '../../lib/errors.js';
+import { observeOutcome } from '../../lib/outcome.js';
 import type { Gateway } from '../../lib/gateway.js';
 import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
 import type { CircuitState, Instance, Service } from '../../lib/registry.js';
@@ -140,22 +140,14 @@ export function metrics(options: MetricsOptions = {}): GatewayPlugin {
         return series;
       };
 
-      gateway.use('onRequest', async (ctx, next) => {
-        const mesh = ctx.state.mesh;
-        let code = 0;
-        try {
-          await next();
-          code = ctx.res.statusCode;
-        } catch (err) {
-          code = mesh.clientGone ? 499 : err instanceof MeshError ? err.status : 500;
-          throw err;
-        } finally {
-          const route = mesh.route;
-          const series = seriesFor(route?.prefix ?? '', route?.service ?? '', ctx.method, mesh.clientGone && code < 400 ? 499 : code);
+      gateway.use('onRequest', (ctx, next) =>
+        observeOutcome(ctx, next, (code) => {
+          const mesh = ctx.state.mesh;
+          const series = seriesFor(mesh.route?.prefix ?? '', mesh.route?.service ?? '', ctx.method, code);
           series.count.value++;
           series.duration.observe((performance.now() - mesh.startedAt) / 1000);
-        }
-      });
+        }),
+      );
 
       gateway.on('upstream:response', (instance, info) => {
         let entry = upstreamSeries.get(instance);

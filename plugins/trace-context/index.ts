@@ -1,7 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { Context } from 'koa';
 import type { Next } from '../../lib/compose.js';
-import { MeshError } from '../../lib/errors.js';
+import { observeOutcome } from '../../lib/outcome.js';
 import type { Gateway } from '../../lib/gateway.js';
 import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
 
@@ -100,26 +100,19 @@ function startSpan(otel: OpenTelemetry, ctx: Context, parent: ReturnType<typeof 
   return null;
 }
 
-async function traced(otel: OpenTelemetry, span: Span, ctx: Context, next: Next): Promise<void> {
+function traced(otel: OpenTelemetry, span: Span, ctx: Context, next: Next): Promise<void> {
   const mesh = ctx.state.mesh;
   const { traceId, spanId, traceFlags } = span.spanContext();
   mesh.traceId = traceId;
   mesh.setUpstreamHeader('traceparent', `00-${traceId}-${spanId}-${traceFlags.toString(16).padStart(2, '0')}`);
-  let status = 0;
-  try {
-    await next();
-    status = ctx.res.statusCode;
-  } catch (err) {
-    status = err instanceof MeshError ? err.status : 500;
-    span.recordException(err as Error);
-    throw err;
-  } finally {
+  return observeOutcome(ctx, next, (status, error) => {
+    if (error !== undefined) span.recordException(error as Error);
     span.setAttribute('http.response.status_code', status);
     if (mesh.instance) span.setAttribute('meshgate.instance', mesh.instance.id);
     if (mesh.attempt > 1) span.setAttribute('meshgate.attempts', mesh.attempt);
     if (status >= 500) span.setStatus({ code: otel.SpanStatusCode.ERROR, message: mesh.error?.code });
     span.end();
-  }
+  });
 }
 
 /** Parses a `traceparent` header; undefined for anything invalid (which then starts a new trace). */
