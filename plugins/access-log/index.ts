@@ -61,7 +61,11 @@ export function accessLog(options: AccessLogOptions = {}): GatewayPlugin {
         typeof options.destination === 'object'
           ? options.destination
           : pino.destination({ fd: options.destination ?? 1, sync: options.sync ?? false, minLength: options.sync ? 0 : 4096 });
-      const log = pino({ base: null, timestamp: pino.stdTimeFunctions.isoTime, messageKey: 'msg' }, destination);
+      // Each line is one JSON.stringify of a flat object written to pino's buffered destination:
+      // a pino logger would spend more on its generic serializer than the proxy spends on the request.
+      const write = (line: string): void => {
+        destination.write(line);
+      };
       const flusher = setInterval(() => {
         const d = destination as { flush?: (cb?: (err?: Error) => void) => void; writing?: boolean };
         // An async flush while a write is in flight throws in sonic-boom; the next tick catches up.
@@ -83,7 +87,7 @@ export function accessLog(options: AccessLogOptions = {}): GatewayPlugin {
           // a destination that is not ready yet has nothing buffered to lose
         }
       });
-      gateway.use('onRequest', (ctx, next) => observeOutcome(ctx, next, (status) => log.info(entry(ctx, status))));
+      gateway.use('onRequest', (ctx, next) => observeOutcome(ctx, next, (status) => write(`${JSON.stringify(entry(ctx, status))}\n`)));
     },
   });
 }
@@ -92,6 +96,7 @@ function entry(ctx: Context, status: number): Record<string, unknown> {
   const mesh = ctx.state.mesh;
   const exchange = mesh.exchange;
   return {
+    time: new Date().toISOString(),
     method: ctx.method,
     path: mesh.path || ctx.path,
     route: mesh.route?.prefix ?? null,

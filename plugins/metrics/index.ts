@@ -2,6 +2,7 @@ import { AggregatorRegistry, Gauge, Registry, collectDefaultMetrics } from 'prom
 import { observeOutcome } from '../../lib/outcome.js';
 import type { Gateway } from '../../lib/gateway.js';
 import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
+import type { Route } from '../../lib/router.js';
 import type { CircuitState, Instance, Service } from '../../lib/registry.js';
 import { FastCounter, FastHistogram, HistogramSeries, type CounterSeries } from './series.js';
 
@@ -126,16 +127,20 @@ export function metrics(options: MetricsOptions = {}): GatewayPlugin {
       });
 
       // Hot-path caches: one entry per (route, method, code) and per (instance, outcome).
-      const requestSeries = new Map<string, RequestSeries>();
+      // route (null: unmatched) -> method -> status code -> series; no key string built per request.
+      const requestSeries = new Map<Route | null, Map<string, Map<number, RequestSeries>>>();
       const upstreamSeries = new Map<Instance, { outcomes: Map<string, CounterSeries>; duration: HistogramSeries }>();
 
-      const seriesFor = (route: string, service: string, method: string, code: number): RequestSeries => {
-        const key = `${route}\u0000${method}\u0000${code}`;
-        let series = requestSeries.get(key);
+      const seriesFor = (route: Route | null, method: string, code: number): RequestSeries => {
+        let byMethod = requestSeries.get(route);
+        if (!byMethod) requestSeries.set(route, (byMethod = new Map()));
+        let byCode = byMethod.get(method);
+        if (!byCode) byMethod.set(method, (byCode = new Map()));
+        let series = byCode.get(code);
         if (!series) {
-          const labels = { route, service, method, code: String(code) };
+          const labels = { route: route?.prefix ?? '', service: route?.service ?? '', method, code: String(code) };
           series = { count: requests.series(labels), duration: requestDuration.series(labels) };
-          requestSeries.set(key, series);
+          byCode.set(code, series);
         }
         return series;
       };
@@ -143,7 +148,7 @@ export function metrics(options: MetricsOptions = {}): GatewayPlugin {
       gateway.use('onRequest', (ctx, next) =>
         observeOutcome(ctx, next, (code) => {
           const mesh = ctx.state.mesh;
-          const series = seriesFor(mesh.route?.prefix ?? '', mesh.route?.service ?? '', ctx.method, code);
+          const series = seriesFor(mesh.route, ctx.method, code);
           series.count.value++;
           series.duration.observe((performance.now() - mesh.startedAt) / 1000);
         }),
