@@ -84,24 +84,21 @@ export async function startGateway(
   return { gateway, url: info.url, adminUrl: info.adminUrl };
 }
 
+/** What {@link send} and {@link sendPath} resolve with. */
+export interface SentResponse {
+  status: number;
+  headers: IncomingMessage['headers'];
+  rawHeaders: string[];
+  body: string;
+  json: () => any;
+}
+
+type SendOptions = { method?: string; headers?: Record<string, string | string[]>; body?: string | Buffer };
+
 /** A plain HTTP request with node:http (no pooling surprises); resolves with status, headers and body. */
-export function send(
-  url: string,
-  options: { method?: string; headers?: Record<string, string | string[]>; body?: string | Buffer } = {},
-): Promise<{ status: number; headers: IncomingMessage['headers']; rawHeaders: string[]; body: string; json: () => any }> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(url, { method: options.method ?? 'GET', headers: options.headers, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        const body = Buffer.concat(chunks).toString();
-        resolve({ status: res.statusCode!, headers: res.headers, rawHeaders: res.rawHeaders, body, json: () => JSON.parse(body) });
-      });
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(options.body);
-  });
+export function send(url: string, options: SendOptions = {}): Promise<SentResponse> {
+  const target = new URL(url);
+  return sendPath(target.origin, target.pathname + target.search, options);
 }
 
 /** Resolves after `ms` on a real timer. */
@@ -160,11 +157,7 @@ export async function unusedPort(): Promise<number> {
  * Like {@link send}, but the request target is sent exactly as given (no URL parsing, so dot
  * segments and escapes reach the server untouched).
  */
-export function sendPath(
-  baseUrl: string,
-  path: string,
-  options: { method?: string; headers?: Record<string, string | string[]>; body?: string | Buffer } = {},
-): Promise<{ status: number; headers: IncomingMessage['headers']; rawHeaders: string[]; body: string; json: () => any }> {
+export function sendPath(baseUrl: string, path: string, options: SendOptions = {}): Promise<SentResponse> {
   const base = new URL(baseUrl);
   return new Promise((resolve, reject) => {
     const req = httpRequest(
