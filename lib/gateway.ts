@@ -29,7 +29,7 @@ import { LeaseKeeper } from './leases.js';
 import { clientAddress, compileTrust, type ProxyTrust } from './net.js';
 import { normalizeTarget } from './path.js';
 import { STAGES, checkPlugin, type GatewayPlugin, type Stage } from './plugin.js';
-import { UpstreamPools, dispatchUpstream, responseHeaders, type PoolOptions } from './proxy.js';
+import { UpstreamPools, dispatchUpstream, isTlsErrorCode, responseHeaders, type PoolOptions } from './proxy.js';
 import { LocalRegistrar, type Registrar } from './registrar.js';
 import { Registry, type Instance, type Service } from './registry.js';
 import { Router, upstreamPath } from './router.js';
@@ -107,6 +107,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   readonly #balancerFactories = new Map<string, BalancerFactory>();
   readonly #balancers = new Map<Service, Balancer>();
   readonly #originRefs = new Map<string, number>();
+  /** TLS connect options per service, read from files once. */
+  readonly #tls = new Map<Service, Record<string, unknown>>();
   readonly #trust: ProxyTrust;
 
   #chains: Record<Stage, StageChain> | null = null;
@@ -165,6 +167,11 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   /** Whether a plugin of that name is registered. */
   hasPlugin(name: string): boolean {
     return this.#pluginNames.has(name);
+  }
+
+  /** The names of the plugins registered with `use`, in order. */
+  pluginNames(): string[] {
+    return [...this.#pluginNames];
   }
 
   /** Shares an app-lifetime value under `key`. A key can be decorated once. */
@@ -595,15 +602,15 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   }
 
   #tlsOptions(service: Service): Record<string, unknown> {
-    const key = `tls:${service.name}`;
-    if (this.#services.has(key)) return this.#services.get(key) as Record<string, unknown>;
+    const cached = this.#tls.get(service);
+    if (cached !== undefined) return cached;
     const tls = service.policy.tls!;
     const options: Record<string, unknown> = { rejectUnauthorized: tls.rejectUnauthorized };
     if (tls.ca) options.ca = readFileSync(this.resolvePath(tls.ca));
     if (tls.cert) options.cert = readFileSync(this.resolvePath(tls.cert));
     if (tls.key) options.key = readFileSync(this.resolvePath(tls.key));
     if (tls.servername) options.servername = tls.servername;
-    this.#services.set(key, options);
+    this.#tls.set(service, options);
     return options;
   }
 
@@ -705,8 +712,7 @@ function limitBody(req: IncomingMessage, body: IncomingMessage | Buffer | string
 }
 
 function isTlsFailure(err: unknown): boolean {
-  const code = (err as { cause?: { code?: unknown } })?.cause?.code;
-  return typeof code === 'string' && /CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO_VERIFY/.test(code);
+  return isTlsErrorCode((err as { cause?: { code?: unknown } })?.cause?.code);
 }
 
 function headerValue(value: string | string[] | undefined): string | undefined {

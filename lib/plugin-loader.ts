@@ -13,7 +13,8 @@ export function loadPluginModules(entries: GatewayConfig['plugins']): GatewayPlu
   return {
     name: 'plugin-loader',
     async setup(gateway: Gateway) {
-      const registered = new Set<string>();
+      // Config plugins come after every plugin registered with use(): those may be depended on.
+      const registered = new Set(gateway.pluginNames());
       for (const [i, entry] of entries.entries()) {
         const specifier = entry.module.startsWith('.') || entry.module.startsWith('/') ? pathToFileURL(gateway.resolvePath(entry.module)).href : entry.module;
         let mod: Record<string, unknown>;
@@ -28,7 +29,7 @@ export function loadPluginModules(entries: GatewayConfig['plugins']): GatewayPlu
         }
         const plugin = (await factory(entry.options ?? {})) as GatewayPlugin;
         try {
-          checkPlugin(plugin, new Set([...registered, ...builtinNames(gateway, plugin)]));
+          checkPlugin(plugin, registered);
         } catch (err) {
           throw new ConfigError([{ path: `plugins[${i}]`, message: (err as Error).message }]);
         }
@@ -37,8 +38,4 @@ export function loadPluginModules(entries: GatewayConfig['plugins']): GatewayPlu
       }
     },
   };
-}
-
-function builtinNames(gateway: Gateway, plugin: GatewayPlugin): string[] {
-  return (plugin.dependencies ?? []).filter((dep) => gateway.hasPlugin(dep));
 }

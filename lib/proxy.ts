@@ -400,21 +400,24 @@ const CONNECT_CODES = new Set([
   'EHOSTDOWN',
   'EADDRNOTAVAIL',
   'UND_ERR_CONNECT_TIMEOUT',
-  'ERR_TLS_CERT_ALTNAME_INVALID',
-  'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'SELF_SIGNED_CERT_IN_CHAIN',
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'CERT_HAS_EXPIRED',
-  'CERT_NOT_YET_VALID',
-  'ERR_SSL_WRONG_VERSION_NUMBER',
 ]);
+
+const TLS_CODE = /CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO_VERIFY/;
+
+/**
+ * Whether an error code comes from the TLS handshake or certificate checks (Node's and
+ * OpenSSL's: `CERT_HAS_EXPIRED`, `ERR_TLS_CERT_ALTNAME_INVALID`, `ERR_SSL_*`, ...).
+ */
+export function isTlsErrorCode(code: unknown): boolean {
+  return typeof code === 'string' && TLS_CODE.test(code);
+}
 
 /** Maps what undici or the socket threw to the gateway's own error for that failure. */
 export function toMeshError(err: Error, instance: Instance, timeout: number): MeshError {
   if (err instanceof MeshError) return err;
   const code = (err as { code?: string }).code ?? '';
-  if (CONNECT_CODES.has(code) || code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_')) {
+  // A failed handshake is a failed connection: nothing of the request was sent.
+  if (CONNECT_CODES.has(code) || isTlsErrorCode(code)) {
     return new UpstreamConnectError(instance.url, err);
   }
   if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {

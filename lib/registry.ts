@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import type { ServiceConfig } from './config/schema.js';
 import { MeshError } from './errors.js';
 import type { Balancer } from './balancer.js';
@@ -270,8 +269,4 @@ export class Registry {
     this.#events.emit('circuit:state', instance, previous);
   }
 
-  /** A fresh random id, for sources that have no natural one. */
-  static randomId(): string {
-    return randomUUID();
-  }
 }
