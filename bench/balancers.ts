@@ -17,6 +17,7 @@ import { RoundRobinBalancer } from '../lib/balancers/round-robin.js';
 import { validateConfig } from '../lib/config/index.js';
 import { Registry, type Instance, type Service } from '../lib/registry.js';
 import { MeshState } from '../lib/state.js';
+import { seededRandom } from '../lib/random.js';
 
 const PICKS = Number(process.argv.find((a) => a.startsWith('--picks='))?.slice(8) ?? 1_000_000);
 /** A case slower than this per pick runs fewer picks, so the whole run stays around a minute. */
@@ -24,16 +25,6 @@ const MAX_CASE_NS = 2e9;
 const SIZES = [10, 100, 1000] as const;
 const KEYS = 4096; // distinct consistent-hash keys, cycled
 
-/** mulberry32: a seeded uniform [0, 1) source, so every run draws the same sequence. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Weights = 'equal' | 'mixed';
 
@@ -41,7 +32,7 @@ function makeService(balancer: string, n: number, weights: Weights): Service {
   const registry = new Registry(new EventEmitter());
   const config = validateConfig({ services: { svc: { balancer, ...(balancer === 'consistent-hash' ? { hashOn: 'header:x-user-id' } : {}) } } });
   const service = registry.addService('svc', config.services.svc!);
-  const random = seeded(n);
+  const random = seededRandom(n);
   for (let i = 0; i < n; i++) {
     registry.upsertInstance('svc', {
       url: `http://10.${i >> 8}.${i & 255}.1:8080`,
@@ -60,7 +51,7 @@ const contexts: Context[] = Array.from({ length: KEYS }, (_, i) => {
 
 /** Load-aware balancers see some requests in flight and (EWMA) some latency history, as in a running gateway. */
 function loadUp(service: Service, balancer: Balancer): void {
-  const random = seeded(7);
+  const random = seededRandom(7);
   for (const inst of service.instances.values()) {
     inst.inflight = Math.floor(random() * 4);
     balancer.observe?.(inst, 1 + random() * 50, false);
@@ -110,11 +101,11 @@ interface Case {
 const cases: Case[] = [
   { name: 'round-robin', weights: 'equal', make: (s) => new RoundRobinBalancer(s) },
   { name: 'round-robin', weights: 'mixed', make: (s) => new RoundRobinBalancer(s) },
-  { name: 'random', weights: 'equal', make: (s) => new RandomBalancer(s, seeded(1)) },
-  { name: 'random', weights: 'mixed', make: (s) => new RandomBalancer(s, seeded(1)) },
-  { name: 'least-request', weights: 'equal', make: (s) => new LeastRequestBalancer(s, seeded(1)) },
+  { name: 'random', weights: 'equal', make: (s) => new RandomBalancer(s, seededRandom(1)) },
+  { name: 'random', weights: 'mixed', make: (s) => new RandomBalancer(s, seededRandom(1)) },
+  { name: 'least-request', weights: 'equal', make: (s) => new LeastRequestBalancer(s, seededRandom(1)) },
   { name: 'consistent-hash', weights: 'equal', make: (s) => new ConsistentHashBalancer(s), ctx: true },
-  { name: 'ewma', weights: 'equal', make: () => new EwmaBalancer({ random: seeded(1) }) },
+  { name: 'ewma', weights: 'equal', make: () => new EwmaBalancer({ random: seededRandom(1) }) },
 ];
 
 const rows: string[][] = [];

@@ -27,6 +27,7 @@ export { validateConfig, parseConfig, loadConfigFile, parseDuration } from './co
 export type { GatewayConfig, GatewayConfigInput, ServiceConfig, RouteConfig } from './config/index.js';
 export type { Logger } from './logger.js';
 export { registerInstance } from './registration.js';
+export { seededRandom } from './random.js';
 export type { RegisterOptions, Registration } from './registration.js';
 export { LocalRegistrar } from './registrar.js';
 export type { Registrar, RegistrationResult } from './registrar.js';
