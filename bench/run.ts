@@ -24,7 +24,9 @@
  * BENCH_LOADGEN (wrk | autocannon; default wrk when on PATH), BENCH_MIN_RATIO (0.8; 0 stops the
  * core check from setting the exit status), BENCH_PIN (1; 0 turns pinning off), BENCH_CLUSTER
  * (unset: measure the cluster when there are more than 2 CPUs; 0: never; 1: even with 2 or fewer,
- * labelled as not a scaling measurement).
+ * labelled as not a scaling measurement), BENCH_TARGETS (comma-separated proxies to measure, e.g.
+ * `meshgate-standard,reply-from`; the bare proxy and the upstream always are; checks whose targets
+ * were left out are skipped).
  *
  * Pinning (Linux with taskset and at least two CPUs): for each run the process under test gets the
  * last CPU to itself and everything else (load generator, upstream) shares the others, so a proxy
@@ -64,6 +66,8 @@ interface Settings {
   minRatio: number | null;
   /** Measure meshgate-cluster: 'auto' (more than 2 CPUs), 'off', or 'forced' (BENCH_CLUSTER=1). */
   cluster: 'auto' | 'off' | 'forced';
+  /** The proxies to measure (BENCH_TARGETS); the bare proxy, the baseline, always is. */
+  proxies: readonly string[];
 }
 
 type TargetName = 'direct' | 'bare-proxy' | 'reply-from' | 'http-proxy' | 'meshgate-core' | 'meshgate-standard' | 'meshgate-log' | 'meshgate-cluster';
@@ -112,8 +116,13 @@ function settingsFromEnv(env: NodeJS.ProcessEnv): Settings {
   const clusterEnv = env.BENCH_CLUSTER ?? '';
   if (!['', '0', '1'].includes(clusterEnv)) throw new Error(`BENCH_CLUSTER must be 0 or 1 (or unset), got "${clusterEnv}"`);
   const cluster = clusterEnv === '0' ? 'off' : clusterEnv === '1' ? 'forced' : 'auto';
+  const known = PROXIES.map((p) => p.name as string);
+  const wanted = (env.BENCH_TARGETS ?? '').split(',').map((t) => t.trim()).filter(Boolean);
+  const unknown = wanted.filter((t) => !known.includes(t));
+  if (unknown.length > 0) throw new Error(`BENCH_TARGETS: unknown target(s) ${unknown.join(', ')} (known: ${known.join(', ')})`);
+  const proxies = wanted.length === 0 ? known : known.filter((t) => t === 'bare-proxy' || wanted.includes(t));
   if (env.BENCH_SMOKE === '1') {
-    return { smoke: true, connections: 8, durationSec: 1, rounds: 1, warmupSec: 0, threads: 1, pin: env.BENCH_PIN !== '0', minRatio: null, cluster };
+    return { smoke: true, connections: 8, durationSec: 1, rounds: 1, warmupSec: 0, threads: 1, pin: env.BENCH_PIN !== '0', minRatio: null, cluster, proxies };
   }
   const minRatio = Number(env.BENCH_MIN_RATIO ?? 0.8);
   if (!Number.isFinite(minRatio)) throw new Error(`BENCH_MIN_RATIO must be a number, got "${env.BENCH_MIN_RATIO}"`);
@@ -127,6 +136,7 @@ function settingsFromEnv(env: NodeJS.ProcessEnv): Settings {
     pin: env.BENCH_PIN !== '0',
     minRatio: minRatio > 0 ? minRatio : null,
     cluster,
+    proxies,
   };
   if (settings.connections < 1 || settings.durationSec < 1 || settings.rounds < 1 || settings.threads < 1) {
     throw new Error('BENCH_CONNECTIONS, BENCH_DURATION, BENCH_ROUNDS and BENCH_THREADS must be at least 1');
@@ -290,7 +300,8 @@ const CHECKS: { target: TargetName; baseline: TargetName; metric: 'req/s' | 'p99
 
 function runChecks(summary: Summary[], settings: Settings): Check[] {
   const byName = (name: TargetName): Summary => summary.find((s) => s.name === name)!;
-  return CHECKS.map((c) => {
+  const measured = (name: TargetName): boolean => summary.some((s) => s.name === name);
+  return CHECKS.filter((c) => measured(c.target) && measured(c.baseline)).map((c) => {
     const [target, baseline] = [byName(c.target), byName(c.baseline)];
     const core = c.target === 'meshgate-core';
     const threshold = core ? (settings.minRatio ?? c.threshold) : c.threshold;
@@ -317,14 +328,15 @@ async function main(): Promise<number> {
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
   const measureCluster = settings.cluster === 'forced' || (settings.cluster === 'auto' && host.cores >= CLUSTER_MIN_CPUS);
 
-  log(`bench: starting the upstream and ${PROXIES.length + (measureCluster ? 1 : 0)} proxies (load generator: ${generator})`);
+  const proxies = PROXIES.filter((p) => settings.proxies.includes(p.name));
+  log(`bench: starting the upstream and ${proxies.length + (measureCluster ? 1 : 0)} proxies (load generator: ${generator})`);
   const upstream = await startTarget('upstream');
-  const started = await Promise.all(PROXIES.map((p) => startTarget(p.name, { upstream: upstream.url })));
+  const started = await Promise.all(proxies.map((p) => startTarget(p.name, { upstream: upstream.url })));
   let cluster: ClusterTarget | null = null;
   if (measureCluster) cluster = await startMeshgateCluster(upstream.url);
   const targets: Target[] = [
     { name: 'direct', description: 'load generator -> upstream', url: upstream.url, pids: [upstream.pid], spread: false },
-    ...PROXIES.map((p, i) => ({ ...p, url: started[i]!.url, pids: [started[i]!.pid], spread: false })),
+    ...proxies.map((p, i) => ({ ...p, url: started[i]!.url, pids: [started[i]!.pid], spread: false })),
   ];
   if (cluster) {
     targets.push({
@@ -415,8 +427,8 @@ async function main(): Promise<number> {
   ];
 
   // Where the CPU per request goes, stack by stack: each step's extra µs is what it adds.
-  const [core, standard, withLog] = [find('meshgate-core')!, find('meshgate-standard')!, find('meshgate-log')!];
-  if (bare.cpuUsPerReq !== null && core.cpuUsPerReq !== null && standard.cpuUsPerReq !== null && withLog.cpuUsPerReq !== null) {
+  const [core, standard, withLog] = [find('meshgate-core'), find('meshgate-standard'), find('meshgate-log')];
+  if (core && standard && withLog && bare.cpuUsPerReq !== null && core.cpuUsPerReq !== null && standard.cpuUsPerReq !== null && withLog.cpuUsPerReq !== null) {
     const plus = (a: number, b: number): string => `${a - b >= 0 ? '+' : ''}${fmt(a - b, 1)} µs`;
     lines.push(
       '',
@@ -428,7 +440,7 @@ async function main(): Promise<number> {
 
   const clusterSummary = find('meshgate-cluster');
   let clusterNote: string;
-  if (clusterSummary) {
+  if (clusterSummary && standard) {
     const paired = median(clusterSummary.runs.map((r, i) => r.rps / standard.runs[i]!.rps));
     const direct = find('direct')!;
     clusterNote =
