@@ -1,3 +1,4 @@
+import type { Context } from 'koa';
 import type { CircuitState, Health, Instance, Service } from './registry.js';
 
 /** Why an instance left the registry. */
@@ -17,6 +18,13 @@ export interface GatewayEvents {
   'instance:heartbeat': [instance: Instance];
   /** An attempt to an instance finished: `outcome` is the upstream status, or the error code. */
   'upstream:response': [instance: Instance, info: { status: number; durationMs: number; error?: string }];
+  /**
+   * A request the gateway handled has ended: answered (the last byte handed to the socket), failed
+   * or abandoned by its client. `status` is what the client saw (`finalStatus()`: 499 when it
+   * left first); the rest is on `ctx.state.mesh`. Emitted once per request, after the pipeline;
+   * metrics and the access log count here. Listeners must be synchronous and cheap.
+   */
+  'request:end': [ctx: Context, status: number];
   /** The retry stage is about to make another attempt. */
   'request:retry': [service: Service, info: { attempt: number; reason: string }];
   /** The gateway is draining and takes no new requests. */

@@ -426,6 +426,69 @@ describe('registry events', () => {
   });
 });
 
+describe('request:end', () => {
+  test('fires once per handled request with the status the client saw, whoever answered it; a throwing listener changes nothing', LIMIT, async (t) => {
+    const upstream = await startUpstream(t, (req, res) => {
+      if (req.url === '/api/hang') return; // never answers: the client gives up first
+      res.writeHead(req.url === '/api/teapot' ? 418 : 200, { 'content-length': '2' });
+      res.end('ok');
+    });
+    const ended: { path: string; status: number; error: string | null }[] = [];
+    const errors: Error[] = [];
+    const { gateway, url } = await startGateway(t, {
+      services: { api: { instances: [{ url: upstream.url }] }, empty: {} },
+      routes: [
+        { prefix: '/api', service: 'api' },
+        { prefix: '/empty', service: 'empty' },
+        { prefix: '/guarded', service: 'api' },
+      ],
+    }, {
+      setup: (gw) =>
+        gw.use(
+          definePlugin({
+            name: 'bouncer',
+            setup: (g) => {
+              // Answers /guarded itself, before the proxy: the observers must still hear of it.
+              g.use('onRequest', (ctx, next) => {
+                if (ctx.state.mesh.route?.prefix !== '/guarded') return next();
+                ctx.res.writeHead(403, { 'content-length': '0' }).end();
+              });
+            },
+          }),
+        ),
+    });
+    gateway.on('gateway:error', (err) => errors.push(err));
+    gateway.on('request:end', () => {
+      throw new Error('observer bug');
+    });
+    gateway.on('request:end', (ctx, status) => ended.push({ path: ctx.state.mesh.path, status, error: ctx.state.mesh.error?.code ?? null }));
+
+    assert.equal((await send(`${url}/api/a`)).status, 200);
+    assert.equal((await send(`${url}/api/teapot`)).status, 418);
+    assert.equal((await send(`${url}/nowhere`)).status, 404);
+    assert.equal((await send(`${url}/empty/x`)).status, 503);
+    assert.equal((await send(`${url}/guarded/x`)).status, 403);
+    const aborted = new AbortController();
+    const hanging = fetch(`${url}/api/hang`, { signal: aborted.signal }).catch(() => 'aborted');
+    await waitFor(() => upstream.seen.some((r) => r.url === '/api/hang'), 5000, 'the upstream to get /api/hang');
+    aborted.abort();
+    assert.equal(await hanging, 'aborted');
+    await waitFor(() => ended.length === 6, 5000, 'six request:end events');
+
+    assert.deepEqual(ended, [
+      { path: '/api/a', status: 200, error: null },
+      { path: '/api/teapot', status: 418, error: null },
+      { path: '/nowhere', status: 404, error: 'MESH_ERR_NO_ROUTE' },
+      { path: '/empty/x', status: 503, error: 'MESH_ERR_NO_HEALTHY_INSTANCE' },
+      { path: '/guarded/x', status: 403, error: null },
+      { path: '/api/hang', status: 499, error: 'MESH_ERR_CLIENT_ABORTED' },
+    ]);
+    // The first listener threw every time: reported, never in the client's way.
+    assert.equal(errors.length, 6);
+    assert.ok(errors.every((e) => e.message === 'observer bug'));
+  });
+});
+
 describe('close()', () => {
   test('drains an in-flight request: the client gets the full answer, new connections are refused, close() waits', LIMIT, async (t) => {
     let answered = false;

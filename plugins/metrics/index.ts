@@ -1,5 +1,4 @@
 import { AggregatorRegistry, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import { observeOutcome } from '../../lib/outcome.js';
 import type { Gateway } from '../../lib/gateway.js';
 import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
 import type { Route } from '../../lib/router.js';
@@ -145,14 +144,12 @@ export function metrics(options: MetricsOptions = {}): GatewayPlugin {
         return series;
       };
 
-      gateway.use('onRequest', (ctx, next) =>
-        observeOutcome(ctx, next, (code) => {
-          const mesh = ctx.state.mesh;
-          const series = seriesFor(mesh.route, ctx.method, code);
-          series.count.value++;
-          series.duration.observe((performance.now() - mesh.startedAt) / 1000);
-        }),
-      );
+      gateway.on('request:end', (ctx, code) => {
+        const mesh = ctx.state.mesh;
+        const series = seriesFor(mesh.route, ctx.req.method!, code);
+        series.count.value++;
+        series.duration.observe((performance.now() - mesh.startedAt) / 1000);
+      });
 
       gateway.on('upstream:response', (instance, info) => {
         let entry = upstreamSeries.get(instance);
