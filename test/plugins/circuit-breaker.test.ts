@@ -92,6 +92,41 @@ describe('circuit-breaker plugin', () => {
     assert.equal(instanceAt(gateway, good1.url).circuit, 'closed');
   });
 
+  test('the error rate decides: an instance failing 3 of 10 stays in, one failing 7 of 10 opens at its first check past volumeThreshold', LIMIT, async (t) => {
+    // Successes count as much as failures: a breaker that missed them would see 100% errors and open both.
+    const flaky = (name: string, failuresPerTen: number) =>
+      startUpstream(t, (req, res) => {
+        const n = Number(/\/(\d+)$/.exec(req.url ?? '')?.[1] ?? 0);
+        if (n % 10 < failuresPerTen) {
+          res.writeHead(500, { 'content-length': '4' });
+          res.end('fail');
+        } else echo(name)(req, res);
+      });
+    const mild = await flaky('mild', 3);
+    const bad = await flaky('bad', 7);
+    const mildGw = await startGateway(t, config([mild.url], { volumeThreshold: 10 }));
+    const badGw = await startGateway(t, config([bad.url], { volumeThreshold: 10 }));
+    const mildEvents = recordCircuitEvents(mildGw.gateway);
+    const badEvents = recordCircuitEvents(badGw.gateway);
+    let callsWhenOpened = 0;
+    badGw.gateway.on('circuit:state', (inst) => {
+      if (inst.circuit === 'open' && callsWhenOpened === 0) callsWhenOpened = bad.seen.length;
+    });
+
+    const mildAnswers = await sendMany(mildGw.url, 60);
+    assert.equal(mild.seen.length, 60, 'every request reached the instance failing 30%');
+    assert.equal(count(mildAnswers, 500), 18);
+    assert.deepEqual(mildEvents, []);
+    assert.equal(instanceAt(mildGw.gateway, mild.url).circuit, 'closed');
+
+    const badAnswers = await sendMany(badGw.url, 60);
+    // Requests 0-6 fail and 7-9 succeed; failures are checked once the window holds volumeThreshold
+    // calls, so the first check is request 10's failure: 8 of 11 failed (73% > 50%), open.
+    assert.deepEqual(badEvents[0], [bad.url, 'closed', 'open']);
+    assert.equal(callsWhenOpened, 11);
+    assert.ok(count(badAnswers, 500) >= 8);
+  });
+
   test('after resetTimeout a single half-open probe goes through; its success closes the circuit and traffic returns', LIMIT, async (t) => {
     const RESET = 300;
     const bad = await switchUpstream(t, 'bad', 'fail');
