@@ -13,6 +13,8 @@ export type Middleware = (ctx: Context, next: Next) => unknown;
 export function compose(middleware: readonly Middleware[], reentrant = false): (ctx: Context, next: Next) => Promise<void> {
   const stack = [...middleware];
   if (stack.length === 0) return (_ctx, next) => next();
+  // One middleware, the usual case for a stage: no dispatch closure per call.
+  if (stack.length === 1) return reentrant ? composeReentrantOne(stack[0]!) : composeOne(stack[0]!);
   return function composed(ctx, next) {
     let index = -1;
     function dispatch(i: number): Promise<void> {
@@ -28,5 +30,33 @@ export function compose(middleware: readonly Middleware[], reentrant = false): (
       }
     }
     return dispatch(0);
+  };
+}
+
+function composeOne(middleware: Middleware): (ctx: Context, next: Next) => Promise<void> {
+  return function composed(ctx, next) {
+    let called = false;
+    try {
+      return Promise.resolve(
+        middleware(ctx, () => {
+          if (called) return Promise.reject(new Error('next() called multiple times'));
+          called = true;
+          return next();
+        }),
+      ) as Promise<void>;
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  };
+}
+
+/** The `retry` stage's: its one middleware gets `next` itself, to call as often as it retries. */
+function composeReentrantOne(middleware: Middleware): (ctx: Context, next: Next) => Promise<void> {
+  return function composed(ctx, next) {
+    try {
+      return Promise.resolve(middleware(ctx, next)) as Promise<void>;
+    } catch (err) {
+      return Promise.reject(err);
+    }
   };
 }
