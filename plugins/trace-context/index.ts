@@ -49,9 +49,11 @@ export function traceContext(options: TraceContextOptions = {}): GatewayPlugin {
           const span = startSpan(otel, ctx, parent);
           if (span !== null) return traced(otel, span, ctx, next);
         }
-        const traceId = parent?.traceId ?? randomHex(16);
+        // One hex conversion for both new ids: the gateway's span id, and the trace id when none came in.
+        const ids = randomHex(parent === undefined ? 24 : 8);
+        const traceId = parent === undefined ? ids.slice(16) : parent.traceId;
         mesh.traceId = traceId;
-        mesh.setUpstreamHeader('traceparent', `00-${traceId}-${randomHex(8)}-${parent?.flags ?? '01'}`);
+        mesh.setUpstreamHeader('traceparent', `00-${traceId}-${ids.slice(0, 16)}-${parent?.flags ?? '01'}`);
         return next();
       });
     },
