@@ -440,7 +440,9 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     this.#inflight++;
     const res = ctx.res as ServerResponse & { [kMesh]?: MeshState };
     res[kMesh] = mesh;
-    res.once('close', onResponseClose);
+    // on(), not once(): once() wraps the listener in a bound function per request; 'close' fires
+    // at most once anyway, and the listener is taken off below.
+    res.on('close', onResponseClose);
     let failed = false;
     let failure: unknown;
     try {
