@@ -357,7 +357,7 @@ export function dispatchUpstream(pool: Pool, req: UpstreamRequest): UpstreamExch
 export function responseHeaders(raw: Buffer[], extra: string[]): string[] {
   const out: string[] = [];
   let named: Set<string> | null = null;
-  const replacing = replacesAny(extra);
+  const replaced = replacedNames(extra);
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toString('latin1');
     const lower = name.toLowerCase();
@@ -365,7 +365,7 @@ export function responseHeaders(raw: Buffer[], extra: string[]): string[] {
       named = connectionTokens(raw[i + 1]!.toString('latin1'), named);
       continue;
     }
-    if (HOP_BY_HOP.has(lower) || (replacing && replaces(extra, lower))) continue;
+    if (HOP_BY_HOP.has(lower) || (replaced !== null && replaced.includes(lower))) continue;
     out.push(name, raw[i + 1]!.toString('latin1'));
   }
   if (named !== null) {
@@ -379,22 +379,16 @@ export function responseHeaders(raw: Buffer[], extra: string[]): string[] {
 
 /**
  * Headers the gateway set itself replace the upstream's of the same name; `Set-Cookie` and
- * `Server-Timing` are lists, so both sides' entries are kept. `extra` holds a handful of
- * headers, so a scan beats building a Set for every response.
+ * `Server-Timing` are lists, so both sides' entries are kept. Lower-cased names, or null when
+ * nothing is replaced (only Server-Timing, the usual case). A few names: an array, not a Set.
  */
-function replaces(extra: string[], lower: string): boolean {
-  if (lower === 'set-cookie' || lower === 'server-timing') return false;
-  for (let i = 0; i < extra.length; i += 2) if (extra[i]!.toLowerCase() === lower) return true;
-  return false;
-}
-
-/** Whether any of `extra` can replace an upstream header (most responses add only Server-Timing). */
-function replacesAny(extra: string[]): boolean {
+function replacedNames(extra: string[]): string[] | null {
+  let names: string[] | null = null;
   for (let i = 0; i < extra.length; i += 2) {
     const lower = extra[i]!.toLowerCase();
-    if (lower !== 'set-cookie' && lower !== 'server-timing') return true;
+    if (lower !== 'set-cookie' && lower !== 'server-timing') (names ??= []).push(lower);
   }
-  return false;
+  return names;
 }
 
 const CONNECT_CODES = new Set([

@@ -117,6 +117,20 @@ describe('trace context: traceparent', () => {
 });
 
 describe('trace context: x-request-id', () => {
+  test('the client gets the gateway\'s request id once, even when the upstream answers with its own; repeated upstream headers survive', LIMIT, async (t) => {
+    const upstream = await startUpstream(t, (_req, res) => {
+      res.writeHead(200, ['X-Request-Id', 'upstream-made-this-up', 'set-cookie', 'a=1', 'set-cookie', 'b=2', 'content-length', '2']);
+      res.end('ok');
+    });
+    const { url } = await startGateway(t, { services: { api: { instances: [{ url: upstream.url }] } }, routes: [{ prefix: '/api', service: 'api' }] });
+    const res = await send(`${url}/api/x`, { headers: { 'x-request-id': 'client-id-1' } });
+    assert.equal(res.status, 200);
+    assert.equal(count(res.rawHeaders, 'x-request-id'), 1);
+    assert.equal(res.headers['x-request-id'], 'client-id-1');
+    assert.deepEqual(res.headers['set-cookie'], ['a=1', 'b=2']);
+    assert.equal(res.body, 'ok');
+  });
+
   test('an x-request-id from the client is kept, sent upstream and echoed to the client once', LIMIT, async (t) => {
     const { url, upstream } = await setup(t);
     const id = 'client-chosen.id:42_ABC~!';
