@@ -31,6 +31,8 @@ declare module '../../lib/gateway.js' {
 }
 
 const CIRCUIT_VALUE: Record<CircuitState, number> = { closed: 0, 'half-open': 1, open: 2 };
+/** Outcome labels by status class, so counting an attempt builds no string. */
+const STATUS_CLASS = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx'];
 const DEFAULT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 interface RequestSeries {
@@ -159,7 +161,7 @@ export function metrics(options: MetricsOptions = {}): GatewayPlugin {
           entry = { outcomes: new Map(), duration: upstreamDuration.series({ service: instance.service, instance: instance.id }) };
           upstreamSeries.set(instance, entry);
         }
-        const outcome = info.error ? errorOutcome(info.error) : `${Math.floor(info.status / 100)}xx`;
+        const outcome = info.error ? errorOutcome(info.error) : (STATUS_CLASS[Math.floor(info.status / 100)] ?? `${Math.floor(info.status / 100)}xx`);
         let child = entry.outcomes.get(outcome);
         if (!child) {
           child = upstreamRequests.series({ service: instance.service, instance: instance.id, outcome });
