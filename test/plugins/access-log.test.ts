@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { echo, send, spawnNode, startUpstream, unusedPort, waitFor, within, type ChildRun, type Upstream } from '../helpers.js';
+import { echo, send, spawnNode, startGateway, startUpstream, unusedPort, waitFor, within, type ChildRun, type Upstream } from '../helpers.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
@@ -245,4 +245,27 @@ test('access log: without accessLog the CLI writes nothing to stdout per request
   assert.equal(code, 0, run.stderr());
   assert.equal(run.stdout(), '');
   assert.match(run.stderr(), /listening on/);
+});
+
+test('access log: lines are ASCII JSON whatever they carry; a destination passed in gets every line', { timeout: 15_000 }, async (t) => {
+  const { accessLog } = await import('../../plugins/access-log/index.js');
+  const api = await startUpstream(t, echo('api'));
+  const lines: string[] = [];
+  const { gateway, url } = await startGateway(
+    t,
+    { services: { api: {} }, routes: [{ prefix: '/api', service: 'api' }] },
+    { setup: (gw) => gw.use(accessLog({ destination: { write: (chunk: string) => void lines.push(...chunk.split('\n').filter(Boolean)) } })) },
+  );
+  // An instance id from a program (no config validation) with a non-ASCII character, a request id with JSON's two specials.
+  gateway.registry.upsertInstance('api', { url: api.url, id: 'café-1' });
+  const res = await send(`${url}/api/x?q=1`, { headers: { 'x-request-id': 'a"b\\c' } });
+  assert.equal(res.status, 200);
+  await waitFor(() => lines.length === 1, 5000, 'the access-log line');
+  assert.match(lines[0]!, /^[\x20-\x7e]+$/, 'an ASCII line');
+  assert.ok(lines[0]!.includes('caf\\u00e9-1'), lines[0]);
+  const line = JSON.parse(lines[0]!) as AccessLine;
+  assert.equal(line.instance, 'café-1');
+  assert.equal(line.requestId, 'a"b\\c');
+  assert.equal(line.path, '/api/x');
+  assert.equal(line.status, 200);
 });
