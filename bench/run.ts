@@ -10,6 +10,12 @@
  * those medians with the targets of the issues. The ratios are the claim, not the absolute
  * numbers, which depend on the machine.
  *
+ * Then the shared-core phase (BENCH_SHARED_ROUNDS rounds, 6; 0 skips it): every single-process
+ * proxy pinned to the same CPU and loaded at once, so each gets an equal share of it and the
+ * requests they serve in the same seconds compare their CPU cost per request under exactly the
+ * same conditions. On a shared machine whose speed drifts from one second to the next, that ratio
+ * holds far better than two runs taken seconds apart. Printed as a second table (no latency).
+ *
  * Checks (printed PASS / FAIL; see CHECKS): meshgate-core ≥ 0.8x the bare proxy's req/s;
  * meshgate-standard ≥ 0.85x the bare proxy and ≥ 1.2x reply-from, with a p99 ≤ 1.3x the bare
  * proxy's; meshgate-log ≥ 0.7x the bare proxy. Only the core check sets the exit status (its
@@ -19,7 +25,7 @@
  * only with more than 2 CPUs: with 2, the workers would share the cores of the load generator and
  * the upstream, and the number would say nothing about scaling. The run then says so in one line.
  *
- * Environment: BENCH_CONNECTIONS (64), BENCH_DURATION seconds per run (4), BENCH_ROUNDS (4),
+ * Environment: BENCH_CONNECTIONS (64), BENCH_DURATION seconds per run (4), BENCH_ROUNDS (6),
  * BENCH_WARMUP seconds per target (2), BENCH_THREADS wrk threads (half the cores, 1 to 4),
  * BENCH_LOADGEN (wrk | autocannon; default wrk when on PATH), BENCH_MIN_RATIO (0.8; 0 stops the
  * core check from setting the exit status), BENCH_PIN (1; 0 turns pinning off), BENCH_CLUSTER
@@ -68,6 +74,8 @@ interface Settings {
   cluster: 'auto' | 'off' | 'forced';
   /** The proxies to measure (BENCH_TARGETS); the bare proxy, the baseline, always is. */
   proxies: readonly string[];
+  /** Rounds of the shared-core phase (BENCH_SHARED_ROUNDS); 0 skips it. */
+  sharedRounds: number;
 }
 
 type TargetName = 'direct' | 'bare-proxy' | 'reply-from' | 'http-proxy' | 'meshgate-core' | 'meshgate-standard' | 'meshgate-log' | 'meshgate-cluster';
@@ -122,7 +130,7 @@ function settingsFromEnv(env: NodeJS.ProcessEnv): Settings {
   if (unknown.length > 0) throw new Error(`BENCH_TARGETS: unknown target(s) ${unknown.join(', ')} (known: ${known.join(', ')})`);
   const proxies = wanted.length === 0 ? known : known.filter((t) => t === 'bare-proxy' || wanted.includes(t));
   if (env.BENCH_SMOKE === '1') {
-    return { smoke: true, connections: 8, durationSec: 1, rounds: 1, warmupSec: 0, threads: 1, pin: env.BENCH_PIN !== '0', minRatio: null, cluster, proxies };
+    return { smoke: true, connections: 8, durationSec: 1, rounds: 1, warmupSec: 0, threads: 1, pin: env.BENCH_PIN !== '0', minRatio: null, cluster, proxies, sharedRounds: 1 };
   }
   const minRatio = Number(env.BENCH_MIN_RATIO ?? 0.8);
   if (!Number.isFinite(minRatio)) throw new Error(`BENCH_MIN_RATIO must be a number, got "${env.BENCH_MIN_RATIO}"`);
@@ -130,13 +138,14 @@ function settingsFromEnv(env: NodeJS.ProcessEnv): Settings {
     smoke: false,
     connections: int('BENCH_CONNECTIONS', 64),
     durationSec: int('BENCH_DURATION', 4),
-    rounds: int('BENCH_ROUNDS', 4),
+    rounds: int('BENCH_ROUNDS', 6),
     warmupSec: int('BENCH_WARMUP', 2),
     threads: int('BENCH_THREADS', Math.max(1, Math.min(4, Math.floor(machine().cores / 2)))),
     pin: env.BENCH_PIN !== '0',
     minRatio: minRatio > 0 ? minRatio : null,
     cluster,
     proxies,
+    sharedRounds: int('BENCH_SHARED_ROUNDS', 6),
   };
   if (settings.connections < 1 || settings.durationSec < 1 || settings.rounds < 1 || settings.threads < 1) {
     throw new Error('BENCH_CONNECTIONS, BENCH_DURATION, BENCH_ROUNDS and BENCH_THREADS must be at least 1');
@@ -320,6 +329,43 @@ function runChecks(summary: Summary[], settings: Settings): Check[] {
   });
 }
 
+/** One shared-core round: each proxy's requests over the bare proxy's, served in the same seconds on the same CPU. */
+interface SharedRound {
+  ratios: Map<TargetName, number>;
+  non2xx: number;
+}
+
+/**
+ * The shared-core phase: every single-process proxy pinned to the same CPU and loaded at the same
+ * time, one load generator each (connections split evenly). The scheduler gives each runnable
+ * process an equal share of that CPU, so the requests each one served in the same seconds are in
+ * the inverse ratio of its CPU cost per request, and whatever else the machine does (noisy
+ * neighbours, frequency changes) hits all of them at once instead of one run at a time. Latency
+ * means nothing here (each proxy waits for the others' turns), so only the ratio is reported.
+ */
+async function measureShared(bench: Bench, rounds: number, durationSec: number, log: (line: string) => void): Promise<SharedRound[]> {
+  const { settings, pinning } = bench;
+  const proxies = bench.targets.filter((t) => t.name !== 'direct' && !t.spread);
+  const upstream = bench.targets.find((t) => t.name === 'direct')!;
+  if (pinning) {
+    for (const t of proxies) for (const pid of t.pids) pin(pid, pinning.target);
+    for (const pid of upstream.pids) pin(pid, pinning.rest);
+  }
+  const connections = Math.max(1, Math.floor(settings.connections / proxies.length));
+  const load = (seconds: number): Promise<LoadResult[]> =>
+    Promise.all(proxies.map((t) => runLoad(bench.generator, `${t.url}/`, { connections, durationSec: seconds, threads: 1, cpus: pinning?.rest })));
+  if (settings.warmupSec > 0) await load(settings.warmupSec);
+  const out: SharedRound[] = [];
+  for (let round = 0; round < rounds; round++) {
+    const results = await load(durationSec);
+    const bare = results[proxies.findIndex((t) => t.name === 'bare-proxy')]!;
+    const ratios = new Map(proxies.map((t, i) => [t.name, results[i]!.requests / bare.requests]));
+    out.push({ ratios, non2xx: results.reduce((n, r) => n + r.non2xx, 0) });
+    log(`bench: shared round ${round + 1}/${rounds} ` + proxies.map((t) => `${t.name} ${fmt(ratios.get(t.name)!, 2)}x`).join('  '));
+  }
+  return out;
+}
+
 async function main(): Promise<number> {
   installExitHooks();
   const settings = settingsFromEnv(process.env);
@@ -372,6 +418,7 @@ async function main(): Promise<number> {
       );
     }
   }
+  const shared = settings.sharedRounds > 0 ? await measureShared(bench, settings.sharedRounds, settings.durationSec, log) : [];
   await cluster?.stop();
   await stopAll();
 
@@ -456,6 +503,27 @@ async function main(): Promise<number> {
   }
   lines.push('', clusterNote);
 
+  if (shared.length > 0) {
+    const sharedNames = [...shared[0]!.ratios.keys()];
+    const sharedMedian = (name: TargetName): number => median(shared.map((r) => r.ratios.get(name)!));
+    lines.push(
+      '',
+      `Shared core: all ${sharedNames.length} proxies pinned together on ${pinning ? `CPU ${pinning.target}` : 'the same CPUs (no pinning)'} and loaded at once ` +
+        `(${Math.max(1, Math.floor(settings.connections / sharedNames.length))} connections each, ${shared.length} round(s) × ${settings.durationSec} s): ` +
+        'requests served in the same seconds over the bare proxy\'s, the same noise for all (latency not comparable here).',
+      '',
+      '| target | vs bare proxy (median) | rounds min-max |',
+      '|---|---:|---:|',
+      ...sharedNames.map((name) => {
+        const list = shared.map((r) => r.ratios.get(name)!);
+        return `| ${name} | ${fmt(sharedMedian(name), 2)}x | ${fmt(Math.min(...list), 2)}-${fmt(Math.max(...list), 2)}x |`;
+      }),
+    );
+    if (sharedNames.includes('meshgate-standard') && sharedNames.includes('reply-from')) {
+      lines.push('', `shared core: meshgate-standard / reply-from = ${fmt(median(shared.map((r) => r.ratios.get('meshgate-standard')! / r.ratios.get('reply-from')!)), 2)}x`);
+    }
+  }
+
   const allRuns = [...runs.values()].flat();
   const otherLoadPct = allRuns.every((r) => r.otherLoadPct !== null) ? median(allRuns.map((r) => r.otherLoadPct!)) : null;
   if (otherLoadPct !== null && otherLoadPct > 10) {
@@ -464,6 +532,7 @@ async function main(): Promise<number> {
 
   const failures: string[] = [];
   for (const s of summary) if (s.non2xx > 0) failures.push(`${s.name} answered ${s.non2xx} non-2xx responses: its numbers are not valid`);
+  if (shared.some((r) => r.non2xx > 0)) failures.push('a proxy answered non-2xx in the shared-core phase: its numbers are not valid');
   const checks = settings.smoke ? [] : runChecks(summary, settings);
   if (settings.smoke) {
     lines.push('', 'checks: skipped in smoke mode');
@@ -490,7 +559,19 @@ async function main(): Promise<number> {
   const dir = join(ROOT, '.bench');
   mkdirSync(dir, { recursive: true });
   const base = settings.smoke ? 'smoke' : 'latest';
-  const report = { date, source, machine: host, loadGenerator: { name: generator, version }, settings, pinning, targets: summary, checks, cluster: clusterNote, otherLoadPct };
+  const report = {
+    date,
+    source,
+    machine: host,
+    loadGenerator: { name: generator, version },
+    settings,
+    pinning,
+    targets: summary,
+    checks,
+    shared: shared.map((r) => Object.fromEntries(r.ratios)),
+    cluster: clusterNote,
+    otherLoadPct,
+  };
   writeFileSync(join(dir, `${base}.json`), `${JSON.stringify(report, null, 2)}\n`);
   writeFileSync(join(dir, `${base}.md`), `${lines.join('\n')}\n`);
   log(`bench: wrote .bench/${base}.json and .bench/${base}.md`);
