@@ -25,6 +25,7 @@ import {
 import type { GatewayEvents } from './events.js';
 import { upstreamRequestHeaders, writeHead } from './headers.js';
 import { createLogger, type Logger } from './logger.js';
+import { Deadlines } from './deadlines.js';
 import { LeaseKeeper } from './leases.js';
 import { clientAddress, compileTrust, type ProxyTrust } from './net.js';
 import { finalStatus } from './outcome.js';
@@ -111,6 +112,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   /** TLS connect options per service, read from files once. */
   readonly #tls = new Map<Service, Record<string, unknown>>();
   readonly #trust: ProxyTrust;
+  /** The deadlines of attempts waiting for response headers: one timer for all of them. */
+  readonly #deadlines = new Deadlines();
 
   #chains: Record<Stage, StageChain> | null = null;
   #ready: Promise<void> | null = null;
@@ -415,6 +418,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     }
     for (const balancer of this.#balancers.values()) balancer.close?.();
     await Promise.all([this.pools.close(), this.admin.close()]);
+    this.#deadlines.clear();
   }
 
   // the request path ------------------------------------------------------------------------
@@ -553,6 +557,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
         headers: mesh.upstreamHeaders,
         body: mesh.body,
         timeout: Math.ceil(timeout),
+        deadlines: this.#deadlines,
       });
       mesh.exchange = exchange;
       if (mesh.clientGone) exchange.clientAborted();

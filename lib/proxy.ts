@@ -7,6 +7,7 @@ import {
   UpstreamResetError,
   UpstreamTimeoutError,
 } from './errors.js';
+import type { Deadline, Deadlines } from './deadlines.js';
 import { HOP_BY_HOP, connectionTokens, writeHead } from './headers.js';
 import type { Instance } from './registry.js';
 
@@ -105,8 +106,10 @@ export interface UpstreamRequest {
   headers: string[];
   /** The body: the client's request stream, a replayable buffer, or nothing. */
   body: IncomingMessage | Buffer | string | null;
-  /** Per-attempt deadline until the response headers, in ms. */
+  /** Per-attempt deadline until the response headers, in ms (0: none). */
   timeout: number;
+  /** The gateway's deadline keeper, which aborts the attempt when `timeout` passes first. */
+  deadlines: Deadlines;
 }
 
 type ExchangeState = 'waiting' | 'headers' | 'streaming' | 'done' | 'failed';
@@ -124,7 +127,7 @@ export const HOLD_BUFFER_BYTES = 64 * 1024;
  * client. While held, up to {@link HOLD_BUFFER_BYTES} of body is buffered, then undici is paused.
  * Once committed, body chunks go straight to the client's socket with backpressure.
  */
-export class UpstreamExchange implements Dispatcher.DispatchHandler {
+export class UpstreamExchange implements Dispatcher.DispatchHandler, Deadline {
   readonly instance: Instance;
   readonly startedAt = performance.now();
   /** Response status, 0 until the headers arrive. */
@@ -138,6 +141,10 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler {
   /** Response body bytes passed to the client. */
   bytesReceived = 0;
   state: ExchangeState = 'waiting';
+  /** @internal see {@link Deadline}. */
+  deadlineAt = Infinity;
+  /** @internal see {@link Deadline}. */
+  deadlineSlot = -1;
 
   #abort: ((err?: Error) => void) | null = null;
   #abortReason: Error | null = null;
@@ -146,7 +153,7 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler {
   #early: Buffer[] | null = null;
   #earlyBytes = 0;
   #complete = false;
-  #timer: NodeJS.Timeout | null = null;
+  readonly #deadlines: Deadlines;
   readonly #timeout: number;
   #onHeaders!: (exchange: UpstreamExchange) => void;
   #onHeadersError!: (err: Error) => void;
@@ -154,18 +161,24 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler {
   /** Settles when the response headers arrive (resolves) or the attempt fails before them (rejects). */
   readonly headers: Promise<UpstreamExchange>;
 
-  constructor(instance: Instance, timeout: number) {
+  constructor(instance: Instance, timeout: number, deadlines: Deadlines) {
     this.instance = instance;
     this.#timeout = timeout;
+    this.#deadlines = deadlines;
     this.headers = new Promise((resolve, reject) => {
       this.#onHeaders = resolve;
       this.#onHeadersError = reject;
     });
     instance.inflight++;
     if (timeout > 0) {
-      this.#timer = setTimeout(() => this.abort(new UpstreamTimeoutError(instance.url, timeout)), timeout);
-      this.#timer.unref();
+      this.deadlineAt = this.startedAt + timeout;
+      deadlines.add(this);
     }
+  }
+
+  /** @internal the deadline passed before the response headers came. */
+  expire(): void {
+    this.abort(new UpstreamTimeoutError(this.instance.url, this.#timeout));
   }
 
   // undici handler API --------------------------------------------------------------------
@@ -182,7 +195,7 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler {
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
     // 1xx responses other than 101 are informational; undici passes only final ones here, but be safe.
     if (statusCode < 200) return true;
-    this.#clearTimer();
+    this.#clearDeadline();
     this.statusCode = statusCode;
     this.rawHeaders = rawHeaders;
     this.headersMs = performance.now() - this.startedAt;
@@ -210,7 +223,7 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler {
   }
 
   onError(err: Error): void {
-    this.#clearTimer();
+    this.#clearDeadline();
     const reason = this.#abortReason ?? err;
     if (this.state === 'waiting') {
       this.state = 'failed';
@@ -308,17 +321,14 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler {
   }
 
   #release(): void {
-    this.#clearTimer();
+    this.#clearDeadline();
     this.instance.inflight--;
     this.#resume = null;
     this.#early = null;
   }
 
-  #clearTimer(): void {
-    if (this.#timer !== null) {
-      clearTimeout(this.#timer);
-      this.#timer = null;
-    }
+  #clearDeadline(): void {
+    this.#deadlines.delete(this);
   }
 }
 
@@ -332,7 +342,7 @@ function onResponseDrain(this: ResponseWithExchange): void {
 
 /** Starts one attempt. The returned exchange's `headers` promise settles at the response headers. */
 export function dispatchUpstream(pool: Pool, req: UpstreamRequest): UpstreamExchange {
-  const exchange = new UpstreamExchange(req.instance, req.timeout);
+  const exchange = new UpstreamExchange(req.instance, req.timeout, req.deadlines);
   pool.dispatch(
     {
       origin: req.instance.origin,
