@@ -145,7 +145,7 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
           failure = err;
         }
         if (failure === null ? !isFailure(mesh.exchange!.statusCode) : failure instanceof ClientAbortedError) {
-          breaker.emit('fire', []);
+          breaker.emit('fire');
           breaker.emit('success', undefined, 0);
           if (failure !== null) throw failure;
           return;
