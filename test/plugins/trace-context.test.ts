@@ -117,6 +117,26 @@ describe('trace context: traceparent', () => {
 });
 
 describe('trace context: x-request-id', () => {
+  test('generated ids stay valid and distinct across many requests (past the random batches)', { timeout: 30_000 }, async (t) => {
+    const { url, upstream } = await setup(t);
+    const requestIds = new Set<string>();
+    const traceIds = new Set<string>();
+    const spanIds = new Set<string>();
+    for (let i = 0; i < 150; i++) {
+      const { res, upstreamHeaders } = await exchange(url, upstream);
+      const id = String(res.headers['x-request-id']);
+      assert.match(id, UUID_V4);
+      assert.equal(upstreamHeaders['x-request-id'], id);
+      requestIds.add(id);
+      const sent = parseTraceparent(upstreamHeaders.traceparent);
+      traceIds.add(sent.traceId);
+      spanIds.add(sent.parentId);
+    }
+    assert.equal(requestIds.size, 150);
+    assert.equal(traceIds.size, 150);
+    assert.equal(spanIds.size, 150);
+  });
+
   test('the client gets the gateway\'s request id once, even when the upstream answers with its own; repeated upstream headers survive', LIMIT, async (t) => {
     const upstream = await startUpstream(t, (_req, res) => {
       res.writeHead(200, ['X-Request-Id', 'upstream-made-this-up', 'set-cookie', 'a=1', 'set-cookie', 'b=2', 'content-length', '2']);
