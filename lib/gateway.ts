@@ -25,6 +25,7 @@ import {
 import type { GatewayEvents } from './events.js';
 import { upstreamRequestHeaders, writeHead } from './headers.js';
 import { createLogger, type Logger } from './logger.js';
+import { decimalMs } from './decimal.js';
 import { Deadlines } from './deadlines.js';
 import { LeaseKeeper } from './leases.js';
 import { clientAddress, compileTrust, type ProxyTrust } from './net.js';
@@ -597,7 +598,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     const extra = takeSetHeaders(res);
     const headersWereSet = extra.length > 0;
     for (let i = 0; i < mesh.responseHeaders.length; i++) extra.push(mesh.responseHeaders[i]!);
-    extra.push('server-timing', `gateway;dur=${gatewayMs.toFixed(1)}, upstream;dur=${exchange.headersMs.toFixed(1)}`);
+    extra.push('server-timing', `gateway;dur=${decimalMs(gatewayMs, 1)}, upstream;dur=${decimalMs(exchange.headersMs, 1)}`);
     if (this.#closing) res.shouldKeepAlive = false;
     return exchange.commit(res, responseHeaders(exchange.rawHeaders, extra), headersWereSet);
   }

@@ -1,6 +1,7 @@
 import type { EventEmitter } from 'node:events';
 import pino from 'pino';
 import type { Context } from 'koa';
+import { decimalMs } from '../../lib/decimal.js';
 import type { Gateway } from '../../lib/gateway.js';
 import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
 import type { MeshState } from '../../lib/state.js';
@@ -142,7 +143,7 @@ function formatLine(ctx: Context, status: number, time: string, quoted: QuotedNa
     `{"time":"${time}","method":"${ctx.req.method}","path":${jsonString(mesh.path || ctx.path)},` +
     `"route":${route === null ? 'null' : quoted.of(route, route.prefix)},"service":${service === null ? 'null' : quoted.of(service, service.name)},` +
     `"instance":${instance === null ? 'null' : quoted.of(instance, instance.id)},"status":${status},` +
-    `"durationMs":${hundredths(performance.now() - mesh.startedAt)},"upstreamMs":${exchange ? hundredths(exchange.headersMs) : 'null'},` +
+    `"durationMs":${decimalMs(performance.now() - mesh.startedAt, 2)},"upstreamMs":${exchange ? decimalMs(exchange.headersMs, 2) : 'null'},` +
     `"attempts":${mesh.attempt},"bytesIn":${bytesIn},"bytesOut":${exchange?.bytesReceived ?? 0},` +
     `"requestId":${mesh.requestId ? jsonString(mesh.requestId) : 'null'},"traceId":${mesh.traceId ? jsonString(mesh.traceId) : 'null'},` +
     `"flags":"${responseFlags(mesh, status)}","error":${mesh.error ? jsonString(mesh.error.code) : 'null'}}\n`
@@ -173,15 +174,3 @@ function jsonString(value: string): string {
   return JSON.stringify(value).replace(NON_ASCII, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
-/**
- * Milliseconds rounded to hundredths, as a JSON number (`12.3`, `0.05`, `7`). Integer arithmetic
- * and small-integer strings: cheaper than formatting a double.
- */
-function hundredths(ms: number): string {
-  const n = Math.round(ms * 100);
-  if (!(n >= 0)) return '0'; // a monotonic clock: never, but never NaN in a log line either
-  const whole = Math.floor(n / 100);
-  const frac = n - whole * 100;
-  if (frac === 0) return `${whole}`;
-  return frac % 10 === 0 ? `${whole}.${frac / 10}` : `${whole}.${frac < 10 ? '0' : ''}${frac}`;
-}
