@@ -16,6 +16,9 @@ export interface CircuitBreakerOptions {
 /** Thrown inside the breaker's action so opossum counts a 5xx answer as a failure. */
 class FailedStatus extends Error {}
 
+/** What a closed breaker's failed attempt is counted as: a 5xx status or the attempt's error code. */
+class FailedAttempt extends Error {}
+
 type Run = () => Promise<void>;
 
 /**
@@ -45,6 +48,8 @@ async function fireThrough(breaker: CircuitBreaker<[Run], void>, next: () => Pro
  * request goes through as a probe (the others go elsewhere); success closes it. Every transition
  * is a `circuit:state` event. Breakers of instances that leave are shut down (timers and
  * listeners with them). In panic mode (see `panicThreshold`) breakers let everything through.
+ * While a circuit is closed, attempts are counted from the gateway's `upstream:response` event
+ * (no wrapper per request); a circuit that is not closed wraps the attempt in opossum's `fire()`.
  */
 export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlugin {
   const isFailure = options.isFailure ?? ((status: number) => status >= 500);
@@ -125,39 +130,39 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
         return next();
       });
 
-      gateway.use('guard', async (ctx, next) => {
+      // A closed circuit (the usual state) does not wrap the attempt: its outcome is counted from
+      // the core's upstream:response event, which costs no promise or async frame per request.
+      // Only a circuit that is not closed needs the guard: opossum's fire() decides who probes.
+      gateway.use('guard', (ctx, next) => {
         const mesh = ctx.state.mesh;
         const service = mesh.service!;
         if (!service.policy.circuitBreaker || service.panic) return next();
         const instance = mesh.instance!;
-        const breaker = breakerFor(instance, service);
-        // Half-open (or open, when every circuit is and the candidates were all that was left):
-        // opossum's fire() decides who probes and counts the outcome.
-        if (!breaker.closed) return fireThrough(breaker, next, () => isFailure(mesh.exchange!.statusCode), instance);
-        // Closed, the usual state: the attempt runs without fire()'s promise, closures and
-        // semaphore (a third of the stack's cost per request). A success is fed to opossum's
-        // counters through its own events; a failure goes through fire(), so opossum alone
-        // decides whether the circuit opens.
-        let failure: unknown = null;
-        try {
-          await next();
-        } catch (err) {
-          failure = err;
+        const breaker = breakers.get(instance);
+        if (breaker === undefined || breaker.closed) return next();
+        return fireThrough(breaker, next, () => isFailure(mesh.exchange!.statusCode), instance);
+      });
+
+      gateway.on('upstream:response', (instance, info) => {
+        let breaker = breakers.get(instance);
+        if (breaker === undefined) {
+          const service = gateway.registry.getService(instance.service);
+          // Only services with a breaker, and only instances still registered (no breaker for one that left).
+          if (!service?.policy.circuitBreaker || service.instances.get(instance.id) !== instance) return;
+          breaker = breakerFor(instance, service);
         }
-        if (failure === null ? !isFailure(mesh.exchange!.statusCode) : failure instanceof ClientAbortedError) {
+        // A probe is counted by fire(); an attempt that outlived a state change counts for nothing.
+        if (!breaker.closed) return;
+        // A client that hung up says nothing about the instance (opossum's errorFilter: a success).
+        if (info.error === undefined ? !isFailure(info.status) : info.error === 'MESH_ERR_CLIENT_ABORTED') {
           breaker.emit('fire');
           breaker.emit('success', undefined, 0);
-          if (failure !== null) throw failure;
           return;
         }
-        const reason = failure ?? new FailedStatus();
-        try {
-          await breaker.fire(() => Promise.reject(reason));
-        } catch {
-          // Counted (or the circuit opened meanwhile and it was not): either way the answer
-          // stands, held for the retry stage or the client.
-        }
-        if (failure !== null) throw failure;
+        // Through fire(), so opossum alone decides whether the circuit opens.
+        breaker.fire(() => Promise.reject(new FailedAttempt(info.error ?? `status ${info.status}`))).catch(() => {
+          // counted (or the circuit opened meanwhile and it was not): the answer stands either way
+        });
       });
     },
   });
