@@ -67,8 +67,9 @@ async function capture(cpus: string | undefined, command: string, args: string[]
   let stderr = '';
   child.stdout!.setEncoding('utf8').on('data', (s: string) => (stdout += s));
   child.stderr!.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-  // once() rejects if the child emits 'error' first (e.g. the binary is missing).
-  const [code, signal] = (await once(child, 'exit')) as [number | null, string | null];
+  // 'close', not 'exit': 'exit' can come before the last of stdout is read (seen with several
+  // generators ending at once), which left nothing to parse. once() rejects on 'error' (no binary).
+  const [code, signal] = (await once(child, 'close')) as [number | null, string | null];
   if (code !== 0) throw new Error(`${command} ${args.join(' ')} failed (code ${code}, signal ${signal}):\n${stderr || stdout}`);
   return stdout;
 }
