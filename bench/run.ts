@@ -10,10 +10,10 @@
  * those medians with the targets of the issues. The ratios are the claim, not the absolute
  * numbers, which depend on the machine.
  *
- * Then the shared-core phase (BENCH_SHARED_ROUNDS rounds, 6; 0 skips it): every single-process
- * proxy pinned to the same CPU and loaded at once, so each gets an equal share of it and the
- * requests they serve in the same seconds compare their CPU cost per request under exactly the
- * same conditions. On a shared machine whose speed drifts from one second to the next, that ratio
+ * Then the shared-core phase (BENCH_SHARED_ROUNDS rounds, 4; 0 skips it): each single-process
+ * proxy in turn pinned to the same CPU as the bare proxy and loaded at the same time, so each gets
+ * an equal share of it and the requests they serve in the same seconds compare their CPU cost per
+ * request under exactly the same conditions. On a shared machine whose speed drifts from one second to the next, that ratio
  * holds far better than two runs taken seconds apart. Printed as a second table (no latency).
  *
  * Checks (printed PASS / FAIL; see CHECKS; throughput ratios from the shared-core phase when it ran,
@@ -146,7 +146,7 @@ function settingsFromEnv(env: NodeJS.ProcessEnv): Settings {
     minRatio: minRatio > 0 ? minRatio : null,
     cluster,
     proxies,
-    sharedRounds: int('BENCH_SHARED_ROUNDS', 6),
+    sharedRounds: int('BENCH_SHARED_ROUNDS', 4),
   };
   if (settings.connections < 1 || settings.durationSec < 1 || settings.rounds < 1 || settings.threads < 1) {
     throw new Error('BENCH_CONNECTIONS, BENCH_DURATION, BENCH_ROUNDS and BENCH_THREADS must be at least 1');
@@ -344,32 +344,43 @@ interface SharedRound {
 }
 
 /**
- * The shared-core phase: every single-process proxy pinned to the same CPU and loaded at the same
- * time, one load generator each (connections split evenly). The scheduler gives each runnable
- * process an equal share of that CPU, so the requests each one served in the same seconds are in
- * the inverse ratio of its CPU cost per request, and whatever else the machine does (noisy
- * neighbours, frequency changes) hits all of them at once instead of one run at a time. Latency
- * means nothing here (each proxy waits for the others' turns), so only the ratio is reported.
+ * The shared-core phase: each proxy in turn shares one CPU with the bare proxy, both loaded at
+ * the same time with half the connections each. The scheduler gives each runnable process an
+ * equal share of that CPU, so the requests the two serve in the same seconds are in the inverse
+ * ratio of their CPU cost per request, and whatever else the machine does (noisy neighbours,
+ * frequency changes) hits both at once instead of one run at a time. Pairs rather than all at
+ * once: two processes per core keep each one's event loop batching about as it does alone.
+ * Latency means nothing here (each waits for the other's turns), so only ratios are reported.
  */
 async function measureShared(bench: Bench, rounds: number, durationSec: number, log: (line: string) => void): Promise<SharedRound[]> {
   const { settings, pinning } = bench;
-  const proxies = bench.targets.filter((t) => t.name !== 'direct' && !t.spread);
-  const upstream = bench.targets.find((t) => t.name === 'direct')!;
-  if (pinning) {
-    for (const t of proxies) for (const pid of t.pids) pin(pid, pinning.target);
-    for (const pid of upstream.pids) pin(pid, pinning.rest);
-  }
-  const connections = Math.max(1, Math.floor(settings.connections / proxies.length));
-  const load = (seconds: number): Promise<LoadResult[]> =>
-    Promise.all(proxies.map((t) => runLoad(bench.generator, `${t.url}/`, { connections, durationSec: seconds, threads: 1, cpus: pinning?.rest })));
-  if (settings.warmupSec > 0) await load(settings.warmupSec);
+  const bare = bench.targets.find((t) => t.name === 'bare-proxy')!;
+  const others = bench.targets.filter((t) => t.name !== 'direct' && t.name !== 'bare-proxy' && !t.spread);
+  const connections = Math.max(1, Math.floor(settings.connections / 2));
+  const pair = async (target: Target, seconds: number): Promise<[LoadResult, LoadResult]> => {
+    if (pinning) {
+      const together = new Set([...bare.pids, ...target.pids]);
+      for (const pid of bench.pids) pin(pid, together.has(pid) ? pinning.target : pinning.rest);
+    }
+    const load = (t: Target): Promise<LoadResult> => runLoad(bench.generator, `${t.url}/`, { connections, durationSec: seconds, threads: 1, cpus: pinning?.rest });
+    const [a, b] = await Promise.all([load(bare), load(target)]);
+    return [a, b];
+  };
+  if (settings.warmupSec > 0) for (const target of others) await pair(target, settings.warmupSec);
   const out: SharedRound[] = [];
   for (let round = 0; round < rounds; round++) {
-    const results = await load(durationSec);
-    const bare = results[proxies.findIndex((t) => t.name === 'bare-proxy')]!;
-    const ratios = new Map(proxies.map((t, i) => [t.name, results[i]!.requests / bare.requests]));
-    out.push({ ratios, non2xx: results.reduce((n, r) => n + r.non2xx, 0) });
-    log(`bench: shared round ${round + 1}/${rounds} ` + proxies.map((t) => `${t.name} ${fmt(ratios.get(t.name)!, 2)}x`).join('  '));
+    const ratios = new Map<TargetName, number>([['bare-proxy', 1]]);
+    let non2xx = 0;
+    // Rotated like the alternating rounds, so no proxy always goes first.
+    for (let i = 0; i < others.length; i++) {
+      const target = others[(i + round) % others.length]!;
+      const [b, t] = await pair(target, durationSec);
+      ratios.set(target.name, t.requests / b.requests);
+      non2xx += b.non2xx + t.non2xx;
+    }
+    const ordered = new Map([...bench.targets].filter((t) => ratios.has(t.name)).map((t) => [t.name, ratios.get(t.name)!]));
+    out.push({ ratios: ordered, non2xx });
+    log(`bench: shared round ${round + 1}/${rounds} ` + [...ordered].map(([name, r]) => `${name} ${fmt(r, 2)}x`).join('  '));
   }
   return out;
 }
@@ -516,9 +527,9 @@ async function main(): Promise<number> {
     const sharedMedian = (name: TargetName): number => median(shared.map((r) => r.ratios.get(name)!));
     lines.push(
       '',
-      `Shared core: all ${sharedNames.length} proxies pinned together on ${pinning ? `CPU ${pinning.target}` : 'the same CPUs (no pinning)'} and loaded at once ` +
-        `(${Math.max(1, Math.floor(settings.connections / sharedNames.length))} connections each, ${shared.length} round(s) × ${settings.durationSec} s): ` +
-        'requests served in the same seconds over the bare proxy\'s, the same noise for all (latency not comparable here).',
+      `Shared core: each proxy in turn pinned together with the bare proxy on ${pinning ? `CPU ${pinning.target}` : 'the same CPUs (no pinning)'}, both loaded at once ` +
+        `(${Math.max(1, Math.floor(settings.connections / 2))} connections each, ${shared.length} round(s) × ${settings.durationSec} s per pair): ` +
+        'requests served in the same seconds over the bare proxy\'s, the same noise for both (latency not comparable here).',
       '',
       '| target | vs bare proxy (median) | rounds min-max |',
       '|---|---:|---:|',
