@@ -28,6 +28,26 @@ interface Budget {
   retrying: number;
 }
 
+/** One request under a retry policy. */
+interface Run {
+  mesh: MeshState;
+  next: () => Promise<void>;
+  policy: NonNullable<Service['policy']['retries']>;
+  budget: Budget;
+  idempotent: boolean;
+  /** The body can be sent again: none, or buffered. */
+  replayable: boolean;
+}
+
+/** The first attempt as a promise, even when the pipeline throws before it has one (no instance to pick). */
+function attempt(next: () => Promise<void>): Promise<void> {
+  try {
+    return next();
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
+
 /**
  * Retries, as Envoy's retry policy. For services with a `retries` section:
  * - idempotent methods (or `retries.methods`) are retried on connect failure, reset before a
@@ -49,32 +69,51 @@ export function retries(options: RetriesOptions = {}): GatewayPlugin {
     setup(gateway: Gateway) {
       const budgets = new Map<Service, Budget>();
 
-      gateway.use('retry', async (ctx, next) => {
+      gateway.use('retry', (ctx, next) => {
         const mesh = ctx.state.mesh;
         const service = mesh.service!;
         const policy = service.policy.retries;
         if (!policy || policy.attempts === 0) return next();
         if (policy.perTryTimeout) mesh.tryTimeout = policy.perTryTimeout;
-        const method = ctx.req.method!;
-        const idempotent = (policy.methods ?? IDEMPOTENT_METHODS).includes(method);
+        const idempotent = (policy.methods ?? IDEMPOTENT_METHODS).includes(ctx.req.method!);
         let budget = budgets.get(service);
         if (!budget) budgets.set(service, (budget = { active: 0, retrying: 0 }));
-        // Most requests carry no body: no await (and no promise) for them.
-        const replayable = mesh.body === null ? true : await makeReplayable(mesh, maxReplayBody);
+        const run: Run = { mesh, next, policy, budget, idempotent, replayable: true };
+        if (mesh.body !== null) return withBody(run);
+        // No body, and most requests end with their first attempt: it runs without an async
+        // frame, and only an outcome that may be retried enters the loop.
         budget.active++;
+        return attempt(next).then(
+          () => (idempotent && policy.retryOn.includes(mesh.exchange!.statusCode) ? retryLoop(run, null) : void budget.active--),
+          (err: unknown) => retryLoop(run, err),
+        );
+      });
+
+      /** A request with a body: made replayable (buffered up to maxReplayBody) before the first attempt. */
+      const withBody = async (run: Run): Promise<void> => {
+        run.replayable = await makeReplayable(run.mesh, maxReplayBody);
+        run.budget.active++;
+        let failure: unknown = null;
+        try {
+          await run.next();
+        } catch (err) {
+          failure = err;
+        }
+        return retryLoop(run, failure);
+      };
+
+      /**
+       * Decides on the outcome of the attempt just made (`failure`, or the held answer's status)
+       * and retries while the policy, the budget and the deadline allow. Owns one unit of
+       * `budget.active`, released when it ends.
+       */
+      const retryLoop = async (run: Run, firstFailure: unknown): Promise<void> => {
+        const { mesh, next, policy, budget, idempotent, replayable } = run;
+        const service = mesh.service!;
+        let failure = firstFailure;
         let holdsRetrySlot = false;
         try {
           for (let retry = 0; ; retry++) {
-            let failure: unknown = null;
-            try {
-              await next();
-            } catch (err) {
-              failure = err;
-            }
-            if (holdsRetrySlot) {
-              budget.retrying--;
-              holdsRetrySlot = false;
-            }
             const status = failure === null ? mesh.exchange!.statusCode : 0;
             const wanted =
               failure === null
@@ -108,12 +147,20 @@ export function retries(options: RetriesOptions = {}): GatewayPlugin {
               if (failure !== null) throw failure;
               return;
             }
+            failure = null;
+            try {
+              await next();
+            } catch (err) {
+              failure = err;
+            }
+            budget.retrying--;
+            holdsRetrySlot = false;
           }
         } finally {
           if (holdsRetrySlot) budget.retrying--;
           budget.active--;
         }
-      });
+      };
     },
   });
 }
