@@ -283,7 +283,13 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler, Deadline {
     // A response that already arrived whole has nothing left in undici to abort.
     if (this.#complete) this.#fail(reason);
     else if (this.#abort) this.#abort(reason);
-    // Otherwise undici has not called onConnect yet; it will see #abortReason there.
+    else if (this.state === 'waiting') {
+      // undici has not called onConnect yet (a connect still hanging, or queued in the pool): the
+      // attempt ends now, not when the connect gives up. onConnect aborts it with #abortReason.
+      this.state = 'failed';
+      this.#release();
+      this.#onHeadersError(toMeshError(reason, this.instance, this.#timeout));
+    }
   }
 
   /** Ends the exchange because the client went away. */

@@ -466,6 +466,38 @@ describe('paths', () => {
 });
 
 describe('errors', () => {
+  test('an attempt still waiting for a connection times out at its deadline, not when the connection comes', LIMIT, async (t) => {
+    // One connection per origin: a slow request holds it, the next one waits in undici's queue.
+    const held: import('node:http').ServerResponse[] = [];
+    const upstream = await startUpstream(t, (req, res) => {
+      if (req.url?.startsWith('/slow')) held.push(res);
+      else echo('up')(req, res);
+    });
+    const { url } = await startGateway(
+      t,
+      {
+        services: { slow: { instances: [{ url: upstream.url }], timeout: '10s' }, quick: { instances: [{ url: upstream.url }], timeout: '150ms' } },
+        routes: [
+          { prefix: '/slow', service: 'slow' },
+          { prefix: '/quick', service: 'quick' },
+        ],
+      },
+      { pool: { connections: 1 } },
+    );
+    const order: string[] = [];
+    const slow = send(`${url}/slow/1`).then((res) => void order.push(`slow ${res.status}`));
+    await waitFor(() => held.length === 1, 5000, 'the slow request to hold the only connection');
+    const quick = await send(`${url}/quick/1`);
+    order.push(`quick ${quick.status}`);
+    assert.equal(quick.status, 504);
+    assert.equal(quick.json().error, 'MESH_ERR_UPSTREAM_TIMEOUT');
+    // The slow answer is released only now: the quick one's 504 came while the connection was still taken.
+    held[0]!.writeHead(200, { 'content-length': '2' }).end('ok');
+    await slow;
+    assert.deepEqual(order, ['quick 504', 'slow 200']);
+    assert.equal(upstream.seen.filter((r) => r.url.startsWith('/quick')).length, 0, 'the timed-out request never reached the upstream');
+  });
+
   const assertError = (res: { status: number; headers: IncomingMessage['headers']; json: () => any }, status: number, code: string): void => {
     assert.equal(res.status, status);
     assert.match(String(res.headers['content-type']), /^application\/json/);
