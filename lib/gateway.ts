@@ -460,8 +460,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       this.#answerError(ctx, mesh, err);
     } finally {
       res.off('close', onResponseClose);
-      if (this.listenerCount('request:end') > 0) this.#requestEnd(ctx, failed ? finalStatus(ctx, failure) : finalStatus(ctx));
       if (--this.#inflight === 0 && this.#drained) this.#drained();
+      if (this.listenerCount('request:end') > 0) this.#requestEnd(ctx, failed ? finalStatus(ctx, failure) : finalStatus(ctx));
     }
   }
 
@@ -472,12 +472,17 @@ export class Gateway extends EventEmitter<GatewayEvents> {
    */
   #requestEnd(ctx: Context, status: number): void {
     // Called one by one, not with emit(): a listener that throws would stop emit() before the rest.
-    for (const listener of this.listeners('request:end')) {
+    // rawListeners(), so a once() listener is removed after its call, as emit() would.
+    for (const listener of this.rawListeners('request:end')) {
       try {
-        listener(ctx, status);
+        Reflect.apply(listener, this, [ctx, status]);
       } catch (err) {
         // An observer's bug must not touch the answer, which is already out, nor the other observers.
-        this.emit('gateway:error', err as Error);
+        try {
+          this.emit('gateway:error', err as Error);
+        } catch {
+          // a gateway:error listener that throws too: nothing is left to tell
+        }
       }
     }
   }

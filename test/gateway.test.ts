@@ -489,6 +489,28 @@ describe('request:end', () => {
   });
 });
 
+describe('request:end listeners', () => {
+  test('a once() listener runs once, listeners see the gateway as this, and a throwing gateway:error listener leaves the in-flight count right', LIMIT, async (t) => {
+    const upstream = await startUpstream(t, echo('api'));
+    const { gateway, url } = await startGateway(t, { services: { api: { instances: [{ url: upstream.url }] } }, routes: [{ prefix: '/api', service: 'api' }] });
+    let onceCalls = 0;
+    let self: unknown = null;
+    gateway.once('request:end', () => void onceCalls++);
+    gateway.on('request:end', function (this: unknown) {
+      self = this;
+      throw new Error('observer bug');
+    });
+    gateway.on('gateway:error', () => {
+      throw new Error('and the error listener too');
+    });
+    for (let i = 0; i < 3; i++) assert.equal((await send(`${url}/api/${i}`)).status, 200);
+    assert.equal(onceCalls, 1);
+    assert.equal(self, gateway);
+    assert.equal(gateway.listenerCount('request:end'), 1);
+    assert.equal(gateway.inflight, 0);
+  });
+});
+
 describe('close()', () => {
   test('drains an in-flight request: the client gets the full answer, new connections are refused, close() waits', LIMIT, async (t) => {
     let answered = false;
