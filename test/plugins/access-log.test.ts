@@ -269,3 +269,25 @@ test('access log: lines are ASCII JSON whatever they carry; a destination passed
   assert.equal(line.path, '/api/x');
   assert.equal(line.status, 200);
 });
+
+test('access log: a request that outlives close() (cut off at the drain timeout) still gets its line', { timeout: 15_000 }, async (t) => {
+  const { accessLog } = await import('../../plugins/access-log/index.js');
+  // An upstream that never answers: the request is still in flight when the drain timeout ends.
+  const held: ServerResponse[] = [];
+  const api = await startUpstream(t, (_req, res) => void held.push(res));
+  t.after(() => held.forEach((res) => res.destroy()));
+  const lines: string[] = [];
+  const { gateway, url } = await startGateway(
+    t,
+    { services: { api: { instances: [{ url: api.url }] } }, routes: [{ prefix: '/api', service: 'api' }], drainTimeout: 100 },
+    { setup: (gw) => gw.use(accessLog({ destination: { write: (chunk: string) => void lines.push(...chunk.split('\n').filter(Boolean)) } })) },
+  );
+  const pending = send(`${url}/api/slow`, { headers: { 'x-request-id': 'cut-off' } }).catch((err: Error) => err);
+  await waitFor(() => held.length === 1, 5000, 'the upstream to get the request');
+  await gateway.close();
+  await pending;
+  await waitFor(() => lines.some((l) => l.includes('"cut-off"')), 5000, 'the line of the request cut off by close()');
+  const line = JSON.parse(lines.find((l) => l.includes('"cut-off"'))!) as AccessLine;
+  assert.equal(line.path, '/api/slow');
+  assert.ok(line.status >= 499, `status ${line.status}`);
+});
