@@ -57,6 +57,9 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
     name: 'circuit-breaker',
     setup(gateway: Gateway) {
       const breakers = new Map<Instance, CircuitBreaker<[Run], void>>();
+      /** The service each breaker's instance belongs to (for its policy and panic state). */
+      const serviceOf = new Map<CircuitBreaker<[Run], void>, Service>();
+      let closed = false;
       /** Services with at least one breaker not closed: only they pay for filtering. */
       const notClosed = new Map<Service, number>();
 
@@ -95,6 +98,7 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
         breaker.on('halfOpen', () => track('half-open'));
         breaker.on('close', () => track('closed'));
         breakers.set(instance, breaker);
+        serviceOf.set(breaker, service);
         return breaker;
       };
 
@@ -109,12 +113,15 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
         if (!breaker) return;
         breaker.shutdown();
         breakers.delete(instance);
+        serviceOf.delete(breaker);
         const service = gateway.registry.getService(instance.service);
         if (service && instance.circuit !== 'closed') decrement(service);
       });
       gateway.onClose(() => {
+        closed = true;
         for (const breaker of breakers.values()) breaker.shutdown();
         breakers.clear();
+        serviceOf.clear();
       });
 
       // A half-open breaker takes one probe; while it runs, the instance takes nothing else.
@@ -144,11 +151,15 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
       });
 
       gateway.on('upstream:response', (instance, info) => {
+        // After close (a request cut off at the drain timeout) there is nothing left to count into.
+        if (closed) return;
         let breaker = breakers.get(instance);
+        const service = breaker === undefined ? gateway.registry.getService(instance.service) : serviceOf.get(breaker)!;
+        // Only services with a breaker; in panic mode breakers stand aside, as the guard does.
+        if (!service?.policy.circuitBreaker || service.panic) return;
         if (breaker === undefined) {
-          const service = gateway.registry.getService(instance.service);
-          // Only services with a breaker, and only instances still registered (no breaker for one that left).
-          if (!service?.policy.circuitBreaker || service.instances.get(instance.id) !== instance) return;
+          // No breaker for an instance that already left.
+          if (service.instances.get(instance.id) !== instance) return;
           breaker = breakerFor(instance, service);
         }
         // A probe is counted by fire(); an attempt that outlived a state change counts for nothing.

@@ -321,4 +321,20 @@ describe('circuit-breaker plugin', () => {
     assert.ok(a.seen.length > 15 && b.seen.length > 15, `a saw ${a.seen.length}, b saw ${b.seen.length}`);
     assert.equal(gateway.registry.getService('api')!.panic, true);
   });
+
+  test('panic from health: breakers stand aside, so a failing instance does not get its circuit opened meanwhile', LIMIT, async (t) => {
+    const bad = await switchUpstream(t, 'bad', 'fail');
+    const good = await switchUpstream(t, 'good', 'ok');
+    const { gateway, url } = await startGateway(t, config([bad.url, good.url], {}));
+    const events = recordCircuitEvents(gateway);
+    // Both marked unhealthy (as failing health checks would): 0 of 2 usable is below the panic
+    // threshold, so both take traffic.
+    for (const inst of gateway.registry.getService('api')!.instances.values()) gateway.registry.setHealth(inst, 'unhealthy', 'test');
+    const responses = await sendMany(url, 40);
+    assert.equal(gateway.registry.getService('api')!.panic, true);
+    assert.ok(bad.seen.length > VOLUME * 2, `the failing instance saw ${bad.seen.length} requests`);
+    assert.equal(count(responses, 500), bad.seen.length);
+    assert.deepEqual(events, [], 'no circuit changed state in panic');
+    assert.equal(instanceAt(gateway, bad.url).circuit, 'closed');
+  });
 });
