@@ -375,7 +375,7 @@ async function measureShared(bench: Bench, rounds: number, durationSec: number, 
     for (let i = 0; i < others.length; i++) {
       const target = others[(i + round) % others.length]!;
       const [b, t] = await pair(target, durationSec);
-      ratios.set(target.name, t.requests / b.requests);
+      ratios.set(target.name, b.requests > 0 ? t.requests / b.requests : Number.NaN);
       non2xx += b.non2xx + t.non2xx;
     }
     const ordered = new Map([...bench.targets].filter((t) => ratios.has(t.name)).map((t) => [t.name, ratios.get(t.name)!]));
@@ -437,7 +437,9 @@ async function main(): Promise<number> {
       );
     }
   }
-  const shared = settings.sharedRounds > 0 ? await measureShared(bench, settings.sharedRounds, settings.durationSec, log) : [];
+  // Without pinning the pair would not share one CPU, and the ratio would mean nothing.
+  if (settings.sharedRounds > 0 && pinning === null) log('bench: shared-core phase skipped: it needs CPU pinning (Linux, taskset, two or more CPUs, BENCH_PIN not 0)');
+  const shared = settings.sharedRounds > 0 && pinning !== null ? await measureShared(bench, settings.sharedRounds, settings.durationSec, log) : [];
   await cluster?.stop();
   await stopAll();
 
@@ -522,6 +524,9 @@ async function main(): Promise<number> {
   }
   lines.push('', clusterNote);
 
+  if (shared.length === 0 && settings.sharedRounds > 0) {
+    lines.push('', 'shared core: not measured: it needs CPU pinning (Linux, taskset, two or more CPUs, BENCH_PIN not 0)');
+  }
   if (shared.length > 0) {
     const sharedNames = [...shared[0]!.ratios.keys()];
     const sharedMedian = (name: TargetName): number => median(shared.map((r) => r.ratios.get(name)!));

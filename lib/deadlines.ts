@@ -68,6 +68,8 @@ export class Deadlines {
     let next = Infinity;
     // Backwards, so the swap in delete() only moves entries already looked at.
     for (let i = this.#entries.length - 1; i >= 0; i--) {
+      // expire() may take other entries out (it does not today): never read past the end.
+      if (i >= this.#entries.length) continue;
       const entry = this.#entries[i]!;
       if (entry.deadlineAt <= now) {
         this.delete(entry);

@@ -13,6 +13,7 @@ test('decimalMs: examples', () => {
   assert.equal(decimalMs(3.05, 1), '3.1');
   assert.equal(decimalMs(-1, 2), '0');
   assert.equal(decimalMs(Number.NaN, 1), '0');
+  assert.equal(decimalMs(Number.POSITIVE_INFINITY, 2), '0');
 });
 
 test('decimalMs: the value rounded to the digits, in the shortest plain form', () => {
