@@ -76,7 +76,7 @@ export function accessLog(options: AccessLogOptions = {}): GatewayPlugin {
       // sonic-boom emits 'error' (EPIPE, EBADF...); unhandled, EventEmitter would throw it and crash the gateway.
       if (typeof emitter.on === 'function') emitter.on('error', (err: Error) => gateway.emit('gateway:error', err));
 
-      // Lines are gathered into 16 KiB writes (one syscall per ~50 requests, not one each), and
+      // Lines are gathered into 64 KiB writes (one syscall per ~200 requests, not one each), and
       // flushed at least every 200 ms so a quiet gateway's log stays current; and on close.
       let pending = '';
       const flush = (): void => {
@@ -106,7 +106,7 @@ export function accessLog(options: AccessLogOptions = {}): GatewayPlugin {
       const quoted = new QuotedNames();
       gateway.on('request:end', (ctx, status) => {
         pending += formatLine(ctx, status, clock.now(), quoted);
-        if (sync || closed || pending.length >= 16384) flush();
+        if (sync || closed || pending.length >= 65536) flush();
       });
     },
   });
@@ -146,7 +146,7 @@ function formatLine(ctx: Context, status: number, time: string, quoted: QuotedNa
     `{"time":"${time}","method":${jsonString(ctx.req.method!)},"path":${jsonString(mesh.path || ctx.path)},` +
     `"route":${route === null ? 'null' : quoted.of(route, route.prefix)},"service":${service === null ? 'null' : quoted.of(service, service.name)},` +
     `"instance":${instance === null ? 'null' : quoted.of(instance, instance.id)},"status":${status},` +
-    `"durationMs":${decimalMs(performance.now() - mesh.startedAt, 2)},"upstreamMs":${exchange ? decimalMs(exchange.headersMs, 2) : 'null'},` +
+    `"durationMs":${decimalMs(mesh.endedAt - mesh.startedAt, 2)},"upstreamMs":${exchange ? decimalMs(exchange.headersMs, 2) : 'null'},` +
     `"attempts":${mesh.attempt},"bytesIn":${bytesIn},"bytesOut":${exchange?.bytesReceived ?? 0},` +
     `"requestId":${mesh.requestId ? jsonString(mesh.requestId) : 'null'},"traceId":${mesh.traceId ? jsonString(mesh.traceId) : 'null'},` +
     `"flags":"${responseFlags(mesh, status)}","error":${mesh.error ? jsonString(mesh.error.code) : 'null'}}\n`
