@@ -471,6 +471,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
    * whatever plugin answered it, and cost no async frame per request.
    */
   #requestEnd(ctx: Context, status: number): void {
+    // One clock reading for every observer: metrics and the access log report the same duration.
+    ctx.state.mesh.endedAt = performance.now();
     // Called one by one, not with emit(): a listener that throws would stop emit() before the rest.
     // rawListeners(), so a once() listener is removed after its call, as emit() would.
     for (const listener of this.rawListeners('request:end')) {

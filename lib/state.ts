@@ -33,6 +33,8 @@ export class MeshState {
   upstreamHeaders: string[] = [];
   /** Epoch of the request in `performance.now()` ms. */
   readonly startedAt = performance.now();
+  /** When the request ended, in `performance.now()` ms: set just before `request:end`, 0 until then. */
+  endedAt = 0;
   /** Absolute deadline (`performance.now()` ms) across all attempts; Infinity for none. */
   deadline = Infinity;
   /** Per-attempt timeout in ms set by the retry stage; 0 means "until the deadline". */

@@ -461,7 +461,13 @@ describe('request:end', () => {
     gateway.on('request:end', () => {
       throw new Error('observer bug');
     });
-    gateway.on('request:end', (ctx, status) => ended.push({ path: ctx.state.mesh.path, status, error: ctx.state.mesh.error?.code ?? null }));
+    const timings: boolean[] = [];
+    gateway.on('request:end', (ctx, status) => {
+      const mesh = ctx.state.mesh;
+      ended.push({ path: mesh.path, status, error: mesh.error?.code ?? null });
+      // One reading of the clock for every observer, taken when the request ended.
+      timings.push(mesh.endedAt >= mesh.startedAt && mesh.endedAt <= performance.now());
+    });
 
     assert.equal((await send(`${url}/api/a`)).status, 200);
     assert.equal((await send(`${url}/api/teapot`)).status, 418);
@@ -483,6 +489,7 @@ describe('request:end', () => {
       { path: '/guarded/x', status: 403, error: null },
       { path: '/api/hang', status: 499, error: 'MESH_ERR_CLIENT_ABORTED' },
     ]);
+    assert.deepEqual(timings, [true, true, true, true, true, true]);
     // The first listener threw every time: reported, never in the client's way.
     assert.equal(errors.length, 6);
     assert.ok(errors.every((e) => e.message === 'observer bug'));

@@ -150,7 +150,7 @@ export function metrics(options: MetricsOptions = {}): GatewayPlugin {
         const mesh = ctx.state.mesh;
         const series = seriesFor(mesh.route, ctx.req.method!, code);
         series.count.value++;
-        series.duration.observe((performance.now() - mesh.startedAt) / 1000);
+        series.duration.observe((mesh.endedAt - mesh.startedAt) / 1000);
       });
 
       gateway.on('upstream:response', (instance, info) => {
