@@ -1,6 +1,6 @@
-import { parse as parseYamlScalar } from 'yaml';
 import type { ConfigIssue } from '../errors.js';
 import { formatPath } from './path.js';
+import { yaml } from './yaml.js';
 
 const REFERENCE = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
 const WHOLE_REFERENCE = /^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}$/;
@@ -54,7 +54,7 @@ function lookup(
 function parseScalar(text: string): unknown {
   // Only plain scalars change type; anything YAML would read as a structure stays a string.
   try {
-    const parsed: unknown = parseYamlScalar(text);
+    const parsed: unknown = yaml().parse(text);
     // Only numbers and booleans change type: for anything else YAML would eat comments, quotes and spaces.
     return typeof parsed === 'number' || typeof parsed === 'boolean' ? parsed : text;
   } catch {

@@ -1,11 +1,11 @@
 import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
-import { parseDocument } from 'yaml';
 import type { ZodError } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { substituteEnv } from './env.js';
 import { formatPath } from './path.js';
 import { configSchema, crossCheck, type GatewayConfig } from './schema.js';
+import { yaml } from './yaml.js';
 
 export { parseDuration } from './duration.js';
 export { formatPath } from './path.js';
@@ -34,7 +34,7 @@ export function validateConfig(input: unknown, options: { env?: NodeJS.ProcessEn
 
 /** Parses YAML (or JSON) text and validates it. */
 export function parseConfig(text: string, options: { env?: NodeJS.ProcessEnv; source?: string } = {}): GatewayConfig {
-  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  const doc = yaml().parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (doc.errors.length > 0) {
     throw new ConfigError(
       doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0]}` })),
