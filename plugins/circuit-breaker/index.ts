@@ -82,6 +82,8 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
             timeout: false,
             // Latency percentiles are metrics' job; opossum's would sort every latency of the window each second.
             rollingPercentilesEnabled: false,
+            // Nobody listens to opossum's per-bucket 'snapshot' events: no timer per breaker for them.
+            enableSnapshots: false,
             // A client that hangs up says nothing about the instance, except on a half-open probe:
             // opossum counts a filtered error as a success, which would close the circuit on no evidence.
             errorFilter: (err: unknown) => err instanceof ClientAbortedError && !breaker!.halfOpen,
