@@ -9,7 +9,7 @@ import { startBareProxy } from './bare-proxy.js';
 import { startHttpProxy } from './http-proxy.js';
 import { startMeshgate, startMeshgateStack } from './meshgate.js';
 import { startReplyFrom } from './reply-from.js';
-import type { StackName } from './stack.js';
+import { STANDARD_PLUGINS, type StackName, type StandardPlugin } from './stack.js';
 import { startUpstream } from './upstream.js';
 
 const STACKS: Record<string, StackName> = { 'meshgate-core': 'core', 'meshgate-standard': 'standard', 'meshgate-log': 'standard+log' };
@@ -59,7 +59,10 @@ async function main(): Promise<void> {
     }
   } else if (kind !== undefined && Object.hasOwn(STACKS, kind)) {
     if (!upstream) throw new Error(`${kind} needs the upstream URL as its second argument`);
-    const started = await startMeshgateStack(STACKS[kind]!, upstream);
+    // BENCH_WITHOUT: the stack minus one plugin (bench/instructions.ts prices each plugin so).
+    const without = (process.env.BENCH_WITHOUT || undefined) as StandardPlugin | undefined;
+    if (without !== undefined && !(STANDARD_PLUGINS as readonly string[]).includes(without)) throw new Error(`BENCH_WITHOUT: unknown plugin "${without}"`);
+    const started = await startMeshgateStack(STACKS[kind]!, upstream, 0, without);
     port = started.port;
     close = () => started.gateway.close();
   } else if (kind === 'meshgate-metrics' || kind === 'meshgate-no-metrics') {
@@ -84,6 +87,13 @@ async function main(): Promise<void> {
       () => process.exit(0),
     );
   };
+  // bench/instructions.ts asks for a full GC after its warm-up (the target then runs with
+  // --expose-gc), so that no major GC of the warm-up's garbage lands in the counted window.
+  process.on('message', (message) => {
+    if (message !== 'gc') return;
+    (globalThis as { gc?: () => void }).gc?.();
+    process.send!({ gc: true });
+  });
   process.once('SIGTERM', exit);
   process.once('SIGINT', exit);
   process.once('disconnect', exit);

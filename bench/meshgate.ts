@@ -10,7 +10,7 @@
 import { existsSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import type { Gateway, GatewayConfigInput } from '../lib/index.js';
-import { stackConfig, type StackName } from './stack.js';
+import { stackConfig, type StackName, type StandardPlugin } from './stack.js';
 
 // Measure what users run: the tsc build in dist/ (npm run bench builds it first). Under tsx the
 // sources carry esbuild's __name() wrappers on every closure. BENCH_SOURCE=1 measures the sources.
@@ -41,11 +41,18 @@ const STACK_PLUGINS: Record<StackName, { on: string[]; off: string[] }> = {
  * Starts meshgate with one of the stacks of bench/stack.ts in front of `upstream`, and throws if
  * the plugins it runs are not the ones the stack stands for (a config change that silently turned
  * one off would otherwise make the benchmark flatter). The access log, when on, goes to stdout.
+ * `without` leaves one plugin of the stack out (bench/instructions.ts prices each plugin so).
  */
-export async function startMeshgateStack(stack: StackName, upstream: string, port = 0): Promise<{ gateway: Gateway; port: number }> {
-  const gateway = createGateway(stackConfig(stack, upstream, port));
+export async function startMeshgateStack(
+  stack: StackName,
+  upstream: string,
+  port = 0,
+  without?: StandardPlugin,
+): Promise<{ gateway: Gateway; port: number }> {
+  const gateway = createGateway(stackConfig(stack, upstream, port, without));
   await gateway.listen();
-  const expected = STACK_PLUGINS[stack];
+  const { on, off } = STACK_PLUGINS[stack];
+  const expected = without === undefined ? { on, off } : { on: on.filter((name) => name !== without), off: [...off, without] };
   const wrong = [
     ...expected.on.filter((name) => !gateway.hasPlugin(name)).map((name) => `${name} is off`),
     ...expected.off.filter((name) => gateway.hasPlugin(name)).map((name) => `${name} is on`),

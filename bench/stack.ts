@@ -9,7 +9,24 @@ import type { GatewayConfigInput } from '../lib/index.js';
 
 export type StackName = 'core' | 'standard' | 'standard+log';
 
-export function stackConfig(stack: StackName, upstream: string, port = 0): GatewayConfigInput {
+/** The plugins of the standard stack that {@link stackConfig} can leave out, to price each one. */
+export const STANDARD_PLUGINS = ['trace-context', 'metrics', 'health-check', 'circuit-breaker', 'retries'] as const;
+export type StandardPlugin = (typeof STANDARD_PLUGINS)[number];
+
+/** `stack`'s config; with `without`, the same stack minus that one plugin (core has none to leave out). */
+export function stackConfig(stack: StackName, upstream: string, port = 0, without?: StandardPlugin): GatewayConfigInput {
+  const config = fullStackConfig(stack, upstream, port);
+  if (without === undefined || stack === 'core') return config;
+  const service = config.services!.bench as { healthCheck?: unknown; circuitBreaker?: unknown; retries?: unknown };
+  if (without === 'trace-context') config.tracing = false;
+  else if (without === 'metrics') config.metrics = false;
+  else if (without === 'health-check') delete service.healthCheck;
+  else if (without === 'circuit-breaker') delete service.circuitBreaker;
+  else delete service.retries;
+  return config;
+}
+
+function fullStackConfig(stack: StackName, upstream: string, port: number): GatewayConfigInput {
   const base: GatewayConfigInput = {
     listen: { host: '127.0.0.1', port },
     routes: [{ prefix: '/', service: 'bench' }],

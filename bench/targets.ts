@@ -35,6 +35,8 @@ export interface TargetProcess {
   url: string;
   /** Asks the process to exit (SIGTERM), then kills it if it has not after `graceMs`. */
   stop(graceMs?: number): Promise<void>;
+  /** Asks the process for a full garbage collection and waits until it is done (a no-op without `--expose-gc`). */
+  gc(): Promise<void>;
 }
 
 const children = new Set<ChildProcess>();
@@ -57,11 +59,24 @@ export function spawnTracked(command: string, args: readonly string[], options: 
  */
 export async function startTarget(
   kind: TargetKind,
-  options: { upstream?: string; nodeArgs?: readonly string[]; readyTimeoutMs?: number } = {},
+  options: {
+    upstream?: string;
+    nodeArgs?: readonly string[];
+    readyTimeoutMs?: number;
+    /** A program that runs node, with its arguments (`['valgrind', '--tool=callgrind']`); the pid is then the wrapper's. */
+    wrapper?: readonly string[];
+    /** Extra environment for the child. */
+    env?: NodeJS.ProcessEnv;
+  } = {},
 ): Promise<TargetProcess> {
   const args = [...(options.nodeArgs ?? []), '--import', 'tsx', CHILD, kind, ...(options.upstream ? [options.upstream] : [])];
+  const [command, ...wrapperArgs] = options.wrapper ?? [process.execPath];
   // 'ignore' opens /dev/null on the child's fd 1.
-  const child = spawnTracked(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  const child = spawnTracked(command!, options.wrapper ? [...wrapperArgs, process.execPath, ...args] : args, {
+    cwd: ROOT,
+    stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+    env: options.env ? { ...process.env, ...options.env } : process.env,
+  });
   const timeoutMs = options.readyTimeoutMs ?? 30_000;
   let onMessage: ((message: unknown) => void) | undefined;
   let onExit: ((code: number | null, signal: string | null) => void) | undefined;
@@ -84,6 +99,22 @@ export async function startTarget(
       port,
       url: `http://127.0.0.1:${port}`,
       stop: (graceMs = 5000) => stopChild(child, graceMs),
+      gc: () =>
+        new Promise<void>((resolve, reject) => {
+          const onGone = (): void => {
+            child.off('message', onReply);
+            reject(new Error(`${kind} exited while asked for a GC`));
+          };
+          const onReply = (message: unknown): void => {
+            if ((message as { gc?: unknown } | null)?.gc !== true) return;
+            child.off('message', onReply);
+            child.off('exit', onGone);
+            resolve();
+          };
+          child.on('message', onReply);
+          child.once('exit', onGone);
+          child.send('gc');
+        }),
     };
   } catch (err) {
     await stopChild(child, 0);

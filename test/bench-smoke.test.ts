@@ -1,19 +1,21 @@
 /**
  * Keeps bench/ from rotting: runs `npm run bench`'s script in smoke mode (1 round of 1 s at 8
  * connections, no checks) and checks it finishes, reports every target with traffic and no
- * errors, and says what it did about cluster mode. It asserts nothing about performance: that is
- * bench/'s job, on a quiet machine, as a ratio.
+ * errors, and says what it did about cluster mode; the same for bench/instructions.ts (100
+ * requests counted under callgrind). It asserts nothing about performance: that is bench/'s job,
+ * on a quiet machine, as a ratio.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
-test('bench/run.ts in smoke mode exits 0 and prints a row for each target', { timeout: 120_000 }, async (t) => {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts'], {
+/** Runs a bench script with BENCH_SMOKE=1 and returns what it printed, after checking it exited 0. */
+async function smokeRun(t: TestContext, script: string): Promise<string> {
+  const child = spawn(process.execPath, ['--import', 'tsx', script], {
     cwd: ROOT,
     env: { ...process.env, BENCH_SMOKE: '1' },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -27,8 +29,12 @@ test('bench/run.ts in smoke mode exits 0 and prints a row for each target', { ti
   child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
   child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
   const [code] = (await once(child, 'exit')) as [number | null];
+  assert.equal(code, 0, `${script} exited ${code}\nstdout:\n${stdout}\nstderr:\n${stderr}`);
+  return stdout;
+}
 
-  assert.equal(code, 0, `bench exited ${code}\nstdout:\n${stdout}\nstderr:\n${stderr}`);
+test('bench/run.ts in smoke mode exits 0 and prints a row for each target', { timeout: 120_000 }, async (t) => {
+  const stdout = await smokeRun(t, 'bench/run.ts');
   for (const target of ['direct', 'bare-proxy', 'reply-from', 'http-proxy', 'meshgate-core', 'meshgate-standard', 'meshgate-log']) {
     // A data row: the target's name, a number of requests per second greater than zero, and (last
     // column) no non-2xx answers and no socket errors.
@@ -45,4 +51,25 @@ test('bench/run.ts in smoke mode exits 0 and prints a row for each target', { ti
     }
   }
   assert.match(stdout, /^checks: skipped in smoke mode$/m);
+});
+
+test('bench/instructions.ts in smoke mode counts instructions for the bare proxy and the standard stack', { timeout: 300_000 }, async (t) => {
+  const stdout = await smokeRun(t, 'bench/instructions.ts');
+  assert.match(stdout, /^\| bare-proxy \| [1-9][\d.]*k \| 1\.000x \| {2}\|$/m, `no bare-proxy row in:\n${stdout}`);
+  assert.match(stdout, /^\| meshgate-standard \| [1-9][\d.]*k \| \d\.\d{3}x \| {2}\|$/m, `no meshgate-standard row in:\n${stdout}`);
+});
+
+test('the standard stack without each of its plugins runs exactly the rest (what bench:instructions prices)', { timeout: 60_000 }, async () => {
+  const { startMeshgateStack } = await import('../bench/meshgate.js');
+  const { STANDARD_PLUGINS } = await import('../bench/stack.js');
+  for (const without of STANDARD_PLUGINS) {
+    // startMeshgateStack throws when the plugins running are not the stack's minus `without`.
+    const { gateway } = await startMeshgateStack('standard', 'http://127.0.0.1:9', 0, without);
+    try {
+      assert.equal(gateway.hasPlugin(without), false, `${without} still runs`);
+      for (const other of STANDARD_PLUGINS.filter((name) => name !== without)) assert.equal(gateway.hasPlugin(other), true, `${other} is off without ${without}`);
+    } finally {
+      await gateway.close();
+    }
+  }
 });
