@@ -75,11 +75,14 @@ export async function startTarget(
   const child = spawnTracked(command!, options.wrapper ? [...wrapperArgs, process.execPath, ...args] : args, {
     cwd: ROOT,
     stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
-    env: options.env ? { ...process.env, ...options.env } : process.env,
+    // BENCH_WITHOUT reaches a child only when asked for here: left set in a shell, it would
+    // silently turn `npm run bench`'s standard stack into a smaller one under the same name.
+    env: { ...process.env, BENCH_WITHOUT: undefined, ...options.env },
   });
   const timeoutMs = options.readyTimeoutMs ?? 30_000;
   let onMessage: ((message: unknown) => void) | undefined;
   let onExit: ((code: number | null, signal: string | null) => void) | undefined;
+  let onError: ((err: Error) => void) | undefined;
   let timer: NodeJS.Timeout | undefined;
   try {
     const port = await new Promise<number>((resolve, reject) => {
@@ -91,7 +94,8 @@ export async function startTarget(
       timer = setTimeout(() => reject(new Error(`${kind} did not report its port within ${timeoutMs} ms`)), timeoutMs);
       child.on('message', onMessage);
       child.once('exit', onExit);
-      child.once('error', reject);
+      onError = reject;
+      child.once('error', onError);
     });
     return {
       kind,
@@ -101,19 +105,27 @@ export async function startTarget(
       stop: (graceMs = 5000) => stopChild(child, graceMs),
       gc: () =>
         new Promise<void>((resolve, reject) => {
-          const onGone = (): void => {
-            child.off('message', onReply);
-            reject(new Error(`${kind} exited while asked for a GC`));
-          };
-          const onReply = (message: unknown): void => {
-            if ((message as { gc?: unknown } | null)?.gc !== true) return;
+          if (child.exitCode !== null || child.signalCode !== null || !child.connected) {
+            reject(new Error(`${kind} is gone: no GC to ask for`));
+            return;
+          }
+          const done = (err?: Error): void => {
+            clearTimeout(timer);
             child.off('message', onReply);
             child.off('exit', onGone);
-            resolve();
+            if (err) reject(err);
+            else resolve();
           };
+          const onGone = (): void => done(new Error(`${kind} exited while asked for a GC`));
+          const onReply = (message: unknown): void => {
+            if ((message as { gc?: unknown } | null)?.gc === true) done();
+          };
+          const timer = setTimeout(() => done(new Error(`${kind} did not answer a GC request within ${timeoutMs} ms`)), timeoutMs);
           child.on('message', onReply);
           child.once('exit', onGone);
-          child.send('gc');
+          child.send('gc', (err) => {
+            if (err) done(err);
+          });
         }),
     };
   } catch (err) {
@@ -123,6 +135,7 @@ export async function startTarget(
     clearTimeout(timer);
     if (onMessage) child.off('message', onMessage);
     if (onExit) child.off('exit', onExit);
+    if (onError) child.off('error', onError);
   }
 }
 

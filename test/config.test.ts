@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -476,5 +477,24 @@ describe('config: loadConfigFile', () => {
       assert.match(err.issues[0]!.message, /ENOENT/);
       return true;
     });
+  });
+});
+
+describe('the yaml package', () => {
+  test('is loaded only once a config text is parsed: a gateway configured with an object never carries it', { timeout: 30_000 }, async () => {
+    // A fresh process: this one has parsed YAML already.
+    const script = `
+      import { createRequire } from 'node:module';
+      const { createGateway, parseConfig } = await import(${JSON.stringify(new URL('../lib/index.ts', import.meta.url).href)});
+      const loaded = () => Object.keys(createRequire(import.meta.url).cache).some((k) => k.includes('/node_modules/yaml/'));
+      const gateway = createGateway({ listen: { port: 0 }, services: { a: { instances: [{ url: 'http://127.0.0.1:9' }] } }, routes: [{ prefix: '/', service: 'a' }], logLevel: 'silent' });
+      await gateway.ready();
+      const before = loaded();
+      const port = parseConfig('listen:\\n  port: 8081\\n').listen.port;
+      console.log(JSON.stringify({ before, after: loaded(), port }));
+      await gateway.close();
+    `;
+    const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8' });
+    assert.deepEqual(JSON.parse(out.trim().split('\n').pop()!), { before: false, after: true, port: 8081 });
   });
 });

@@ -53,8 +53,10 @@ function lookup(
 
 function parseScalar(text: string): unknown {
   // Only plain scalars change type; anything YAML would read as a structure stays a string.
+  // Loaded outside the try: a yaml package that fails to load must not pass for a string value.
+  const { parse } = yaml();
   try {
-    const parsed: unknown = yaml().parse(text);
+    const parsed: unknown = parse(text);
     // Only numbers and booleans change type: for anything else YAML would eat comments, quotes and spaces.
     return typeof parsed === 'number' || typeof parsed === 'boolean' ? parsed : text;
   } catch {
