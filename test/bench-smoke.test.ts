@@ -53,10 +53,12 @@ test('bench/run.ts in smoke mode exits 0 and prints a row for each target', { ti
   assert.match(stdout, /^checks: skipped in smoke mode$/m);
 });
 
-test('bench/instructions.ts in smoke mode counts instructions for the bare proxy and the standard stack', { timeout: 300_000 }, async (t) => {
+test('bench/instructions.ts in smoke mode counts instructions for the bare proxy, the standard stack and the stack without one plugin', { timeout: 300_000 }, async (t) => {
   const stdout = await smokeRun(t, 'bench/instructions.ts');
   assert.match(stdout, /^\| bare-proxy \| [1-9][\d.]*k \| 1\.000x \| {2}\|$/m, `no bare-proxy row in:\n${stdout}`);
   assert.match(stdout, /^\| meshgate-standard \| [1-9][\d.]*k \| \d\.\d{3}x \| {2}\|$/m, `no meshgate-standard row in:\n${stdout}`);
+  // The standard stack run again without one plugin (BENCH_WITHOUT through bench/child.ts), priced against the full one.
+  assert.match(stdout, /^\| meshgate-standard without trace-context \| [1-9][\d.]*k \| \d\.\d{3}x \| -?[\d.]+k \(-?[\d.]+%\) \|$/m, `no without-plugin row in:\n${stdout}`);
 });
 
 test('the standard stack without each of its plugins runs exactly the rest (what bench:instructions prices)', { timeout: 60_000 }, async () => {
