@@ -13,10 +13,7 @@ export interface CircuitBreakerOptions {
   isFailure?: (status: number) => boolean;
 }
 
-/** Thrown inside the breaker's action so opossum counts a 5xx answer as a failure. */
-class FailedStatus extends Error {}
-
-/** What a closed breaker's failed attempt is counted as: a 5xx status or the attempt's error code. */
+/** What opossum counts as a failure: a 5xx answer, or (counted for a closed circuit) the attempt's error code. */
 class FailedAttempt extends Error {}
 
 type Run = () => Promise<void>;
@@ -29,11 +26,11 @@ async function fireThrough(breaker: CircuitBreaker<[Run], void>, next: () => Pro
   try {
     await breaker.fire(async () => {
       await next();
-      if (failed()) throw new FailedStatus();
+      if (failed()) throw new FailedAttempt();
     });
   } catch (err) {
     // The answer came and is held for the retry stage or the client: it only had to count.
-    if (err instanceof FailedStatus) return;
+    if (err instanceof FailedAttempt) return;
     if (!(err instanceof MeshError) && (err as { code?: string }).code === 'EOPENBREAKER') {
       throw new CircuitOpenError(instance.url);
     }
@@ -57,8 +54,6 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
     name: 'circuit-breaker',
     setup(gateway: Gateway) {
       const breakers = new Map<Instance, CircuitBreaker<[Run], void>>();
-      /** The service each breaker's instance belongs to (for its policy and panic state). */
-      const serviceOf = new Map<CircuitBreaker<[Run], void>, Service>();
       let closed = false;
       /** Services with at least one breaker not closed: only they pay for filtering. */
       const notClosed = new Map<Service, number>();
@@ -100,7 +95,6 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
         breaker.on('halfOpen', () => track('half-open'));
         breaker.on('close', () => track('closed'));
         breakers.set(instance, breaker);
-        serviceOf.set(breaker, service);
         return breaker;
       };
 
@@ -115,7 +109,6 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
         if (!breaker) return;
         breaker.shutdown();
         breakers.delete(instance);
-        serviceOf.delete(breaker);
         const service = gateway.registry.getService(instance.service);
         if (service && instance.circuit !== 'closed') decrement(service);
       });
@@ -123,7 +116,6 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
         closed = true;
         for (const breaker of breakers.values()) breaker.shutdown();
         breakers.clear();
-        serviceOf.clear();
       });
 
       // A half-open breaker takes one probe; while it runs, the instance takes nothing else.
@@ -155,10 +147,10 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
       gateway.on('upstream:response', (instance, info) => {
         // After close (a request cut off at the drain timeout) there is nothing left to count into.
         if (closed) return;
-        let breaker = breakers.get(instance);
-        const service = breaker === undefined ? gateway.registry.getService(instance.service) : serviceOf.get(breaker)!;
+        const service = gateway.registry.getService(instance.service);
         // Only services with a breaker; in panic mode breakers stand aside, as the guard does.
         if (!service?.policy.circuitBreaker || service.panic) return;
+        let breaker = breakers.get(instance);
         if (breaker === undefined) {
           // No breaker for an instance that already left.
           if (service.instances.get(instance.id) !== instance) return;
