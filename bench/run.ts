@@ -337,6 +337,8 @@ function runChecks(summary: Summary[], settings: Settings, shared: readonly Shar
   });
 }
 
+const SHARED_NEEDS_PINNING = 'it needs CPU pinning (Linux, taskset, two or more CPUs, BENCH_PIN not 0)';
+
 /** One shared-core round: each proxy's requests over the bare proxy's, served in the same seconds on the same CPU. */
 interface SharedRound {
   ratios: Map<TargetName, number>;
@@ -438,7 +440,7 @@ async function main(): Promise<number> {
     }
   }
   // Without pinning the pair would not share one CPU, and the ratio would mean nothing.
-  if (settings.sharedRounds > 0 && pinning === null) log('bench: shared-core phase skipped: it needs CPU pinning (Linux, taskset, two or more CPUs, BENCH_PIN not 0)');
+  if (settings.sharedRounds > 0 && pinning === null) log(`bench: shared-core phase skipped: ${SHARED_NEEDS_PINNING}`);
   const shared = settings.sharedRounds > 0 && pinning !== null ? await measureShared(bench, settings.sharedRounds, settings.durationSec, log) : [];
   await cluster?.stop();
   await stopAll();
@@ -525,14 +527,15 @@ async function main(): Promise<number> {
   lines.push('', clusterNote);
 
   if (shared.length === 0 && settings.sharedRounds > 0) {
-    lines.push('', 'shared core: not measured: it needs CPU pinning (Linux, taskset, two or more CPUs, BENCH_PIN not 0)');
+    lines.push('', `shared core: not measured: ${SHARED_NEEDS_PINNING}`);
   }
   if (shared.length > 0) {
+    // The phase runs only with pinning, so `pinning` is set here.
     const sharedNames = [...shared[0]!.ratios.keys()];
     const sharedMedian = (name: TargetName): number => median(shared.map((r) => r.ratios.get(name)!));
     lines.push(
       '',
-      `Shared core: each proxy in turn pinned together with the bare proxy on ${pinning ? `CPU ${pinning.target}` : 'the same CPUs (no pinning)'}, both loaded at once ` +
+      `Shared core: each proxy in turn pinned together with the bare proxy on CPU ${pinning!.target}, both loaded at once ` +
         `(${Math.max(1, Math.floor(settings.connections / 2))} connections each, ${shared.length} round(s) × ${settings.durationSec} s per pair): ` +
         'requests served in the same seconds over the bare proxy\'s, the same noise for both (latency not comparable here).',
       '',
