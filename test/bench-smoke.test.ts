@@ -6,31 +6,19 @@
  * on a quiet machine, as a ratio.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { spawnNode } from './helpers.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
 /** Runs a bench script with BENCH_SMOKE=1 and returns what it printed, after checking it exited 0. */
 async function smokeRun(t: TestContext, script: string): Promise<string> {
-  const child = spawn(process.execPath, ['--import', 'tsx', script], {
-    cwd: ROOT,
-    env: { ...process.env, BENCH_SMOKE: '1' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  // If the test fails or times out, the runner must not outlive it (it kills its own children).
-  t.after(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
-  child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-  const [code] = (await once(child, 'exit')) as [number | null];
-  assert.equal(code, 0, `${script} exited ${code}\nstdout:\n${stdout}\nstderr:\n${stderr}`);
-  return stdout;
+  // If the test fails or times out, SIGTERM: the runner must not outlive it, and it kills its own children.
+  const run = await spawnNode(t, ['--import', 'tsx', script], { cwd: ROOT, env: { BENCH_SMOKE: '1' }, killSignal: 'SIGTERM' });
+  const { code } = await run.exited;
+  assert.equal(code, 0, `${script} exited ${code}\nstdout:\n${run.stdout()}\nstderr:\n${run.stderr()}`);
+  return run.stdout();
 }
 
 test('bench/run.ts in smoke mode exits 0 and prints a row for each target', { timeout: 120_000 }, async (t) => {

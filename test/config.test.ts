@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { loadConfigFile, parseConfig, parseDuration, validateConfig } from '../lib/config/index.js';
 import { ConfigError, type ConfigIssue } from '../lib/errors.js';
+import { spawnNode } from './helpers.js';
 
 /** Runs `fn`, asserts it throws one ConfigError, and returns its issues. */
 function issuesOf(fn: () => unknown): readonly ConfigIssue[] {
@@ -481,7 +482,7 @@ describe('config: loadConfigFile', () => {
 });
 
 describe('the yaml package', () => {
-  test('is loaded only once a config text is parsed: a gateway configured with an object never carries it', { timeout: 30_000 }, async () => {
+  test('is loaded only once a config text is parsed: a gateway configured with an object never carries it', { timeout: 30_000 }, async (t) => {
     // A fresh process: this one has parsed YAML already.
     const script = `
       import { createRequire } from 'node:module';
@@ -494,7 +495,9 @@ describe('the yaml package', () => {
       console.log(JSON.stringify({ before, after: loaded(), port }));
       await gateway.close();
     `;
-    const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8' });
-    assert.deepEqual(JSON.parse(out.trim().split('\n').pop()!), { before: false, after: true, port: 8081 });
+    const run = await spawnNode(t, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: fileURLToPath(new URL('..', import.meta.url)) });
+    const { code } = await run.exited;
+    assert.equal(code, 0, run.stderr());
+    assert.deepEqual(JSON.parse(run.stdout().trim().split('\n').pop()!), { before: false, after: true, port: 8081 });
   });
 });

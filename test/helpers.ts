@@ -219,12 +219,13 @@ export interface ChildRun {
 
 /**
  * Runs `node ...args` in `cwd`, capturing its output; a child still running after the test is
- * killed with SIGKILL. `env` is added to the parent's environment.
+ * killed with `killSignal` (SIGKILL; SIGTERM for a child that must stop its own children first).
+ * `env` is added to the parent's environment.
  */
 export async function spawnNode(
   t: TestContext | null,
   args: string[],
-  options: { cwd: string; env?: Record<string, string | undefined> },
+  options: { cwd: string; env?: Record<string, string | undefined>; killSignal?: NodeJS.Signals },
 ): Promise<ChildRun> {
   // Loaded here, not at the top: only the process tests need it.
   const { spawn } = await import('node:child_process');
@@ -242,7 +243,7 @@ export async function spawnNode(
   });
   t?.after(async () => {
     if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGKILL');
+      child.kill(options.killSignal ?? 'SIGKILL');
       await exited.catch(() => undefined);
     }
   });
