@@ -12,7 +12,12 @@ import { startReplyFrom } from './reply-from.js';
 import { STANDARD_PLUGINS, type StackName, type StandardPlugin } from './stack.js';
 import { startUpstream } from './upstream.js';
 
-const STACKS: Record<string, StackName> = { 'meshgate-core': 'core', 'meshgate-standard': 'standard', 'meshgate-log': 'standard+log' };
+const STACKS: Record<string, StackName> = {
+  'meshgate-core': 'core',
+  'meshgate-standard': 'standard',
+  'meshgate-untraced': 'standard-untraced',
+  'meshgate-log': 'standard+log',
+};
 
 async function main(): Promise<void> {
   const [kind, upstream] = process.argv.slice(2);

@@ -23,7 +23,7 @@ async function smokeRun(t: TestContext, script: string): Promise<string> {
 
 test('bench/run.ts in smoke mode exits 0 and prints a row for each target', { timeout: 120_000 }, async (t) => {
   const stdout = await smokeRun(t, 'bench/run.ts');
-  for (const target of ['direct', 'bare-proxy', 'reply-from', 'http-proxy', 'meshgate-core', 'meshgate-standard', 'meshgate-log']) {
+  for (const target of ['direct', 'bare-proxy', 'reply-from', 'http-proxy', 'meshgate-core', 'meshgate-standard', 'meshgate-untraced', 'meshgate-log']) {
     // A data row: the target's name, a number of requests per second greater than zero, and (last
     // column) no non-2xx answers and no socket errors.
     assert.match(stdout, new RegExp(`^\\| ${target} \\| [1-9][\\d,]* \\|.* \\| 0 / 0 \\|$`, 'm'), `no clean table row for ${target} in:\n${stdout}`);
@@ -34,7 +34,7 @@ test('bench/run.ts in smoke mode exits 0 and prints a row for each target', { ti
   // the line saying why it was not measured (no CPU pinning on this machine).
   if (!/^shared core: not measured: it needs CPU pinning/m.test(stdout)) {
     assert.match(stdout, /^\| bare-proxy \| 1\.00x \| /m, `no shared-core table in:\n${stdout}`);
-    for (const target of ['reply-from', 'http-proxy', 'meshgate-core', 'meshgate-standard', 'meshgate-log']) {
+    for (const target of ['reply-from', 'http-proxy', 'meshgate-core', 'meshgate-standard', 'meshgate-untraced', 'meshgate-log']) {
       assert.match(stdout, new RegExp(`^\\| ${target} \\| (?!0\\.00x)\\d+\\.\\d\\dx \\| `, 'm'), `no shared-core row for ${target} in:\n${stdout}`);
     }
   }
