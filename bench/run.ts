@@ -58,7 +58,7 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { pickLoadGenerator, runLoad, type LoadGeneratorName, type LoadResult } from './load.js';
 import { startMeshgateCluster, type ClusterTarget } from './meshgate-cluster.js';
-import { choosePinning, machine, machineBusyMs, median, pin, processCpuMs, selfAndReapedCpuMs, type Pinning } from './stats.js';
+import { choosePinning, machine, machineBusyMs, median, pin, processCpuMs, relativeSpread, selfAndReapedCpuMs, type Pinning } from './stats.js';
 import { ROOT, installExitHooks, interrupted, startTarget, stopAll, type TargetKind } from './targets.js';
 import { UPSTREAM_BODY } from './upstream.js';
 
@@ -101,6 +101,13 @@ const PROXIES: { name: TargetName & TargetKind; description: string }[] = [
   { name: 'meshgate-untraced', description: "standard without tracing: issue 8's list as written" },
   { name: 'meshgate-log', description: 'standard + JSON access log to /dev/null' },
 ];
+
+/**
+ * The widest spread of the bare proxy's req/s over the rounds, relative to its median, that still
+ * makes a run worth quoting. Quiet runs here spread by 15-20%; a run whose VM slowed down by half
+ * midway spread by 86%, and ranked the standard stack above the same stack without tracing.
+ */
+const MAX_BASELINE_SPREAD = 0.3;
 
 /** Above this many CPUs the cluster is measured by default. */
 const CLUSTER_MIN_CPUS = 3;
@@ -574,6 +581,17 @@ async function main(): Promise<number> {
     lines.push('', `warning: other processes used ${fmt(otherLoadPct, 0)}% of the machine's CPU during the runs (median): req/s and latency are noisy; trust the CPU-per-request column more.`);
   }
 
+  // Steal and frequency changes on a shared VM show up in no load counter, only in the baseline.
+  const baselineSpread = relativeSpread(bare.runs.map((r) => r.rps));
+  if (baselineSpread > MAX_BASELINE_SPREAD) {
+    lines.push(
+      '',
+      `warning: the machine did not keep its speed: the bare proxy's req/s went from ${thousands(bare.rpsMin)} to ${thousands(bare.rpsMax)} ` +
+        `over the rounds (${fmt(baselineSpread * 100, 0)}% of its median; above ${MAX_BASELINE_SPREAD * 100}% the ratios below are not to be trusted, ` +
+        'even the shared-core ones). Rerun on a quiet machine before quoting them.',
+    );
+  }
+
   const failures: string[] = [];
   for (const s of summary) if (s.non2xx > 0) failures.push(`${s.name} answered ${s.non2xx} non-2xx responses: its numbers are not valid`);
   if (shared.some((r) => r.non2xx > 0)) failures.push('a proxy answered non-2xx in the shared-core phase: its numbers are not valid');
@@ -616,6 +634,7 @@ async function main(): Promise<number> {
     shared: shared.map((r) => Object.fromEntries(r.ratios)),
     cluster: clusterNote,
     otherLoadPct,
+    baselineSpread,
   };
   writeFileSync(join(dir, `${base}.json`), `${JSON.stringify(report, null, 2)}\n`);
   writeFileSync(join(dir, `${base}.md`), `${lines.join('\n')}\n`);

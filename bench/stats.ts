@@ -11,6 +11,16 @@ export function median(values: readonly number[]): number {
   return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
+/**
+ * How far the values spread around their median: (max - min) / median, 0 for fewer than two.
+ * Applied to the bare proxy's req/s over the rounds it says whether the machine kept its speed:
+ * the bare proxy's code does not change between rounds, so a wide spread is the machine.
+ */
+export function relativeSpread(values: readonly number[]): number {
+  if (values.length < 2) return 0;
+  return (Math.max(...values) - Math.min(...values)) / median(values);
+}
+
 let clockTicks: number | undefined;
 
 function ticksToMs(ticks: number): number {
