@@ -104,8 +104,9 @@ const PROXIES: { name: TargetName & TargetKind; description: string }[] = [
 
 /**
  * The widest spread of the bare proxy's req/s over the rounds, relative to its median, that still
- * makes a run worth quoting. Quiet runs here spread by 15-20%; a run whose VM slowed down by half
- * midway spread by 86%, and ranked the standard stack above the same stack without tracing.
+ * makes a run worth quoting. The runs quoted in README spread by 17% and 30%; a run whose VM
+ * slowed down by half midway spread by 86%, and ranked the standard stack above the same stack
+ * without tracing.
  */
 const MAX_BASELINE_SPREAD = 0.3;
 
