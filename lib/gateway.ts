@@ -524,7 +524,11 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     }
   }
 
-  /** One try: select an instance, then run the guard stage around the upstream call. */
+  /**
+   * One try: select an instance, then run the guard stage around the upstream call. The retry
+   * stage's `next()`; like {@link #pick} it never throws, so a retry middleware sees every failure
+   * as a rejection.
+   */
   #attempt(ctx: Context, mesh: MeshState, chains: Record<Stage, StageChain>): Promise<void> {
     if (mesh.exchange !== null) {
       // A retry: the previous answer is dropped, never sent.
@@ -539,13 +543,23 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     return chains.select === null ? this.#pick(ctx, mesh, chains) : chains.select(ctx, () => this.#pick(ctx, mesh, chains));
   }
 
+  /**
+   * Picks the instance (unless a select middleware did) and goes on to the guard stage. It is the
+   * select stage's `next()`, so it never throws: every failure is a rejected promise, which a
+   * middleware's `next().catch(...)` or `.then(..., onError)` sees.
+   */
   #pick(ctx: Context, mesh: MeshState, chains: Record<Stage, StageChain>): Promise<void> {
     if (mesh.instance === null) {
       const service = mesh.service!;
       if (mesh.candidates.length === 0) {
-        throw new NoHealthyInstanceError(service.name, service.instances.size === 0 ? 'no instances registered' : 'no healthy instance');
+        return Promise.reject(new NoHealthyInstanceError(service.name, service.instances.size === 0 ? 'no instances registered' : 'no healthy instance'));
       }
-      mesh.instance = this.balancerFor(service).pick(mesh.candidates, ctx, mesh.tried ?? undefined);
+      try {
+        mesh.instance = this.balancerFor(service).pick(mesh.candidates, ctx, mesh.tried ?? undefined);
+      } catch (err) {
+        // An unknown balancer, or a bug in a custom one.
+        return Promise.reject(err);
+      }
     }
     return chains.guard === null ? this.#callUpstream(ctx, mesh) : chains.guard(ctx, () => this.#callUpstream(ctx, mesh));
   }

@@ -296,6 +296,38 @@ describe('plugin API', () => {
     assert.deepEqual(statuses, [418]);
   });
 
+  test("next() of the retry and select stages rejects, never throws, when there is no instance to pick", LIMIT, async (t) => {
+    // A service with no instances: the core fails the attempt at the pick. A middleware that
+    // chains on next()'s promise instead of awaiting it must still see that failure.
+    const seen: string[] = [];
+    const { url } = await startGateway(
+      t,
+      { services: { api: {} }, routes: [{ prefix: '/api', service: 'api' }] },
+      {
+        setup: (gw) =>
+          gw.use(
+            definePlugin({
+              name: 'chains-on-next',
+              setup(g) {
+                for (const stage of ['retry', 'select'] as const) {
+                  g.use(stage, (ctx, next) =>
+                    next().catch((err: MeshError) => {
+                      seen.push(`${stage}:${err.code}`);
+                      throw err;
+                    }),
+                  );
+                }
+              },
+            }),
+          ),
+      },
+    );
+    const res = await send(`${url}/api/x`);
+    assert.equal(res.status, 503);
+    assert.equal(JSON.parse(res.body).error, 'MESH_ERR_NO_HEALTHY_INSTANCE');
+    assert.deepEqual(seen, ['select:MESH_ERR_NO_HEALTHY_INSTANCE', 'retry:MESH_ERR_NO_HEALTHY_INSTANCE']);
+  });
+
   /**
    * Two upstreams: `failing` answers 503, `healthy` 200. A retry-stage middleware calls next()
    * again on a 503. Returns what the client got and what each attempt saw.

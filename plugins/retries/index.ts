@@ -39,15 +39,6 @@ interface Run {
   replayable: boolean;
 }
 
-/** The first attempt as a promise, even when the pipeline throws before it has one (no instance to pick). */
-function attempt(next: () => Promise<void>): Promise<void> {
-  try {
-    return next();
-  } catch (err) {
-    return Promise.reject(err);
-  }
-}
-
 /**
  * Retries, as Envoy's retry policy. For services with a `retries` section:
  * - idempotent methods (or `retries.methods`) are retried on connect failure, reset before a
@@ -83,7 +74,7 @@ export function retries(options: RetriesOptions = {}): GatewayPlugin {
         // No body, and most requests end with their first attempt: it runs without an async
         // frame, and only an outcome that may be retried enters the loop.
         budget.active++;
-        return attempt(next).then(
+        return next().then(
           () => (idempotent && policy.retryOn.includes(mesh.exchange!.statusCode) ? retryLoop(run, null) : void budget.active--),
           (err: unknown) => retryLoop(run, err),
         );
