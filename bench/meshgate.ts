@@ -4,8 +4,9 @@
  *   is the benchmark upstream, a route `/` to it, round-robin, logging silent and no admin server.
  *   Nothing else is configured, so this measures the core pipeline (Koa, routing, the stages, the
  *   undici proxy) plus whatever built-in plugins are on by default (lib/builtins.ts).
- * - `meshgate-core`, `meshgate-standard`, `meshgate-untraced`, `meshgate-log` ({@link startMeshgateStack}): the stacks
- *   of bench/stack.ts, each checked at start to run exactly the plugins its name promises.
+ * - `meshgate-core`, `meshgate-standard`, `meshgate-untraced`, `meshgate-log` ({@link startMeshgateStack}):
+ *   the stacks of bench/stack.ts (`meshgate-untraced` is the standard one without trace context),
+ *   each checked at start to run exactly the plugins its name promises.
  */
 import { existsSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
@@ -34,7 +35,6 @@ export async function startMeshgate(upstream: string, port = 0): Promise<{ gatew
 const STACK_PLUGINS: Record<StackName, { on: string[]; off: string[] }> = {
   core: { on: [], off: ['trace-context', 'metrics', 'access-log', 'health-check', 'circuit-breaker', 'retries'] },
   standard: { on: ['trace-context', 'metrics', 'health-check', 'circuit-breaker', 'retries'], off: ['access-log'] },
-  'standard-untraced': { on: ['metrics', 'health-check', 'circuit-breaker', 'retries'], off: ['trace-context', 'access-log'] },
   'standard+log': { on: ['trace-context', 'metrics', 'health-check', 'circuit-breaker', 'retries', 'access-log'], off: [] },
 };
 

@@ -3,14 +3,11 @@
  * - `core`: one route, round-robin, no plugin beyond static discovery (issue 2's yardstick).
  * - `standard`: what a production user turns on: least-request, circuit breaker, health checks,
  *   metrics on the admin port, retries and trace context; access log off (issue 8's yardstick).
- * - `standard-untraced`: the standard stack without trace context, which is issue 8's list word for
- *   word (least-request, circuit breaker, health checks, metrics, retries; access log off). Trace
- *   context is on by default in meshgate, so `standard` keeps it and stays the headline.
  * - `standard+log`: the same with the JSON access log on (written to /dev/null by the bench).
  */
 import type { GatewayConfigInput } from '../lib/index.js';
 
-export type StackName = 'core' | 'standard' | 'standard-untraced' | 'standard+log';
+export type StackName = 'core' | 'standard' | 'standard+log';
 
 /** The plugins of the standard stack that {@link stackConfig} can leave out, to price each one. */
 export const STANDARD_PLUGINS = ['trace-context', 'metrics', 'health-check', 'circuit-breaker', 'retries'] as const;
@@ -42,7 +39,6 @@ function fullStackConfig(stack: StackName, upstream: string, port: number): Gate
     ...base,
     admin: { host: '127.0.0.1', port: 0, token: 'bench' },
     accessLog: stack === 'standard+log',
-    ...(stack === 'standard-untraced' ? { tracing: false } : {}),
     services: {
       bench: {
         balancer: 'least-request',

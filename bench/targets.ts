@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 /**
  * The processes the benchmark can start; see bench/child.ts. `meshgate` is the gateway of
  * bench/meshgate.ts (round-robin, built-in defaults); the `meshgate-<stack>` kinds are the stacks
- * of bench/stack.ts (`meshgate-untraced` is `standard-untraced`, `meshgate-log` is `standard+log`).
+ * of bench/stack.ts (`meshgate-untraced` is `standard` without trace context, `meshgate-log` is `standard+log`).
  */
 export type TargetKind =
   | 'upstream'
