@@ -346,7 +346,7 @@ function runChecks(summary: Summary[], settings: Settings, shared: readonly Shar
     const threshold = core ? (settings.minRatio ?? c.threshold) : c.threshold;
     const alternating = c.metric === 'req/s' ? target.rps / baseline.rps : target.p99Ms / baseline.p99Ms;
     const inShared = c.metric === 'req/s' && shared.length > 0 && shared[0]!.ratios.has(c.target) && shared[0]!.ratios.has(c.baseline);
-    const ratio = inShared ? median(shared.map((r) => r.ratios.get(c.target)! / r.ratios.get(c.baseline)!)) : alternating;
+    const ratio = inShared ? sharedRatio(shared, c.target, c.baseline) : alternating;
     return {
       what: `${c.target} ${c.metric} / ${c.baseline} ${c.metric}`,
       op: c.op,
@@ -359,6 +359,11 @@ function runChecks(summary: Summary[], settings: Settings, shared: readonly Shar
       source: c.source,
     };
   });
+}
+
+/** `target`'s requests over `baseline`'s in the shared-core phase: the median over its rounds. */
+function sharedRatio(shared: readonly SharedRound[], target: TargetName, baseline: TargetName): number {
+  return median(shared.map((r) => r.ratios.get(target)! / r.ratios.get(baseline)!));
 }
 
 const SHARED_NEEDS_PINNING = 'it needs CPU pinning (Linux, taskset, two or more CPUs, BENCH_PIN not 0)';
@@ -389,8 +394,7 @@ async function measureShared(bench: Bench, rounds: number, durationSec: number, 
       for (const pid of bench.pids) pin(pid, together.has(pid) ? pinning.target : pinning.rest);
     }
     const load = (t: Target): Promise<LoadResult> => runLoad(bench.generator, `${t.url}/`, { connections, durationSec: seconds, threads: 1, cpus: pinning?.rest });
-    const [a, b] = await Promise.all([load(bare), load(target)]);
-    return [a, b];
+    return Promise.all([load(bare), load(target)]);
   };
   if (settings.warmupSec > 0) for (const target of others) await pair(target, settings.warmupSec);
   const out: SharedRound[] = [];
@@ -556,7 +560,6 @@ async function main(): Promise<number> {
   if (shared.length > 0) {
     // The phase runs only with pinning, so `pinning` is set here.
     const sharedNames = [...shared[0]!.ratios.keys()];
-    const sharedMedian = (name: TargetName): number => median(shared.map((r) => r.ratios.get(name)!));
     lines.push(
       '',
       `Shared core: each proxy in turn pinned together with the bare proxy on CPU ${pinning!.target}, both loaded at once ` +
@@ -567,12 +570,12 @@ async function main(): Promise<number> {
       '|---|---:|---:|',
       ...sharedNames.map((name) => {
         const list = shared.map((r) => r.ratios.get(name)!);
-        return `| ${name} | ${fmt(sharedMedian(name), 2)}x | ${fmt(Math.min(...list), 2)}-${fmt(Math.max(...list), 2)}x |`;
+        return `| ${name} | ${fmt(sharedRatio(shared, name, 'bare-proxy'), 2)}x | ${fmt(Math.min(...list), 2)}-${fmt(Math.max(...list), 2)}x |`;
       }),
     );
     for (const name of ['meshgate-standard', 'meshgate-untraced'] as const) {
       if (!sharedNames.includes(name) || !sharedNames.includes('reply-from')) continue;
-      lines.push('', `shared core: ${name} / reply-from = ${fmt(median(shared.map((r) => r.ratios.get(name)! / r.ratios.get('reply-from')!)), 2)}x`);
+      lines.push('', `shared core: ${name} / reply-from = ${fmt(sharedRatio(shared, name, 'reply-from'), 2)}x`);
     }
   }
 
