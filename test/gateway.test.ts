@@ -296,7 +296,7 @@ describe('plugin API', () => {
     assert.deepEqual(statuses, [418]);
   });
 
-  test("next() of the retry and select stages rejects, never throws, when there is no instance to pick", LIMIT, async (t) => {
+  test('next() of the retry and select stages rejects, never throws, when there is no instance to pick', LIMIT, async (t) => {
     // A service with no instances: the core fails the attempt at the pick. A middleware that
     // chains on next()'s promise instead of awaiting it must still see that failure.
     const seen: string[] = [];
