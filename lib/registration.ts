@@ -1,4 +1,3 @@
-import { Agent, request } from 'undici';
 import { defaultInstanceId } from './registry.js';
 import { parseDuration } from './config/duration.js';
 import { MeshError } from './errors.js';
@@ -48,7 +47,7 @@ export interface Registration {
 export async function registerInstance(options: RegisterOptions): Promise<Registration> {
   const ttl = parseDuration(options.ttl ?? '10s');
   if (ttl === undefined || ttl < 100) throw new MeshError('MESH_ERR_BAD_OPTION', 400, `ttl: expected a duration of at least 100ms, got ${JSON.stringify(options.ttl)}`);
-  const client = /^rediss?:\/\//.test(options.registry) ? await redisClient(options, ttl) : httpClient(options, ttl);
+  const client = /^rediss?:\/\//.test(options.registry) ? await redisClient(options, ttl) : await httpClient(options, ttl);
 
   let id: string;
   try {
@@ -110,7 +109,10 @@ interface RegistryClient {
   close(): Promise<void>;
 }
 
-function httpClient(options: RegisterOptions, ttl: number): RegistryClient {
+async function httpClient(options: RegisterOptions, ttl: number): Promise<RegistryClient> {
+  // Loaded on use: undici's index is all of undici (fetch, WebSocket, caches), which a gateway
+  // that never registers itself should not carry (its proxy loads only undici's Pool).
+  const { Agent, request } = await import('undici');
   const base = options.registry.replace(/\/+$/, '');
   const token = options.token ?? process.env.MESHGATE_ADMIN_TOKEN;
   const headers: Record<string, string> = { 'content-type': 'application/json' };
