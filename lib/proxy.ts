@@ -1,5 +1,4 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { createRequire } from 'node:module';
 import type { Dispatcher, Pool as UndiciPool } from 'undici';
 import {
   ClientAbortedError,
@@ -11,26 +10,7 @@ import {
 import type { Deadline, Deadlines } from './deadlines.js';
 import { HOP_BY_HOP, connectionTokens, writeHead } from './headers.js';
 import type { Instance } from './registry.js';
-
-/**
- * Where the proxy takes undici's `Pool` class from: its own module. undici's index loads all of
- * undici (fetch, WebSocket, EventSource, caches, mock agents), which cost the gateway 5 MB of
- * heap and 9 MB of RSS under load for code it never runs (`npm run bench:memory`). undici has no
- * `exports` map, so the module is reachable; should a release move it, the index is the fallback
- * (the gateway still runs, only bigger) and a test fails, so we notice.
- */
-export const UNDICI_POOL_MODULE = 'undici/lib/dispatcher/pool.js';
-
-const Pool = loadPool();
-
-function loadPool(): typeof UndiciPool {
-  const require = createRequire(import.meta.url);
-  try {
-    return require(UNDICI_POOL_MODULE) as typeof UndiciPool;
-  } catch {
-    return (require('undici') as typeof import('undici')).Pool;
-  }
-}
+import { Pool } from './undici.js';
 
 /** Options for every upstream connection pool. */
 export interface PoolOptions {

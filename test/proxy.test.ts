@@ -1,10 +1,8 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { Agent, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
-import { createRequire } from 'node:module';
 import { connect } from 'node:net';
 import { describe, test, type TestContext } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { bodyParser } from '@koa/bodyparser';
 import Koa from 'koa';
 import {
@@ -13,14 +11,12 @@ import {
   listenApp,
   send,
   sendPath,
-  spawnNode,
   startGateway,
   startUpstream,
   trackProcessErrors,
   unusedPort,
   waitFor,
 } from './helpers.js';
-import { UNDICI_POOL_MODULE } from '../lib/proxy.js';
 
 /** Fails a test that hangs (a regression to catch, not a speed limit). */
 const LIMIT = { timeout: 20_000 };
@@ -838,39 +834,4 @@ test('sequential requests reuse one keep-alive connection to the upstream', LIMI
   }
   assert.equal(upstream.seen.length, 5);
   assert.equal(connections, 1);
-});
-
-test("a gateway with its standard stack proxies with undici's Pool module and never loads undici's index (fetch, WebSocket, caches)", LIMIT, async (t) => {
-  const upstream = await startUpstream(t, echo('upstream'));
-  // In a fresh process: this one has loaded undici's index for the tests' own clients.
-  const script = `
-    import { createRequire } from 'node:module';
-    import { get } from 'node:http';
-    import { createGateway } from ${JSON.stringify(new URL('../lib/index.ts', import.meta.url).href)};
-    const gateway = createGateway({
-      listen: { host: '127.0.0.1', port: 0 },
-      admin: { host: '127.0.0.1', port: 0, token: 't' },
-      logLevel: 'silent',
-      routes: [{ prefix: '/', service: 'api' }],
-      services: { api: { balancer: 'least-request', instances: [{ url: ${JSON.stringify(upstream.url)} }], circuitBreaker: {}, healthCheck: { path: '/health', interval: '1s' }, retries: { attempts: 2 } } },
-    });
-    await gateway.listen();
-    const status = await new Promise((resolve, reject) => get('http://127.0.0.1:' + gateway.server.address().port + '/x', (res) => { res.resume(); resolve(res.statusCode); }).on('error', reject));
-    const undici = Object.keys(createRequire(import.meta.url).cache).filter((path) => path.includes('/node_modules/undici/')).map((path) => path.slice(path.lastIndexOf('/node_modules/undici/') + 21));
-    await gateway.close();
-    process.stdout.write(JSON.stringify({ status, undici }));
-  `;
-  const run = await spawnNode(t, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: fileURLToPath(new URL('..', import.meta.url)) });
-  const { code } = await run.exited;
-  assert.equal(code, 0, run.stderr());
-  const { status, undici } = JSON.parse(run.stdout()) as { status: number; undici: string[] };
-  assert.equal(status, 200);
-  assert.equal(upstream.seen.filter((req) => req.url === '/x').length, 1);
-  assert.ok(undici.includes(UNDICI_POOL_MODULE.slice('undici/'.length)), `Pool module not loaded: ${undici.join(', ')}`);
-  assert.ok(!undici.includes('index.js'), "undici's index was loaded");
-});
-
-test("the Pool the proxy uses is undici's own Pool class", async () => {
-  const { Pool } = await import('undici');
-  assert.equal(createRequire(import.meta.url)(UNDICI_POOL_MODULE), Pool);
 });
