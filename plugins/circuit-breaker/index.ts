@@ -3,6 +3,7 @@ import { CircuitOpenError, ClientAbortedError, MeshError } from '../../lib/error
 import type { Gateway } from '../../lib/gateway.js';
 import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
 import type { Instance, Service } from '../../lib/registry.js';
+import { CountingWindow, WindowClock } from './window.js';
 
 /** Options of {@link circuitBreaker}; per-service settings come from `services.<name>.circuitBreaker`. */
 export interface CircuitBreakerOptions {
@@ -54,6 +55,7 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
     name: 'circuit-breaker',
     setup(gateway: Gateway) {
       const breakers = new Map<Instance, CircuitBreaker<[Run], void>>();
+      const clock = new WindowClock();
       let closed = false;
       /** Services with at least one breaker not closed: only they pay for filtering. */
       const notClosed = new Map<Service, number>();
@@ -71,14 +73,10 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
             errorThresholdPercentage: policy.errorThresholdPercentage,
             volumeThreshold: policy.volumeThreshold,
             resetTimeout: policy.resetTimeout,
-            rollingCountTimeout: policy.rollingCountTimeout,
-            rollingCountBuckets: policy.rollingCountBuckets,
+            // The rolling window: counts only (latency percentiles are metrics' job), no timer of its own.
+            status: new CountingWindow({ rollingCountTimeout: policy.rollingCountTimeout, rollingCountBuckets: policy.rollingCountBuckets, clock }),
             // The gateway runs its own per-try and total deadlines; a second clock would only disagree.
             timeout: false,
-            // Latency percentiles are metrics' job; opossum's would sort every latency of the window each second.
-            rollingPercentilesEnabled: false,
-            // Nobody listens to opossum's per-bucket 'snapshot' events: no timer per breaker for them.
-            enableSnapshots: false,
             // A client that hangs up says nothing about the instance, except on a half-open probe:
             // opossum counts a filtered error as a success, which would close the circuit on no evidence.
             errorFilter: (err: unknown) => err instanceof ClientAbortedError && !breaker!.halfOpen,
@@ -116,6 +114,7 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
         closed = true;
         for (const breaker of breakers.values()) breaker.shutdown();
         breakers.clear();
+        clock.close();
       });
 
       // A half-open breaker takes one probe; while it runs, the instance takes nothing else.

@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { request as httpRequest, type ClientRequest, type ServerResponse } from 'node:http';
 import { describe, test, type TestContext } from 'node:test';
+import CircuitBreaker from 'opossum';
 import type { CircuitState, Gateway, GatewayConfigInput, Instance } from '../../lib/index.js';
+import { CountingWindow, WindowClock } from '../../plugins/circuit-breaker/window.js';
 import { echo, send, sleep, startGateway, startUpstream, trackProcessErrors, unusedPort, waitFor, type Upstream } from '../helpers.js';
 
 /** Fails a test that hangs (a regression to catch, not a speed limit). */
@@ -336,5 +338,73 @@ describe('circuit-breaker plugin', () => {
     assert.equal(count(responses, 500), bad.seen.length);
     assert.deepEqual(events, [], 'no circuit changed state in panic');
     assert.equal(instanceAt(gateway, bad.url).circuit, 'closed');
+  });
+});
+
+describe('circuit-breaker plugin: the counting window', () => {
+  const breakerOn = (window: CountingWindow, options: Record<string, unknown> = {}): CircuitBreaker<[boolean], void> =>
+    new CircuitBreaker(
+      async (fail: boolean) => {
+        if (fail) throw new Error('failed');
+      },
+      { status: window, timeout: false, ...options },
+    );
+
+  test("counts every event into the current bucket and keeps no latency log (opossum's own Status logs one entry per call)", async (t) => {
+    const clock = new WindowClock();
+    t.after(() => clock.close());
+    const window = new CountingWindow({ rollingCountTimeout: 10_000, rollingCountBuckets: 10, clock });
+    // An error rate can never be over 100%: the circuit stays closed and every call runs.
+    const breaker = breakerOn(window, { errorThresholdPercentage: 100 });
+    t.after(() => breaker.shutdown());
+    for (let i = 0; i < 100; i++) await breaker.fire(i % 4 === 0).catch(() => {});
+    assert.equal(window.stats.fires, 100);
+    assert.equal(window.stats.successes, 75);
+    assert.equal(window.stats.failures, 25);
+    assert.deepEqual(
+      window.window.map((bucket) => bucket.latencyTimes.length),
+      window.window.map(() => 0),
+    );
+    // The control: opossum's own window, same calls.
+    const own = new CircuitBreaker(async () => {}, { timeout: false, rollingPercentilesEnabled: false, enableSnapshots: false });
+    t.after(() => own.shutdown());
+    for (let i = 0; i < 100; i++) await own.fire();
+    assert.equal(own.status.window[0]!.latencyTimes.length, 100);
+  });
+
+  test('its counts open the circuit as opossum decides: past volumeThreshold, at the error rate', async (t) => {
+    const clock = new WindowClock();
+    t.after(() => clock.close());
+    const breaker = breakerOn(new CountingWindow({ rollingCountTimeout: 10_000, rollingCountBuckets: 10, clock }), { errorThresholdPercentage: 50, volumeThreshold: 6 });
+    t.after(() => breaker.shutdown());
+    for (const fail of [false, false, false, true, true]) await breaker.fire(fail).catch(() => {});
+    assert.equal(breaker.opened, false, 'below volumeThreshold');
+    await breaker.fire(false);
+    await breaker.fire(true).catch(() => {});
+    assert.equal(breaker.opened, false, '3 of 7 failed');
+    await breaker.fire(true).catch(() => {});
+    assert.equal(breaker.opened, false, '4 of 8 failed: 50% is not over the threshold');
+    await breaker.fire(true).catch(() => {});
+    assert.equal(breaker.opened, true, '5 of 9 failed');
+  });
+
+  test('buckets turn on one shared timer per bucket length; a shut-down window leaves no listener behind', async (t) => {
+    const clock = new WindowClock();
+    t.after(() => clock.close());
+    const windows = [1, 2].map(() => new CountingWindow({ rollingCountTimeout: 100, rollingCountBuckets: 2, clock }));
+    const emitter = clock.emitterFor(50);
+    assert.notEqual(emitter, clock.emitterFor(100));
+    // opossum's listener and ours, for each window.
+    assert.equal(emitter.listenerCount('rotate'), 4);
+    const breakers = windows.map((window) => breakerOn(window));
+    for (const breaker of breakers) await breaker.fire(false);
+    assert.deepEqual(windows.map((window) => window.stats.fires), [1, 1]);
+    // After the window's length, the counts are gone: the buckets turned.
+    await waitFor(() => windows.every((window) => window.stats.fires === 0), 5000, 'the window to turn');
+    // A count after a turn lands in the new current bucket.
+    await breakers[0]!.fire(false);
+    assert.equal(windows[0]!.window[0]!.fires, 1);
+    for (const breaker of breakers) breaker.shutdown();
+    assert.equal(emitter.listenerCount('rotate'), 0);
   });
 });
