@@ -314,6 +314,29 @@ describe('headers', () => {
     assert.equal(res.headers['content-type'], 'text/plain');
   });
 
+  test('response header names reach the client in lower case, as Envoy sends them; values and repeats are untouched', LIMIT, async (t) => {
+    const upstream = await startUpstream(t, (_req, res) => {
+      res.writeHead(200, ['Content-Type', 'text/plain; Charset=UTF-8', 'ETag', '"AbC"', 'X-Custom-Thing', 'Mixed Case Value', 'SET-COOKIE', 'a=1', 'Set-Cookie', 'b=2']);
+      res.end('ok');
+    });
+    const { url } = await startGateway(t, {
+      services: { api: { instances: [{ url: upstream.url }] } },
+      routes: [{ prefix: '/api', service: 'api' }],
+    });
+    const res = await send(`${url}/api/case`);
+    assert.equal(res.status, 200);
+    const pairs: [string, string][] = [];
+    for (let i = 0; i < res.rawHeaders.length; i += 2) pairs.push([res.rawHeaders[i]!, res.rawHeaders[i + 1]!]);
+    const fromUpstream = pairs.filter(([name]) => ['content-type', 'etag', 'x-custom-thing', 'set-cookie'].includes(name.toLowerCase()));
+    assert.deepEqual(fromUpstream, [
+      ['content-type', 'text/plain; Charset=UTF-8'],
+      ['etag', '"AbC"'],
+      ['x-custom-thing', 'Mixed Case Value'],
+      ['set-cookie', 'a=1'],
+      ['set-cookie', 'b=2'],
+    ]);
+  });
+
   test('X-Forwarded-For is appended behind a trusted proxy, X-Forwarded-Proto/Host are set (client values overwritten), Host is kept', LIMIT, async (t) => {
     const upstream = await startUpstream(t, echo('upstream'));
     const { url } = await startGateway(t, {
