@@ -159,8 +159,9 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
         if (!breaker.closed) return;
         // A client that hung up says nothing about the instance (opossum's errorFilter: a success).
         if (info.error === undefined ? !isFailure(info.status) : info.error === 'MESH_ERR_CLIENT_ABORTED') {
-          breaker.emit('fire');
-          breaker.emit('success', undefined, 0);
+          // Straight into the window: opossum's 'fire' and 'success' events would only count there
+          // too (a closed circuit's success changes nothing else), through two emits.
+          (breaker.status as unknown as CountingWindow).countSuccess();
           return;
         }
         // Through fire(), so opossum alone decides whether the circuit opens.

@@ -43,6 +43,13 @@ export class CountingWindow extends OpossumStatus {
     this.#current[counter]++;
   }
 
+  /** A call that succeeded, counted as opossum counts one (a fire and a success), without its events. */
+  countSuccess(): void {
+    const bucket = this.#current;
+    bucket.fires++;
+    bucket.successes++;
+  }
+
   override shutdown(): void {
     super.shutdown();
     this.#clock.off('rotate', this.#rotated);

@@ -361,6 +361,10 @@ describe('circuit-breaker plugin: the counting window', () => {
     assert.equal(window.stats.fires, 100);
     assert.equal(window.stats.successes, 75);
     assert.equal(window.stats.failures, 25);
+    // The plugin's fast path for a closed circuit's success: the same two counts, no events.
+    for (let i = 0; i < 5; i++) window.countSuccess();
+    assert.equal(window.stats.fires, 105);
+    assert.equal(window.stats.successes, 80);
     assert.deepEqual(
       window.window.map((bucket) => bucket.latencyTimes.length),
       window.window.map(() => 0),
