@@ -56,7 +56,9 @@ test('heartbeats keep the PTTL fresh past several TTLs; a deleted key is registe
   const redis = await startRedis(t);
   const client = redisClient(t, redis.url);
   const events = await recordEvents(t, redis.url);
-  const ttl = 600;
+  // Long enough that a test process stalled by a loaded machine (two test files run at once on
+  // two cores) still heartbeats in time: at 600 ms one full run in about ten lost the key.
+  const ttl = 1200;
   const reregistered: string[] = [];
   const errors: Error[] = [];
   const reg = await registerInstance({
