@@ -57,7 +57,7 @@ test('heartbeats keep the PTTL fresh past several TTLs; a deleted key is registe
   const client = redisClient(t, redis.url);
   const events = await recordEvents(t, redis.url);
   // Long enough that a test process stalled by a loaded machine (two test files run at once on
-  // two cores) still heartbeats in time: at 600 ms one full run in about ten lost the key.
+  // two cores) still heartbeats in time: at 600 ms a full run once lost the key.
   const ttl = 1200;
   const reregistered: string[] = [];
   const errors: Error[] = [];
