@@ -161,7 +161,13 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
         if (info.error === undefined ? !isFailure(info.status) : info.error === 'MESH_ERR_CLIENT_ABORTED') {
           // Straight into the window: opossum's 'fire' and 'success' events would only count there
           // too (a closed circuit's success changes nothing else), through two emits.
-          (breaker.status as unknown as CountingWindow).countSuccess();
+          const window = breaker.status;
+          if (window instanceof CountingWindow) window.countSuccess();
+          else {
+            // Only if opossum did not take our window (two copies of opossum installed).
+            breaker.emit('fire');
+            breaker.emit('success', undefined, 0);
+          }
           return;
         }
         // Through fire(), so opossum alone decides whether the circuit opens.

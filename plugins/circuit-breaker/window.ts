@@ -20,22 +20,26 @@ const OpossumStatus = Object.getPrototypeOf(CircuitBreaker.newStatus({ rotateBuc
  * of its own, so thousands of breakers share one timer. Pass it to the breaker as `status`.
  */
 export class CountingWindow extends OpossumStatus {
-  readonly #clock: EventEmitter;
+  readonly #clock: WindowClock;
+  readonly #bucketMs: number;
   #current: Bucket;
 
   constructor(options: { rollingCountTimeout: number; rollingCountBuckets: number; clock: WindowClock }) {
-    const clock = options.clock.emitterFor(options.rollingCountTimeout / options.rollingCountBuckets);
+    const bucketMs = WindowClock.bucketMs(options.rollingCountTimeout, options.rollingCountBuckets);
+    const emitter = options.clock.acquire(bucketMs);
     super({
       rollingCountTimeout: options.rollingCountTimeout,
       rollingCountBuckets: options.rollingCountBuckets,
       rollingPercentilesEnabled: false,
       enableSnapshots: false,
-      rotateBucketController: clock,
+      rotateBucketController: emitter,
     });
-    this.#clock = clock;
+    this.#clock = options.clock;
+    this.#bucketMs = bucketMs;
     this.#current = this.window[0]!;
-    // Registered after opossum's own 'rotate' listener (in super()), which put a new bucket first.
-    clock.on('rotate', this.#rotated);
+    // 'rotated' comes after every 'rotate' listener ran, opossum's included, in whatever order
+    // they were added (a breaker's disable() and enable() add opossum's again, last).
+    emitter.on('rotated', this.#rotated);
   }
 
   /** Called by the breaker for each of its events; the latency argument is ignored. */
@@ -52,7 +56,7 @@ export class CountingWindow extends OpossumStatus {
 
   override shutdown(): void {
     super.shutdown();
-    this.#clock.off('rotate', this.#rotated);
+    this.#clock.release(this.#bucketMs, this.#rotated);
   }
 
   readonly #rotated = (): void => {
@@ -61,26 +65,50 @@ export class CountingWindow extends OpossumStatus {
 }
 
 /**
- * The clock that turns the buckets of every {@link CountingWindow} of a gateway: one timer per
- * bucket length in use (services may set different windows), unref'd, stopped by {@link close}.
+ * The clock that turns the buckets of every {@link CountingWindow} of a gateway: one unref'd timer
+ * per bucket length in use (services may set different windows), stopped when its last window
+ * shuts down. Each tick emits 'rotate' (opossum's windows turn) and then 'rotated' (ours follow).
  */
 export class WindowClock {
-  readonly #clocks = new Map<number, { emitter: EventEmitter; timer: NodeJS.Timeout }>();
+  readonly #clocks = new Map<number, { emitter: EventEmitter; timer: NodeJS.Timeout; users: number }>();
 
-  /** The emitter whose 'rotate' event turns buckets of `bucketMs`. */
-  emitterFor(bucketMs: number): EventEmitter {
-    const ms = Math.max(1, Math.floor(bucketMs));
-    let clock = this.#clocks.get(ms);
+  /** The length of one bucket, as opossum computes it. */
+  static bucketMs(rollingCountTimeout: number, rollingCountBuckets: number): number {
+    return Math.max(1, Math.floor(rollingCountTimeout / rollingCountBuckets));
+  }
+
+  /** The emitter that turns buckets of `bucketMs`, for one more window. */
+  acquire(bucketMs: number): EventEmitter {
+    let clock = this.#clocks.get(bucketMs);
     if (clock === undefined) {
       const emitter = new EventEmitter();
-      // One listener per breaker (and one of opossum's): thousands of instances are normal.
+      // Two listeners per breaker (opossum's and ours): thousands of instances are normal.
       emitter.setMaxListeners(0);
-      const timer = setInterval(() => emitter.emit('rotate'), ms);
+      const timer = setInterval(() => {
+        emitter.emit('rotate');
+        emitter.emit('rotated');
+      }, bucketMs);
       timer.unref();
-      clock = { emitter, timer };
-      this.#clocks.set(ms, clock);
+      clock = { emitter, timer, users: 0 };
+      this.#clocks.set(bucketMs, clock);
     }
+    clock.users++;
     return clock.emitter;
+  }
+
+  /** A window of `bucketMs` shut down: its listener goes, and the timer with the last window. */
+  release(bucketMs: number, rotated: () => void): void {
+    const clock = this.#clocks.get(bucketMs);
+    if (clock === undefined) return;
+    clock.emitter.off('rotated', rotated);
+    if (--clock.users > 0) return;
+    clearInterval(clock.timer);
+    this.#clocks.delete(bucketMs);
+  }
+
+  /** Bucket lengths with a running timer (for tests). */
+  get running(): number {
+    return this.#clocks.size;
   }
 
   close(): void {

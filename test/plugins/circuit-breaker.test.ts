@@ -392,14 +392,12 @@ describe('circuit-breaker plugin: the counting window', () => {
     assert.equal(breaker.opened, true, '5 of 9 failed');
   });
 
-  test('buckets turn on one shared timer per bucket length; a shut-down window leaves no listener behind', async (t) => {
+  test('buckets turn on one shared timer per bucket length, stopped with its last window; counts always land in the current bucket', async (t) => {
     const clock = new WindowClock();
     t.after(() => clock.close());
     const windows = [1, 2].map(() => new CountingWindow({ rollingCountTimeout: 100, rollingCountBuckets: 2, clock }));
-    const emitter = clock.emitterFor(50);
-    assert.notEqual(emitter, clock.emitterFor(100));
-    // opossum's listener and ours, for each window.
-    assert.equal(emitter.listenerCount('rotate'), 4);
+    const other = new CountingWindow({ rollingCountTimeout: 1000, rollingCountBuckets: 10, clock });
+    assert.equal(clock.running, 2, 'one timer for the 50 ms buckets, one for the 100 ms ones');
     const breakers = windows.map((window) => breakerOn(window));
     for (const breaker of breakers) await breaker.fire(false);
     assert.deepEqual(windows.map((window) => window.stats.fires), [1, 1]);
@@ -408,7 +406,29 @@ describe('circuit-breaker plugin: the counting window', () => {
     // A count after a turn lands in the new current bucket.
     await breakers[0]!.fire(false);
     assert.equal(windows[0]!.window[0]!.fires, 1);
+    // disable() and enable() put opossum's own listener last on the clock: counts must still
+    // follow the bucket opossum made current.
+    breakers[1]!.disable();
+    breakers[1]!.enable();
+    const before = windows[1]!.window[0]!;
+    await waitFor(() => windows[1]!.window[0] !== before, 5000, 'a turn');
+    windows[1]!.countSuccess();
+    assert.equal(windows[1]!.window[0]!.fires, 1);
     for (const breaker of breakers) breaker.shutdown();
-    assert.equal(emitter.listenerCount('rotate'), 0);
+    assert.equal(clock.running, 1, "the 50 ms timer stopped with its last window");
+    other.shutdown();
+    assert.equal(clock.running, 0);
+  });
+
+  test('a window of one bucket counts into the bucket that opossum keeps, and opens the circuit', async (t) => {
+    const clock = new WindowClock();
+    t.after(() => clock.close());
+    const window = new CountingWindow({ rollingCountTimeout: 200, rollingCountBuckets: 1, clock });
+    const breaker = breakerOn(window, { errorThresholdPercentage: 50, volumeThreshold: 4 });
+    t.after(() => breaker.shutdown());
+    const first = window.window[0]!;
+    await waitFor(() => window.window[0] !== first, 5000, 'a turn');
+    for (const fail of [false, true, true, true]) await breaker.fire(fail).catch(() => {});
+    assert.equal(breaker.opened, true);
   });
 });
