@@ -3,10 +3,9 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { loadConfigFile, parseConfig, parseDuration, validateConfig } from '../lib/config/index.js';
 import { ConfigError, type ConfigIssue } from '../lib/errors.js';
-import { spawnNode } from './helpers.js';
+import { scriptResult } from './helpers.js';
 
 /** Runs `fn`, asserts it throws one ConfigError, and returns its issues. */
 function issuesOf(fn: () => unknown): readonly ConfigIssue[] {
@@ -495,9 +494,6 @@ describe('the yaml package', () => {
       console.log(JSON.stringify({ before, after: loaded(), port }));
       await gateway.close();
     `;
-    const run = await spawnNode(t, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: fileURLToPath(new URL('..', import.meta.url)) });
-    const { code } = await run.exited;
-    assert.equal(code, 0, run.stderr());
-    assert.deepEqual(JSON.parse(run.stdout().trim().split('\n').pop()!), { before: false, after: true, port: 8081 });
+    assert.deepEqual(await scriptResult(t, script), { before: false, after: true, port: 8081 });
   });
 });

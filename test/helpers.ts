@@ -2,9 +2,11 @@
  * Shared test fixtures: real HTTP upstreams on port 0, gateways on port 0, and clean-up through
  * node:test's `t.after`. Nothing here mocks a socket.
  */
+import assert from 'node:assert/strict';
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { TestContext } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { createGateway, type Gateway, type GatewayConfigInput, type GatewayOptions } from '../lib/index.js';
 
 /** A real upstream: records what it saw, answers with `handler` (default: JSON echo). */
@@ -248,6 +250,22 @@ export async function spawnNode(
     }
   });
   return { child, stdout: () => out, stderr: () => err, exited };
+}
+
+/** The repository root, where `--import tsx` resolves. */
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+
+/** Runs the ES module `script` (TypeScript imports allowed) in a fresh node process from the repository root. */
+export function spawnScript(t: TestContext | null, script: string): Promise<ChildRun> {
+  return spawnNode(t, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT });
+}
+
+/** Runs `script` as {@link spawnScript} does, to its end; checks it exited 0 and returns the JSON on its last line of output. */
+export async function scriptResult<T>(t: TestContext, script: string): Promise<T> {
+  const run = await spawnScript(t, script);
+  const { code } = await run.exited;
+  assert.equal(code, 0, run.stderr());
+  return JSON.parse(run.stdout().trim().split('\n').pop()!) as T;
 }
 
 /** The library's seeded PRNG, re-exported for the tests that import it from here. */

@@ -1,11 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import * as undici from 'undici';
 import { Pool, headerNameToString, undiciSource } from '../lib/undici.js';
-import { echo, spawnNode, startUpstream } from './helpers.js';
-
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
+import { echo, scriptResult, startUpstream } from './helpers.js';
 
 test("a gateway with the standard stack runs on undici's own modules, never its index, and its pools are whole undici Pools", { timeout: 20_000 }, async (t) => {
   const upstream = await startUpstream(t, echo('upstream'));
@@ -34,10 +31,7 @@ test("a gateway with the standard stack runs on undici's own modules, never its 
     await gateway.close();
     process.stdout.write(JSON.stringify({ proxied, direct: direct.statusCode, source: undiciSource, undici }));
   `;
-  const run = await spawnNode(t, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT });
-  const { code } = await run.exited;
-  assert.equal(code, 0, run.stderr());
-  const result = JSON.parse(run.stdout()) as { proxied: number; direct: number; source: string; undici: string[] };
+  const result = await scriptResult<{ proxied: number; direct: number; source: string; undici: string[] }>(t, script);
   assert.equal(result.proxied, 200);
   assert.equal(result.direct, 200);
   const paths = upstream.seen.map((req) => req.url);

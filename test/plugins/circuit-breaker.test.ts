@@ -342,6 +342,13 @@ describe('circuit-breaker plugin', () => {
 });
 
 describe('circuit-breaker plugin: the counting window', () => {
+  /** A window clock, stopped after the test. */
+  const clockFor = (t: TestContext): WindowClock => {
+    const clock = new WindowClock();
+    t.after(() => clock.close());
+    return clock;
+  };
+
   const breakerOn = (window: CountingWindow, options: Record<string, unknown> = {}): CircuitBreaker<[boolean], void> =>
     new CircuitBreaker(
       async (fail: boolean) => {
@@ -351,8 +358,7 @@ describe('circuit-breaker plugin: the counting window', () => {
     );
 
   test("counts every event into the current bucket and keeps no latency log (opossum's own Status logs one entry per call)", async (t) => {
-    const clock = new WindowClock();
-    t.after(() => clock.close());
+    const clock = clockFor(t);
     const window = new CountingWindow({ rollingCountTimeout: 10_000, rollingCountBuckets: 10, clock });
     // An error rate can never be over 100%: the circuit stays closed and every call runs.
     const breaker = breakerOn(window, { errorThresholdPercentage: 100 });
@@ -377,8 +383,7 @@ describe('circuit-breaker plugin: the counting window', () => {
   });
 
   test('its counts open the circuit as opossum decides: past volumeThreshold, at the error rate', async (t) => {
-    const clock = new WindowClock();
-    t.after(() => clock.close());
+    const clock = clockFor(t);
     const breaker = breakerOn(new CountingWindow({ rollingCountTimeout: 10_000, rollingCountBuckets: 10, clock }), { errorThresholdPercentage: 50, volumeThreshold: 6 });
     t.after(() => breaker.shutdown());
     for (const fail of [false, false, false, true, true]) await breaker.fire(fail).catch(() => {});
@@ -393,8 +398,7 @@ describe('circuit-breaker plugin: the counting window', () => {
   });
 
   test('buckets turn on one shared timer per bucket length, stopped with its last window; counts always land in the current bucket', async (t) => {
-    const clock = new WindowClock();
-    t.after(() => clock.close());
+    const clock = clockFor(t);
     const windows = [1, 2].map(() => new CountingWindow({ rollingCountTimeout: 100, rollingCountBuckets: 2, clock }));
     const other = new CountingWindow({ rollingCountTimeout: 1000, rollingCountBuckets: 10, clock });
     assert.equal(clock.running, 2, 'one timer for the 50 ms buckets, one for the 100 ms ones');
@@ -421,8 +425,7 @@ describe('circuit-breaker plugin: the counting window', () => {
   });
 
   test('a window of one bucket counts into the bucket that opossum keeps, and opens the circuit', async (t) => {
-    const clock = new WindowClock();
-    t.after(() => clock.close());
+    const clock = clockFor(t);
     const window = new CountingWindow({ rollingCountTimeout: 200, rollingCountBuckets: 1, clock });
     const breaker = breakerOn(window, { errorThresholdPercentage: 50, volumeThreshold: 4 });
     t.after(() => breaker.shutdown());

@@ -7,7 +7,7 @@ import { describe, test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { registerInstance, type Gateway, type Registration } from '../../lib/index.js';
-import { echo, send, sleep, spawnNode, startGateway, startUpstream, waitFor, type ChildRun } from '../helpers.js';
+import { echo, send, sleep, spawnNode, spawnScript, startGateway, startUpstream, waitFor, type ChildRun } from '../helpers.js';
 import { startRedis } from '../redis-server.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -491,7 +491,7 @@ describe('redis discovery: no leaks', () => {
       await gateway.close();
       process.stdout.write('closed\\n');
     `;
-    const run = await spawnNode(t, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT });
+    const run = await spawnScript(t, script);
     await waitFor(() => run.stdout().includes('closed') || run.child.exitCode !== null, 15_000, 'the child to close its gateway');
     assert.match(run.stdout(), /closed/, run.stderr());
     await waitFor(() => run.child.exitCode !== null, 3000, 'the child process to exit by itself after close()');
