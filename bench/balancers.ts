@@ -8,16 +8,16 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Context } from 'koa';
-import type { Balancer } from '../lib/balancer.js';
+import type { Balancer } from '../lib/balancers/balancer.js';
 import { ConsistentHashBalancer } from '../lib/balancers/consistent-hash.js';
 import { EwmaBalancer } from '../lib/balancers/ewma.js';
 import { LeastRequestBalancer } from '../lib/balancers/least-request.js';
 import { RandomBalancer } from '../lib/balancers/random.js';
 import { RoundRobinBalancer } from '../lib/balancers/round-robin.js';
 import { validateConfig } from '../lib/config/index.js';
-import { Registry, type Instance, type Service } from '../lib/registry.js';
-import { MeshState } from '../lib/state.js';
-import { seededRandom } from '../lib/random.js';
+import { Registry, type Instance, type Service } from '../lib/registry/registry.js';
+import { MeshState } from '../lib/core/state.js';
+import { seededRandom } from '../lib/kit/random.js';
 
 const PICKS = Number(process.argv.find((a) => a.startsWith('--picks='))?.slice(8) ?? 1_000_000);
 /** A case slower than this per pick runs fewer picks, so the whole run stays around a minute. */

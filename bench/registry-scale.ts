@@ -8,7 +8,7 @@
  */
 import type { Context } from 'koa';
 import { createGateway } from '../lib/index.js';
-import { normalizeTarget } from '../lib/path.js';
+import { normalizeTarget } from '../lib/http/path.js';
 
 const SIZES = [10, 1_000, 10_000];
 const PER_SERVICE = 10;

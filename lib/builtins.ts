@@ -1,6 +1,6 @@
 import type { GatewayConfig, ServiceConfig } from './config/schema.js';
-import type { GatewayRole } from './gateway.js';
-import type { GatewayPlugin } from './plugin.js';
+import type { GatewayRole } from './core/gateway.js';
+import type { GatewayPlugin } from './core/plugin.js';
 import { staticDiscovery } from '../plugins/static-discovery/index.js';
 
 /**

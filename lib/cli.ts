@@ -8,7 +8,7 @@ import cluster from 'node:cluster';
 import { runClusterPrimary, runClusterWorker, workerCount } from './cluster.js';
 import type { GatewayConfig } from './config/schema.js';
 import { createGateway } from './index.js';
-import { registerInstance } from './registration.js';
+import { registerInstance } from './registry/registration.js';
 
 const HELP = `meshgate: a service-mesh gateway
 

@@ -1,9 +1,9 @@
 import cluster, { type Worker } from 'node:cluster';
 import { availableParallelism } from 'node:os';
 import type { GatewayConfig } from './config/schema.js';
-import type { Gateway } from './gateway.js';
+import type { Gateway } from './core/gateway.js';
 import { createGateway } from './index.js';
-import type { Health, Instance, InstanceSpec } from './registry.js';
+import type { Health, Instance, InstanceSpec } from './registry/registry.js';
 
 /** How many workers `workers: N | auto` means on this machine. */
 export function workerCount(setting: GatewayConfig['workers']): number {

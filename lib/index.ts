@@ -7,30 +7,30 @@
  */
 import { builtinPlugins } from './builtins.js';
 import { validateConfig, type GatewayConfig, type GatewayConfigInput } from './config/index.js';
-import { Gateway, type GatewayOptions } from './gateway.js';
-import { loadPluginModules } from './plugin-loader.js';
+import { Gateway, type GatewayOptions } from './core/gateway.js';
+import { loadPluginModules } from './core/plugin-loader.js';
 
-export { Gateway } from './gateway.js';
-export type { GatewayOptions, GatewayRole, GatewayServices, ListenInfo } from './gateway.js';
-export { definePlugin, STAGES } from './plugin.js';
-export type { GatewayPlugin, Stage } from './plugin.js';
-export type { Middleware, Next } from './compose.js';
-export type { Balancer, BalancerContext, BalancerFactory } from './balancer.js';
+export { Gateway } from './core/gateway.js';
+export type { GatewayOptions, GatewayRole, GatewayServices, ListenInfo } from './core/gateway.js';
+export { definePlugin, STAGES } from './core/plugin.js';
+export type { GatewayPlugin, Stage } from './core/plugin.js';
+export type { Middleware, Next } from './core/compose.js';
+export type { Balancer, BalancerContext, BalancerFactory } from './balancers/balancer.js';
 export * from './balancers/index.js';
-export { Registry, Service, Instance, UnknownInstanceError, UnknownServiceError } from './registry.js';
-export type { Health, CircuitState, InstanceSpec } from './registry.js';
-export type { GatewayEvents, RemovalReason } from './events.js';
-export { MeshState } from './state.js';
-export type { Route } from './router.js';
+export { Registry, Service, Instance, UnknownInstanceError, UnknownServiceError } from './registry/registry.js';
+export type { Health, CircuitState, InstanceSpec } from './registry/registry.js';
+export type { GatewayEvents, RemovalReason } from './core/events.js';
+export { MeshState } from './core/state.js';
+export type { Route } from './core/router.js';
 export * from './errors.js';
 export { validateConfig, parseConfig, loadConfigFile, parseDuration } from './config/index.js';
 export type { GatewayConfig, GatewayConfigInput, ServiceConfig, RouteConfig } from './config/index.js';
-export type { Logger } from './logger.js';
-export { registerInstance } from './registration.js';
-export { seededRandom } from './random.js';
-export type { RegisterOptions, Registration } from './registration.js';
-export { LocalRegistrar } from './registrar.js';
-export type { Registrar, RegistrationResult } from './registrar.js';
+export type { Logger } from './kit/logger.js';
+export { registerInstance } from './registry/registration.js';
+export { seededRandom } from './kit/random.js';
+export type { RegisterOptions, Registration } from './registry/registration.js';
+export { LocalRegistrar } from './registry/registrar.js';
+export type { Registrar, RegistrationResult } from './registry/registrar.js';
 
 /**
  * Creates a gateway from a config object (validated here: a bad field throws a `ConfigError`

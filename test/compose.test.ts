@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { Context } from 'koa';
-import { compose, type Middleware, type Next } from '../lib/compose.js';
+import { compose, type Middleware, type Next } from '../lib/core/compose.js';
 
 const ctx = {} as Context;
 

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { Deadlines, type Deadline } from '../lib/deadlines.js';
+import { Deadlines, type Deadline } from '../lib/upstream/deadlines.js';
 import { sleep, waitFor } from './helpers.js';
 
 const LIMIT = { timeout: 10_000 };

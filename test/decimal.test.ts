@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { decimalMs } from '../lib/decimal.js';
+import { decimalMs } from '../lib/kit/decimal.js';
 
 test('decimalMs: examples', () => {
   assert.equal(decimalMs(7, 2), '7');

@@ -269,4 +269,4 @@ export async function scriptResult<T>(t: TestContext, script: string): Promise<T
 }
 
 /** The library's seeded PRNG, re-exported for the tests that import it from here. */
-export { seededRandom } from '../lib/random.js';
+export { seededRandom } from '../lib/kit/random.js';

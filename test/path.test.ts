@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { BadRequestError, MeshError } from '../lib/errors.js';
-import { normalizeTarget } from '../lib/path.js';
-import { Router, upstreamPath } from '../lib/router.js';
+import { normalizeTarget } from '../lib/http/path.js';
+import { Router, upstreamPath } from '../lib/core/router.js';
 import { seededRandom } from './helpers.js';
 
 const pathOf = (target: string): string => normalizeTarget(target).path;

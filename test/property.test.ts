@@ -12,10 +12,10 @@ import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import type { RouteConfig } from '../lib/config/schema.js';
 import { MeshError } from '../lib/errors.js';
-import { HOP_BY_HOP, upstreamRequestHeaders } from '../lib/headers.js';
-import { normalizeTarget } from '../lib/path.js';
-import { responseHeaders } from '../lib/proxy.js';
-import { Router, upstreamPath } from '../lib/router.js';
+import { HOP_BY_HOP, upstreamRequestHeaders } from '../lib/http/headers.js';
+import { normalizeTarget } from '../lib/http/path.js';
+import { responseHeaders } from '../lib/upstream/proxy.js';
+import { Router, upstreamPath } from '../lib/core/router.js';
 import { sendPath, startGateway, startUpstream } from './helpers.js';
 
 /** Reproducible runs: set FC_SEED to replay a failure fast-check reported. */

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { RouteConfig } from '../lib/config/index.js';
-import { normalizeTarget } from '../lib/path.js';
-import { Router, upstreamPath, type Route } from '../lib/router.js';
+import { normalizeTarget } from '../lib/http/path.js';
+import { Router, upstreamPath, type Route } from '../lib/core/router.js';
 
 function route(prefix: string, service: string, stripPrefix = false): RouteConfig {
   return { prefix, service, stripPrefix };

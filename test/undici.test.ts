@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as undici from 'undici';
-import { Pool, headerNameToString, undiciSource } from '../lib/undici.js';
+import { Pool, headerNameToString, undiciSource } from '../lib/upstream/undici.js';
 import { echo, scriptResult, startUpstream } from './helpers.js';
 
 test("a gateway with the standard stack runs on undici's own modules, never its index, and its pools are whole undici Pools", { timeout: 20_000 }, async (t) => {
@@ -11,7 +11,7 @@ test("a gateway with the standard stack runs on undici's own modules, never its 
     import { createRequire } from 'node:module';
     import { get } from 'node:http';
     import { createGateway } from ${JSON.stringify(new URL('../lib/index.ts', import.meta.url).href)};
-    import { undiciSource } from ${JSON.stringify(new URL('../lib/undici.ts', import.meta.url).href)};
+    import { undiciSource } from ${JSON.stringify(new URL('../lib/upstream/undici.ts', import.meta.url).href)};
     const gateway = createGateway({
       listen: { host: '127.0.0.1', port: 0 },
       admin: { host: '127.0.0.1', port: 0, token: 't' },

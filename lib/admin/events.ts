@@ -1,8 +1,8 @@
 import { PassThrough } from 'node:stream';
 import type Router from '@koa/router';
-import type { GatewayEvents } from '../events.js';
-import type { Gateway } from '../gateway.js';
-import type { Instance } from '../registry.js';
+import type { GatewayEvents } from '../core/events.js';
+import type { Gateway } from '../core/gateway.js';
+import type { Instance } from '../registry/registry.js';
 
 /** Seconds between keep-alive comments on an idle stream (proxies cut silent connections). */
 export const SSE_HEARTBEAT_MS = 15_000;

@@ -6,9 +6,9 @@ import { BadRequestError } from '../errors.js';
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { MeshError } from '../errors.js';
-import type { Gateway } from '../gateway.js';
-import { cidrList, inList } from '../net.js';
-import { TokenBuckets } from '../token-bucket.js';
+import type { Gateway } from '../core/gateway.js';
+import { cidrList, inList } from '../http/net.js';
+import { TokenBuckets } from '../kit/token-bucket.js';
 import { readJsonBody } from './body.js';
 
 /** Largest `metadata` of a registration, as JSON bytes. */

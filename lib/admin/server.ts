@@ -3,7 +3,7 @@ import { isIPv4, type AddressInfo } from 'node:net';
 import Router from '@koa/router';
 import Koa from 'koa';
 import { ConfigError, MeshError } from '../errors.js';
-import type { Gateway } from '../gateway.js';
+import type { Gateway } from '../core/gateway.js';
 import { bearerToken, tokenMatches } from './auth.js';
 import { eventStreamRoute } from './events.js';
 import { controlPlaneRoutes } from './routes.js';

@@ -1,6 +1,6 @@
 import type { Context } from 'koa';
-import type { Balancer } from '../balancer.js';
-import type { Instance, Service } from '../registry.js';
+import type { Balancer } from './balancer.js';
+import type { Instance, Service } from '../registry/registry.js';
 import { fmix32, murmur3 } from './hash.js';
 import { keyReader, type HashKeyReader } from './hash-key.js';
 import { RoundRobinBalancer } from './round-robin.js';

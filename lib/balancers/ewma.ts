@@ -1,5 +1,5 @@
-import type { Balancer } from '../balancer.js';
-import type { Instance } from '../registry.js';
+import type { Balancer } from './balancer.js';
+import type { Instance } from '../registry/registry.js';
 import { powerOfTwo } from './weights.js';
 
 /** Options of {@link EwmaBalancer}. */

@@ -1,4 +1,4 @@
-import type { BalancerFactory } from '../balancer.js';
+import type { BalancerFactory } from './balancer.js';
 import { ConsistentHashBalancer } from './consistent-hash.js';
 import { EwmaBalancer } from './ewma.js';
 import { LeastRequestBalancer } from './least-request.js';

@@ -1,5 +1,5 @@
-import type { Balancer } from '../balancer.js';
-import type { Instance, Service } from '../registry.js';
+import type { Balancer } from './balancer.js';
+import type { Instance, Service } from '../registry/registry.js';
 import { randomAvoiding } from './weights.js';
 
 /**

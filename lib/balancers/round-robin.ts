@@ -1,5 +1,5 @@
-import type { Balancer } from '../balancer.js';
-import type { Instance, Service } from '../registry.js';
+import type { Balancer } from './balancer.js';
+import type { Instance, Service } from '../registry/registry.js';
 import { rampEndsAt, weightFunction, type WeightOf } from './weights.js';
 
 /** Longest precomputed cycle, in picks; beyond it (or while weights ramp) each pick is computed. */

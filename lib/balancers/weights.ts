@@ -1,4 +1,4 @@
-import type { Instance, Service } from '../registry.js';
+import type { Instance, Service } from '../registry/registry.js';
 
 /** Slow start never sends less than this share of an instance's weight (Envoy's min_weight_percent). */
 export const SLOW_START_FLOOR = 0.1;

@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import { cidrList } from '../net.js';
-import { normalizeTarget } from '../path.js';
+import { cidrList } from '../http/net.js';
+import { normalizeTarget } from '../http/path.js';
 import { parseDuration } from './duration.js';
 
 /** A duration: `"250ms"`, `"2s"`, `"1m"`, or milliseconds. Parsed to milliseconds. */

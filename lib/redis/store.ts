@@ -1,5 +1,5 @@
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
-import type { InstanceSpec } from '../registry.js';
+import type { InstanceSpec } from '../registry/registry.js';
 
 /**
  * The registry's Redis key schema (documented in README, so any language can register):

@@ -1,10 +1,10 @@
 import type { EventEmitter } from 'node:events';
 import pino from 'pino';
 import type { Context } from 'koa';
-import { decimalMs } from '../../lib/decimal.js';
-import type { Gateway } from '../../lib/gateway.js';
-import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
-import type { MeshState } from '../../lib/state.js';
+import { decimalMs } from '../../lib/kit/decimal.js';
+import type { Gateway } from '../../lib/core/gateway.js';
+import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
+import type { MeshState } from '../../lib/core/state.js';
 
 /** Options of {@link accessLog}. */
 export interface AccessLogOptions {

@@ -3,10 +3,10 @@ import { existsSync, readFileSync } from 'node:fs';
 import type { Context } from 'koa';
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import { ConfigError, MeshError } from '../../lib/errors.js';
-import type { Gateway } from '../../lib/gateway.js';
-import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
-import type { Route } from '../../lib/router.js';
-import type { MeshState } from '../../lib/state.js';
+import type { Gateway } from '../../lib/core/gateway.js';
+import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
+import type { Route } from '../../lib/core/router.js';
+import type { MeshState } from '../../lib/core/state.js';
 
 type RouteAuth = NonNullable<Route['config']['auth']>;
 

@@ -1,8 +1,8 @@
 import CircuitBreaker from 'opossum';
 import { CircuitOpenError, ClientAbortedError, MeshError } from '../../lib/errors.js';
-import type { Gateway } from '../../lib/gateway.js';
-import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
-import type { Instance, Service } from '../../lib/registry.js';
+import type { Gateway } from '../../lib/core/gateway.js';
+import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
+import type { Instance, Service } from '../../lib/registry/registry.js';
 import { CountingWindow, WindowClock } from './window.js';
 
 /** Options of {@link circuitBreaker}; per-service settings come from `services.<name>.circuitBreaker`. */

@@ -1,7 +1,7 @@
 import { promises as dns } from 'node:dns';
-import type { Gateway } from '../../lib/gateway.js';
-import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
-import type { InstanceSpec, Service } from '../../lib/registry.js';
+import type { Gateway } from '../../lib/core/gateway.js';
+import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
+import type { InstanceSpec, Service } from '../../lib/registry/registry.js';
 
 /** Options of {@link dnsDiscovery}; per-service settings come from `services.<name>.dns`. */
 export interface DnsDiscoveryOptions {

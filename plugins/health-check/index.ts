@@ -1,6 +1,6 @@
-import type { Gateway } from '../../lib/gateway.js';
-import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
-import type { Instance } from '../../lib/registry.js';
+import type { Gateway } from '../../lib/core/gateway.js';
+import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
+import type { Instance } from '../../lib/registry/registry.js';
 
 /** Options of {@link healthChecks}; per-service settings come from `services.<name>.healthCheck`. */
 export interface HealthCheckOptions {

@@ -1,8 +1,8 @@
 import { AggregatorRegistry, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import type { Gateway } from '../../lib/gateway.js';
-import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
-import type { Route } from '../../lib/router.js';
-import type { CircuitState, Instance, Service } from '../../lib/registry.js';
+import type { Gateway } from '../../lib/core/gateway.js';
+import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
+import type { Route } from '../../lib/core/router.js';
+import type { CircuitState, Instance, Service } from '../../lib/registry/registry.js';
 import { FastCounter, FastHistogram, HistogramSeries, type CounterSeries } from './series.js';
 
 /** Options of {@link metrics}. */
@@ -23,7 +23,7 @@ export interface MetricsOptions {
   cluster?: 'primary' | 'worker';
 }
 
-declare module '../../lib/gateway.js' {
+declare module '../../lib/core/gateway.js' {
   interface GatewayServices {
     /** The gateway's own prom-client registry (never the global one). */
     metricsRegistry: Registry;

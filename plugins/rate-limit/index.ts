@@ -1,12 +1,12 @@
 import type { Cluster, Redis } from 'ioredis';
 import type { Context } from 'koa';
 import { MeshError } from '../../lib/errors.js';
-import type { Gateway } from '../../lib/gateway.js';
-import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
+import type { Gateway } from '../../lib/core/gateway.js';
+import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
 import { connectRedis } from '../../lib/redis/store.js';
-import type { Route } from '../../lib/router.js';
-import type { MeshState } from '../../lib/state.js';
-import { REDIS_TOKEN_BUCKET, TokenBuckets, bucketResult, type BucketResult } from '../../lib/token-bucket.js';
+import type { Route } from '../../lib/core/router.js';
+import type { MeshState } from '../../lib/core/state.js';
+import { REDIS_TOKEN_BUCKET, TokenBuckets, bucketResult, type BucketResult } from '../../lib/kit/token-bucket.js';
 
 /** Too many requests for this key (429). */
 export class RateLimitedError extends MeshError {

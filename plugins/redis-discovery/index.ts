@@ -1,9 +1,9 @@
 import type { Cluster, Redis } from 'ioredis';
 import { MeshError } from '../../lib/errors.js';
-import type { Gateway } from '../../lib/gateway.js';
-import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
-import type { Registrar, RegistrationResult } from '../../lib/registrar.js';
-import { defaultInstanceId, UnknownInstanceError, type InstanceSpec } from '../../lib/registry.js';
+import type { Gateway } from '../../lib/core/gateway.js';
+import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
+import type { Registrar, RegistrationResult } from '../../lib/registry/registrar.js';
+import { defaultInstanceId, UnknownInstanceError, type InstanceSpec } from '../../lib/registry/registry.js';
 import { RedisRegistryStore, connectRedis, eventsChannel, type RedisConnection, type RegistryMessage, type StoredInstance } from '../../lib/redis/store.js';
 
 /** Options of {@link redisDiscovery}; from `discovery.redis` in the config. */

@@ -7,10 +7,10 @@ import {
   UpstreamResetError,
   UpstreamTimeoutError,
 } from '../../lib/errors.js';
-import type { Gateway } from '../../lib/gateway.js';
-import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
-import type { Service } from '../../lib/registry.js';
-import type { MeshState } from '../../lib/state.js';
+import type { Gateway } from '../../lib/core/gateway.js';
+import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
+import type { Service } from '../../lib/registry/registry.js';
+import type { MeshState } from '../../lib/core/state.js';
 
 /** Options of {@link retries}; per-service settings come from `services.<name>.retries`. */
 export interface RetriesOptions {

@@ -1,4 +1,4 @@
-import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
+import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
 
 /** Options of {@link staticDiscovery}. */
 export interface StaticDiscoveryOptions {

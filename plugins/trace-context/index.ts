@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import type { Context } from 'koa';
-import type { Next } from '../../lib/compose.js';
-import { observeOutcome } from '../../lib/outcome.js';
-import type { Gateway } from '../../lib/gateway.js';
-import { definePlugin, type GatewayPlugin } from '../../lib/plugin.js';
+import type { Next } from '../../lib/core/compose.js';
+import { observeOutcome } from '../../lib/core/outcome.js';
+import type { Gateway } from '../../lib/core/gateway.js';
+import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
 
 /** Options of {@link traceContext}. */
 export interface TraceContextOptions {

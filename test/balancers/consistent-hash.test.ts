@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import { describe, test, type TestContext } from 'node:test';
 import { ConsistentHashBalancer, POINTS_PER_WEIGHT } from '../../lib/balancers/consistent-hash.js';
 import { keyReader } from '../../lib/balancers/hash-key.js';
-import type { Gateway } from '../../lib/gateway.js';
-import type { Instance } from '../../lib/registry.js';
+import type { Gateway } from '../../lib/core/gateway.js';
+import type { Instance } from '../../lib/registry/registry.js';
 import { startGateway } from '../helpers.js';
 import { fakeCtx, get, makeService, pickMany, specs, startNamedUpstreams, tally } from './fixtures.js';
 

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { EwmaBalancer } from '../../lib/balancers/ewma.js';
-import type { Instance } from '../../lib/registry.js';
+import type { Instance } from '../../lib/registry/registry.js';
 import { echo, seededRandom, startGateway, startUpstream, unusedPort, type Handler } from '../helpers.js';
 import { drive, driveInWorker, makeService, pickMany, specs, tally } from './fixtures.js';
 

@@ -8,8 +8,8 @@ import { Agent, request as httpRequest } from 'node:http';
 import { Worker } from 'node:worker_threads';
 import type { Context } from 'koa';
 import { validateConfig } from '../../lib/config/index.js';
-import { Registry, type Instance, type Service } from '../../lib/registry.js';
-import { MeshState } from '../../lib/state.js';
+import { Registry, type Instance, type Service } from '../../lib/registry/registry.js';
+import { MeshState } from '../../lib/core/state.js';
 import { echo, startUpstream, type Handler, type Upstream } from '../helpers.js';
 import type { TestContext } from 'node:test';
 

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { request as httpRequest, type ClientRequest } from 'node:http';
 import { describe, test } from 'node:test';
 import { LeastRequestBalancer } from '../../lib/balancers/least-request.js';
-import type { Instance, Service } from '../../lib/registry.js';
+import type { Instance, Service } from '../../lib/registry/registry.js';
 import { echo, seededRandom, startGateway, startUpstream, unusedPort, waitFor, type Handler } from '../helpers.js';
 import { drive, driveInWorker, get, makeService, pickMany, specs, startNamedUpstreams, tally } from './fixtures.js';
 

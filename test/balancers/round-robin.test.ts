@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { RoundRobinBalancer } from '../../lib/balancers/round-robin.js';
-import type { Instance } from '../../lib/registry.js';
+import type { Instance } from '../../lib/registry/registry.js';
 import { startGateway } from '../helpers.js';
 import { drive, get, makeService, pickMany, specs, startNamedUpstreams, tally } from './fixtures.js';
 

@@ -4,7 +4,7 @@ import { LeastRequestBalancer } from '../../lib/balancers/least-request.js';
 import { RandomBalancer } from '../../lib/balancers/random.js';
 import { RoundRobinBalancer } from '../../lib/balancers/round-robin.js';
 import { SLOW_START_FLOOR, weightFunction } from '../../lib/balancers/weights.js';
-import type { Instance } from '../../lib/registry.js';
+import type { Instance } from '../../lib/registry/registry.js';
 import { seededRandom, startGateway } from '../helpers.js';
 import { drive, get, makeService, pickMany, specs, startNamedUpstreams, tally } from './fixtures.js';
 

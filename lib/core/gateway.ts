@@ -6,11 +6,11 @@ import type { AddressInfo } from 'node:net';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
 import { Transform } from 'node:stream';
 import Koa, { type Context } from 'koa';
-import { AdminServer } from './admin/server.js';
-import type { Balancer, BalancerFactory } from './balancer.js';
-import { BUILTIN_BALANCERS } from './balancers/index.js';
+import { AdminServer } from '../admin/server.js';
+import type { Balancer, BalancerFactory } from '../balancers/balancer.js';
+import { BUILTIN_BALANCERS } from '../balancers/index.js';
 import { compose, type Middleware, type Next } from './compose.js';
-import type { GatewayConfig } from './config/schema.js';
+import type { GatewayConfig } from '../config/schema.js';
 import {
   ConfigError,
   GatewayClosingError,
@@ -21,20 +21,20 @@ import {
   PluginError,
   UpstreamResetError,
   UpstreamTimeoutError,
-} from './errors.js';
+} from '../errors.js';
 import type { GatewayEvents } from './events.js';
-import { upstreamRequestHeaders, writeHead } from './headers.js';
-import { createLogger, type Logger } from './logger.js';
-import { decimalMs } from './decimal.js';
-import { Deadlines } from './deadlines.js';
-import { LeaseKeeper } from './leases.js';
-import { clientAddress, compileTrust, type ProxyTrust } from './net.js';
+import { upstreamRequestHeaders, writeHead } from '../http/headers.js';
+import { createLogger, type Logger } from '../kit/logger.js';
+import { decimalMs } from '../kit/decimal.js';
+import { Deadlines } from '../upstream/deadlines.js';
+import { LeaseKeeper } from '../registry/leases.js';
+import { clientAddress, compileTrust, type ProxyTrust } from '../http/net.js';
 import { finalStatus } from './outcome.js';
-import { normalizeTarget } from './path.js';
+import { normalizeTarget } from '../http/path.js';
 import { STAGES, checkPlugin, type GatewayPlugin, type Stage } from './plugin.js';
-import { UpstreamPools, dispatchUpstream, isTlsErrorCode, responseHeaders, type PoolOptions } from './proxy.js';
-import { LocalRegistrar, type Registrar } from './registrar.js';
-import { Registry, type Instance, type Service } from './registry.js';
+import { UpstreamPools, dispatchUpstream, isTlsErrorCode, responseHeaders, type PoolOptions } from '../upstream/proxy.js';
+import { LocalRegistrar, type Registrar } from '../registry/registrar.js';
+import { Registry, type Instance, type Service } from '../registry/registry.js';
 import { Router, upstreamPath } from './router.js';
 import { MeshState } from './state.js';
 

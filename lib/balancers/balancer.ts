@@ -1,5 +1,5 @@
 import type { Context } from 'koa';
-import type { Instance, Service } from './registry.js';
+import type { Instance, Service } from '../registry/registry.js';
 
 /**
  * Picks one instance for a request. `candidates` are the service's usable instances, never empty.

@@ -1,4 +1,4 @@
-import { BadRequestError } from './errors.js';
+import { BadRequestError } from '../errors.js';
 
 // Characters RFC 3986 calls unreserved: their percent-encoding means the same as the character.
 const UNRESERVED = /[A-Za-z0-9\-._~]/;

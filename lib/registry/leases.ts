@@ -1,4 +1,4 @@
-import type { Gateway } from './gateway.js';
+import type { Gateway } from '../core/gateway.js';
 import type { Instance } from './registry.js';
 
 /** How often leases are checked, ms. Small next to any sensible TTL, cheap (leased instances only). */

@@ -1,6 +1,6 @@
 import type { Context } from 'koa';
 import type { Next } from './compose.js';
-import { MeshError } from './errors.js';
+import { MeshError } from '../errors.js';
 
 /**
  * The status a request ended with, as the client saw it: the response's status, the error's when

@@ -1,7 +1,7 @@
-import type { ServiceConfig } from './config/schema.js';
-import { MeshError } from './errors.js';
-import type { Balancer } from './balancer.js';
-import type { MeshEmitter, RemovalReason } from './events.js';
+import type { ServiceConfig } from '../config/schema.js';
+import { MeshError } from '../errors.js';
+import type { Balancer } from '../balancers/balancer.js';
+import type { MeshEmitter, RemovalReason } from '../core/events.js';
 
 /** Health as decided by health checks, heartbeats or an operator. */
 export type Health = 'healthy' | 'unhealthy' | 'draining';

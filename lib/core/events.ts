@@ -1,5 +1,5 @@
 import type { Context } from 'koa';
-import type { CircuitState, Health, Instance, Service } from './registry.js';
+import type { CircuitState, Health, Instance, Service } from '../registry/registry.js';
 
 /** Why an instance left the registry. */
 export type RemovalReason = 'deregistered' | 'expired' | 'discovery' | 'shutdown' | (string & {});

@@ -1,6 +1,6 @@
 import { defaultInstanceId } from './registry.js';
-import { parseDuration } from './config/duration.js';
-import { MeshError } from './errors.js';
+import { parseDuration } from '../config/duration.js';
+import { MeshError } from '../errors.js';
 
 /** Options of {@link registerInstance}. */
 export interface RegisterOptions {
@@ -148,7 +148,7 @@ async function httpClient(options: RegisterOptions, ttl: number): Promise<Regist
 
 async function redisClient(options: RegisterOptions, ttl: number): Promise<RegistryClient> {
   // Loaded on use: a service that registers over HTTP never loads ioredis.
-  const { RedisRegistryStore, connectRedis } = await import('./redis/store.js');
+  const { RedisRegistryStore, connectRedis } = await import('../redis/store.js');
   // Reconnect at least once a heartbeat, so a restarted Redis sees us again within two heartbeats.
   const redis = connectRedis(
     { url: options.registry },

@@ -1,5 +1,5 @@
 import type { Gateway } from './gateway.js';
-import { PluginDependencyError, PluginError } from './errors.js';
+import { PluginDependencyError, PluginError } from '../errors.js';
 
 /**
  * The pipeline stages, outermost first. Each is its own middleware chain; plugins add to a stage

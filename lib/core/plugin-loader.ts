@@ -1,6 +1,6 @@
 import { pathToFileURL } from 'node:url';
-import type { GatewayConfig } from './config/schema.js';
-import { ConfigError } from './errors.js';
+import type { GatewayConfig } from '../config/schema.js';
+import { ConfigError } from '../errors.js';
 import type { Gateway } from './gateway.js';
 import { checkPlugin, type GatewayPlugin } from './plugin.js';
 

@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
-import type { MeshError } from './errors.js';
-import type { UpstreamExchange } from './proxy.js';
-import type { Instance, Service } from './registry.js';
+import type { MeshError } from '../errors.js';
+import type { UpstreamExchange } from '../upstream/proxy.js';
+import type { Instance, Service } from '../registry/registry.js';
 import type { Route } from './router.js';
 
 /**

@@ -6,10 +6,10 @@ import {
   UpstreamConnectError,
   UpstreamResetError,
   UpstreamTimeoutError,
-} from './errors.js';
+} from '../errors.js';
 import type { Deadline, Deadlines } from './deadlines.js';
-import { HOP_BY_HOP, connectionTokens, writeHead } from './headers.js';
-import type { Instance } from './registry.js';
+import { HOP_BY_HOP, connectionTokens, writeHead } from '../http/headers.js';
+import type { Instance } from '../registry/registry.js';
 import { Pool, headerNameToString } from './undici.js';
 
 /** Options for every upstream connection pool. */

@@ -1,4 +1,4 @@
-import { routePrefix, type RouteConfig } from './config/schema.js';
+import { routePrefix, type RouteConfig } from '../config/schema.js';
 
 /** A compiled route. `prefix` is normalized (no trailing slash, except the root `/`). */
 export interface Route {
