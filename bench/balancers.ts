@@ -14,7 +14,7 @@ import { EwmaBalancer } from '../lib/balancers/ewma.js';
 import { LeastRequestBalancer } from '../lib/balancers/least-request.js';
 import { RandomBalancer } from '../lib/balancers/random.js';
 import { RoundRobinBalancer } from '../lib/balancers/round-robin.js';
-import { validateConfig } from '../lib/config/index.js';
+import { validateConfig } from '../lib/index.js';
 import { Registry, type Instance, type Service } from '../lib/registry/registry.js';
 import { MeshState } from '../lib/core/state.js';
 import { seededRandom } from '../lib/kit/random.js';

@@ -34,7 +34,7 @@ export function servedBy(options: ServedByOptions = {}): GatewayPlugin {
       const counts = new Map<string, number>();
       gateway.decorate('requestCounts', counts);
       // guard wraps each attempt: after next(), the chosen instance and its answer are known.
-      gateway.use('guard', async (ctx, next) => {
+      gateway.addMiddleware('guard', async (ctx, next) => {
         await next();
         const mesh = ctx.state.mesh;
         ctx.set(header, mesh.instance!.id);

@@ -1,19 +1,54 @@
-import type { GatewayConfig, ServiceConfig } from './config/schema.js';
-import type { GatewayRole } from './core/gateway.js';
-import type { GatewayPlugin } from './core/plugin.js';
-import { staticDiscovery } from '../plugins/static-discovery/index.js';
+import type { GatewayConfig } from './config/schema.js';
+import type { SectionOwner } from './config/sections.js';
+import type { GatewayPlugin, GatewayRole } from './core/plugin.js';
+import { accessLogSections } from '../plugins/access-log/config.js';
+import { authSections } from '../plugins/auth/config.js';
+import { circuitBreakerSections } from '../plugins/circuit-breaker/config.js';
+import { dnsDiscoverySections } from '../plugins/dns-discovery/config.js';
+import { healthCheckSections } from '../plugins/health-check/config.js';
+import { metricsSections } from '../plugins/metrics/config.js';
+import { rateLimitSections } from '../plugins/rate-limit/config.js';
+import { redisDiscoverySections } from '../plugins/redis-discovery/config.js';
+import { retriesSections } from '../plugins/retries/config.js';
+import { traceContextSections } from '../plugins/trace-context/config.js';
+
+/** A built-in plugin as the catalogue knows it, before its module is loaded. */
+interface Builtin<O> extends SectionOwner {
+  /** Loads the plugin's module and returns its factory. */
+  readonly load: () => Promise<(options: O) => GatewayPlugin>;
+}
+
+const STATIC_DISCOVERY: Builtin<object> = { name: 'static-discovery', load: async () => (await import('../plugins/static-discovery/index.js')).staticDiscovery };
+const REDIS_DISCOVERY: Builtin<undefined> = { name: 'redis-discovery', config: redisDiscoverySections, load: async () => (await import('../plugins/redis-discovery/index.js')).redisDiscovery };
+const DNS_DISCOVERY: Builtin<object> = { name: 'dns-discovery', config: dnsDiscoverySections, load: async () => (await import('../plugins/dns-discovery/index.js')).dnsDiscovery };
+const TRACE_CONTEXT: Builtin<undefined> = { name: 'trace-context', config: traceContextSections, load: async () => (await import('../plugins/trace-context/index.js')).traceContext };
+const METRICS: Builtin<{ cluster?: 'primary' | 'worker' }> = { name: 'metrics', config: metricsSections, load: async () => (await import('../plugins/metrics/index.js')).metrics };
+const ACCESS_LOG: Builtin<object> = { name: 'access-log', config: accessLogSections, load: async () => (await import('../plugins/access-log/index.js')).accessLog };
+const AUTH: Builtin<object> = { name: 'auth', config: authSections, load: async () => (await import('../plugins/auth/index.js')).auth };
+const RATE_LIMIT: Builtin<object> = { name: 'rate-limit', config: rateLimitSections, load: async () => (await import('../plugins/rate-limit/index.js')).rateLimit };
+const HEALTH_CHECK: Builtin<object> = { name: 'health-check', config: healthCheckSections, load: async () => (await import('../plugins/health-check/index.js')).healthChecks };
+const CIRCUIT_BREAKER: Builtin<object> = { name: 'circuit-breaker', config: circuitBreakerSections, load: async () => (await import('../plugins/circuit-breaker/index.js')).circuitBreaker };
+const RETRIES: Builtin<object> = { name: 'retries', config: retriesSections, load: async () => (await import('../plugins/retries/index.js')).retries };
+
+/**
+ * The config sections of every built-in plugin, whether or not a config turns it on: the config
+ * schema is the core's fields plus these plus the registered plugins' own.
+ */
+export const BUILTIN_SECTIONS: readonly SectionOwner[] = [REDIS_DISCOVERY, DNS_DISCOVERY, TRACE_CONTEXT, METRICS, ACCESS_LOG, AUTH, RATE_LIMIT, HEALTH_CHECK, CIRCUIT_BREAKER, RETRIES];
 
 /**
  * A built-in plugin whose module loads when the gateway starts, not when meshgate is imported:
  * a gateway without Redis, JWTs or breakers never loads ioredis, jose or opossum (tens of MB of
- * code and heap). The stub carries the real plugin's name, so dependency checks still hold.
+ * code and heap). The stub carries the real plugin's name and sections, so dependency checks and
+ * config validation hold before its module is loaded.
  */
-function lazy<O>(name: string, load: () => Promise<(options: O) => GatewayPlugin>, options: O): GatewayPlugin {
+function lazy<O>(builtin: Builtin<O>, options: O): GatewayPlugin {
   return {
-    name,
-    async setup(gateway) {
-      const factory = await load();
-      await factory(options).setup(gateway);
+    name: builtin.name,
+    ...(builtin.config ? { config: builtin.config } : {}),
+    async setup(gateway, scope) {
+      const factory = await builtin.load();
+      await factory(options).setup(gateway, scope);
     },
   };
 }
@@ -24,34 +59,24 @@ function lazy<O>(name: string, load: () => Promise<(options: O) => GatewayPlugin
  */
 export function builtinPlugins(config: GatewayConfig, role: GatewayRole = 'standalone'): GatewayPlugin[] {
   const services = Object.values(config.services);
-  const anyService = (section: keyof ServiceConfig): boolean => services.some((s) => s[section] !== undefined);
-  const plugins: GatewayPlugin[] = [staticDiscovery()];
+  const anyService = (section: string): boolean => services.some((s) => (s as Record<string, unknown>)[section] !== undefined);
+  const anyRoute = (section: string): boolean => config.routes.some((r) => (r as Record<string, unknown>)[section] !== undefined);
+  const plugins: GatewayPlugin[] = [lazy(STATIC_DISCOVERY, {})];
   // In cluster mode discovery and health checks run once, in the primary; workers mirror its registry.
   const controlPlane = role !== 'worker';
-  if (controlPlane && config.discovery?.redis) {
-    plugins.push(lazy('redis-discovery', async () => (await import('../plugins/redis-discovery/index.js')).redisDiscovery, config.discovery.redis));
-  }
-  if (controlPlane && anyService('dns')) {
-    plugins.push(lazy('dns-discovery', async () => (await import('../plugins/dns-discovery/index.js')).dnsDiscovery, config.discovery?.dns ?? {}));
-  }
+  if (controlPlane && config.discovery?.redis) plugins.push(lazy(REDIS_DISCOVERY, undefined));
+  if (controlPlane && anyService('dns')) plugins.push(lazy(DNS_DISCOVERY, {}));
   // Observability first: its onRequest middleware then wraps everything the others do.
-  if (config.tracing !== false) {
-    plugins.push(lazy('trace-context', async () => (await import('../plugins/trace-context/index.js')).traceContext, typeof config.tracing === 'object' ? config.tracing : {}));
-  }
+  if (config.tracing !== false) plugins.push(lazy(TRACE_CONTEXT, undefined));
   if (config.metrics !== false && (config.metrics !== undefined || config.admin !== undefined)) {
-    const options = { ...(typeof config.metrics === 'object' ? config.metrics : {}), cluster: role === 'standalone' ? undefined : role };
-    plugins.push(lazy('metrics', async () => (await import('../plugins/metrics/index.js')).metrics, options));
+    plugins.push(lazy(METRICS, { cluster: role === 'standalone' ? undefined : role }));
   }
-  if (config.accessLog !== undefined && config.accessLog !== false) {
-    plugins.push(lazy('access-log', async () => (await import('../plugins/access-log/index.js')).accessLog, {}));
-  }
+  if (config.accessLog !== undefined && config.accessLog !== false) plugins.push(lazy(ACCESS_LOG, {}));
   // Who is asking, then how often: rate limits may key on the authenticated subject.
-  if (config.routes.some((r) => r.auth)) plugins.push(lazy('auth', async () => (await import('../plugins/auth/index.js')).auth, {}));
-  if (config.routes.some((r) => r.rateLimit)) plugins.push(lazy('rate-limit', async () => (await import('../plugins/rate-limit/index.js')).rateLimit, {}));
-  if (controlPlane && anyService('healthCheck')) {
-    plugins.push(lazy('health-check', async () => (await import('../plugins/health-check/index.js')).healthChecks, {}));
-  }
-  if (anyService('circuitBreaker')) plugins.push(lazy('circuit-breaker', async () => (await import('../plugins/circuit-breaker/index.js')).circuitBreaker, {}));
-  if (anyService('retries')) plugins.push(lazy('retries', async () => (await import('../plugins/retries/index.js')).retries, {}));
+  if (anyRoute('auth')) plugins.push(lazy(AUTH, {}));
+  if (anyRoute('rateLimit')) plugins.push(lazy(RATE_LIMIT, {}));
+  if (controlPlane && anyService('healthCheck')) plugins.push(lazy(HEALTH_CHECK, {}));
+  if (anyService('circuitBreaker')) plugins.push(lazy(CIRCUIT_BREAKER, {}));
+  if (anyService('retries')) plugins.push(lazy(RETRIES, {}));
   return plugins;
 }

@@ -2,12 +2,11 @@
 import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { loadConfigFile } from './config/index.js';
 import { ConfigError, MeshError } from './errors.js';
 import cluster from 'node:cluster';
 import { runClusterPrimary, runClusterWorker, workerCount } from './cluster.js';
 import type { GatewayConfig } from './config/schema.js';
-import { createGateway } from './index.js';
+import { createGateway, loadConfigFile } from './index.js';
 import { registerInstance } from './registry/registration.js';
 
 const HELP = `meshgate: a service-mesh gateway

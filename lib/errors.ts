@@ -3,16 +3,74 @@
  * `{ "error": code, "message": text }` with the error's HTTP status.
  */
 
+/** What the catalogue says of an error code. */
+export interface ErrorCodeInfo {
+  /** The HTTP status it is answered with (499: the client went away; nothing is answered). */
+  readonly status: number;
+  /** Envoy's response flag in the access log (`UF`, `UT`, `NR`, ...), for codes that have one. */
+  readonly flag?: string;
+  /** How an attempt that failed with it is counted in metrics (`meshgate_upstream_attempts_total{outcome}`). */
+  readonly outcome?: string;
+}
+
+/**
+ * Every error code the gateway and its built-in plugins use, in one place: its status, its
+ * response flag, its metrics outcome. The access log, metrics and the proxy read them from here;
+ * nothing compares the strings by hand.
+ */
+export const ERROR_CODES = {
+  MESH_ERR_NO_ROUTE: { status: 404, flag: 'NR' },
+  MESH_ERR_NO_HEALTHY_INSTANCE: { status: 503, flag: 'UH' },
+  MESH_ERR_UPSTREAM_CONNECT: { status: 502, flag: 'UF', outcome: 'connect_error' },
+  MESH_ERR_UPSTREAM_RESET: { status: 502, flag: 'UC', outcome: 'reset' },
+  MESH_ERR_UPSTREAM_TIMEOUT: { status: 504, flag: 'UT', outcome: 'timeout' },
+  MESH_ERR_CIRCUIT_OPEN: { status: 503, flag: 'UO' },
+  MESH_ERR_RATE_LIMITED: { status: 429, flag: 'RL' },
+  MESH_ERR_BAD_PATH: { status: 400, flag: 'DI' },
+  MESH_ERR_CLIENT_ABORTED: { status: 499, flag: 'DC', outcome: 'client_abort' },
+  MESH_ERR_BAD_REQUEST: { status: 400 },
+  MESH_ERR_PAYLOAD_TOO_LARGE: { status: 413 },
+  MESH_ERR_UNAUTHORIZED: { status: 401 },
+  MESH_ERR_METHOD_NOT_ALLOWED: { status: 405 },
+  MESH_ERR_CLOSING: { status: 503 },
+  MESH_ERR_INTERNAL: { status: 500 },
+  MESH_ERR_CONFIG: { status: 500 },
+  MESH_ERR_PLUGIN: { status: 500 },
+  MESH_ERR_PLUGIN_DEPENDENCY: { status: 500 },
+  MESH_ERR_PLUGIN_DUPLICATE: { status: 500 },
+  MESH_ERR_DECORATOR_DUPLICATE: { status: 500 },
+  MESH_ERR_DECORATOR_MISSING: { status: 500 },
+  MESH_ERR_NOT_READY: { status: 500 },
+  MESH_ERR_ALREADY_LISTENING: { status: 500 },
+  MESH_ERR_NOT_FOUND: { status: 404 },
+  MESH_ERR_VALIDATION: { status: 400 },
+  MESH_ERR_BAD_JSON: { status: 400 },
+  MESH_ERR_BAD_OPTION: { status: 400 },
+  MESH_ERR_UNKNOWN_SERVICE: { status: 404 },
+  MESH_ERR_UNKNOWN_INSTANCE: { status: 404 },
+  MESH_ERR_REGISTRY_UNAVAILABLE: { status: 503 },
+  MESH_ERR_REGISTRATION: { status: 502 },
+  MESH_ERR_HEARTBEAT: { status: 502 },
+} as const satisfies Record<string, ErrorCodeInfo>;
+
+/** A code of the catalogue. */
+export type MeshErrorCode = keyof typeof ERROR_CODES;
+
+/** The catalogue's entry for a code; undefined for a code a plugin made up. */
+export function errorCodeInfo(code: string): ErrorCodeInfo | undefined {
+  return Object.hasOwn(ERROR_CODES, code) ? ERROR_CODES[code as MeshErrorCode] : undefined;
+}
+
 /** Every error the gateway raises on purpose. `expose` says whether `message` is safe to send to the client. */
 export class MeshError extends Error {
-  /** Stable machine-readable code, `MESH_ERR_*`. */
-  readonly code: string;
+  /** Stable machine-readable code: one of {@link ERROR_CODES}, or a plugin's own `MESH_ERR_*`. */
+  readonly code: MeshErrorCode | (string & {});
   /** HTTP status the gateway answers with. */
   readonly status: number;
   /** Whether the message may be sent to the client as is. */
   readonly expose: boolean;
 
-  constructor(code: string, status: number, message: string, options?: { cause?: unknown; expose?: boolean }) {
+  constructor(code: MeshErrorCode | (string & {}), status: number, message: string, options?: { cause?: unknown; expose?: boolean }) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = new.target.name;
     this.code = code;
@@ -70,7 +128,7 @@ export class CircuitOpenError extends MeshError {
 
 /** The request is malformed (400). */
 export class BadRequestError extends MeshError {
-  constructor(message: string, code = 'MESH_ERR_BAD_REQUEST') {
+  constructor(message: string, code: MeshErrorCode | (string & {}) = 'MESH_ERR_BAD_REQUEST') {
     super(code, 400, message);
   }
 }
@@ -117,7 +175,7 @@ export class ConfigError extends MeshError {
 
 /** A plugin names a dependency that was not registered before it, or a plugin is malformed. */
 export class PluginError extends MeshError {
-  constructor(message: string, code = 'MESH_ERR_PLUGIN') {
+  constructor(message: string, code: MeshErrorCode | (string & {}) = 'MESH_ERR_PLUGIN') {
     super(code, 500, message, { expose: false });
   }
 }

@@ -3,7 +3,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { loadConfigFile, parseConfig, parseDuration, validateConfig } from '../lib/config/index.js';
+import { loadConfigFile, parseConfig, parseDuration, validateConfig } from '../lib/index.js';
 import { ConfigError, type ConfigIssue } from '../lib/errors.js';
 import { scriptResult } from './helpers.js';
 

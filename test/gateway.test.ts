@@ -101,16 +101,16 @@ describe('plugin API', () => {
     const inner = definePlugin({
       name: 'inner',
       setup(gw) {
-        gw.use('guard', record('guard'));
-        gw.use('select', record('select'));
+        gw.addMiddleware('guard', record('guard'));
+        gw.addMiddleware('select', record('select'));
       },
     });
     const outer = definePlugin({
       name: 'outer',
       setup(gw) {
-        gw.use('retry', record('retry'));
-        gw.use('resolve', record('resolve'));
-        gw.use('onRequest', record('onRequest'));
+        gw.addMiddleware('retry', record('retry'));
+        gw.addMiddleware('resolve', record('resolve'));
+        gw.addMiddleware('onRequest', record('onRequest'));
       },
     });
     const { url } = await startGateway(t, ROUTES(upstream.url), {
@@ -282,7 +282,7 @@ describe('plugin API', () => {
           definePlugin({
             name: 'watcher',
             setup(g) {
-              g.use('guard', async (ctx, next) => {
+              g.addMiddleware('guard', async (ctx, next) => {
                 await next();
                 statuses.push(ctx.state.mesh.exchange!.statusCode);
               });
@@ -310,7 +310,7 @@ describe('plugin API', () => {
               name: 'chains-on-next',
               setup(g) {
                 for (const stage of ['retry', 'select'] as const) {
-                  g.use(stage, (ctx, next) =>
+                  g.addMiddleware(stage, (ctx, next) =>
                     next().catch((err: MeshError) => {
                       seen.push(`${stage}:${err.code}`);
                       throw err;
@@ -361,7 +361,7 @@ describe('plugin API', () => {
             definePlugin({
               name: 'retry-once',
               setup(g) {
-                g.use('retry', async (ctx, next) => {
+                g.addMiddleware('retry', async (ctx, next) => {
                   const mesh = ctx.state.mesh;
                   await next();
                   attempts.push({ attempt: mesh.attempt, instance: mesh.instance!.id, status: mesh.exchange!.statusCode });
@@ -481,7 +481,7 @@ describe('request:end', () => {
             name: 'bouncer',
             setup: (g) => {
               // Answers /guarded itself, before the proxy: the observers must still hear of it.
-              g.use('onRequest', (ctx, next) => {
+              g.addMiddleware('onRequest', (ctx, next) => {
                 if (ctx.state.mesh.route?.prefix !== '/guarded') return next();
                 ctx.res.writeHead(403, { 'content-length': '0' }).end();
               });

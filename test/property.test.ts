@@ -14,7 +14,7 @@ import type { RouteConfig } from '../lib/config/schema.js';
 import { MeshError } from '../lib/errors.js';
 import { HOP_BY_HOP, upstreamRequestHeaders } from '../lib/http/headers.js';
 import { normalizeTarget } from '../lib/http/path.js';
-import { responseHeaders } from '../lib/upstream/proxy.js';
+import { responseHeaders } from '../lib/upstream/exchange.js';
 import { Router, upstreamPath } from '../lib/core/router.js';
 import { sendPath, startGateway, startUpstream } from './helpers.js';
 

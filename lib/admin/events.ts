@@ -1,7 +1,7 @@
 import { PassThrough } from 'node:stream';
 import type Router from '@koa/router';
 import type { GatewayEvents } from '../core/events.js';
-import type { Gateway } from '../core/gateway.js';
+import type { AdminHost } from './host.js';
 import type { Instance } from '../registry/registry.js';
 
 /** Seconds between keep-alive comments on an idle stream (proxies cut silent connections). */
@@ -15,7 +15,7 @@ const STREAMED = ['instance:added', 'instance:removed', 'instance:updated', 'ins
  * instance and the reason, as `event: <name>` + `data: <json>`. A `: heartbeat` comment goes out
  * every 15 s; listeners are removed when the client leaves or the admin server closes.
  */
-export function eventStreamRoute(router: Router, gateway: Gateway, heartbeatMs = SSE_HEARTBEAT_MS): void {
+export function eventStreamRoute(router: Router, gateway: AdminHost, heartbeatMs = SSE_HEARTBEAT_MS): void {
   router.get('/events', (ctx) => {
     const stream = new PassThrough();
     let nextId = 0;

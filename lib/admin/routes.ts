@@ -1,12 +1,12 @@
 import type Router from '@koa/router';
 import { z } from 'zod';
-import { zodIssues } from '../config/index.js';
+import { zodIssues } from '../config/issues.js';
 import { duration, httpUrl } from '../config/schema.js';
 import { BadRequestError } from '../errors.js';
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { MeshError } from '../errors.js';
-import type { Gateway } from '../core/gateway.js';
+import type { AdminHost } from './host.js';
 import { cidrList, inList } from '../http/net.js';
 import { TokenBuckets } from '../kit/token-bucket.js';
 import { readJsonBody } from './body.js';
@@ -64,7 +64,7 @@ async function checkNetwork(url: string, allowed: ReturnType<typeof cidrList>): 
  * The control-plane routes (see ARCHITECTURE.md): register, heartbeat, deregister, inspect.
  * Writes go through `gateway.registrar`, so a fleet-wide registrar (Redis) serves them unchanged.
  */
-export function controlPlaneRoutes(router: Router, gateway: Gateway): void {
+export function controlPlaneRoutes(router: Router, gateway: AdminHost): void {
   const admin = gateway.config.admin;
   const allowed = admin?.allowedNetworks ? cidrList(admin.allowedNetworks) : null;
   const rate = admin?.registrationRate ?? 50;

@@ -3,7 +3,7 @@ import { isIPv4, type AddressInfo } from 'node:net';
 import Router from '@koa/router';
 import Koa from 'koa';
 import { ConfigError, MeshError } from '../errors.js';
-import type { Gateway } from '../core/gateway.js';
+import type { AdminHost } from './host.js';
 import { bearerToken, tokenMatches } from './auth.js';
 import { eventStreamRoute } from './events.js';
 import { controlPlaneRoutes } from './routes.js';
@@ -19,10 +19,10 @@ export const PUBLIC_ADMIN_PATHS: ReadonlySet<string> = new Set(['/healthz', '/re
 export class AdminServer {
   /** The admin routes; plugins add theirs in `setup`. */
   readonly router = new Router();
-  readonly #gateway: Gateway;
+  readonly #gateway: AdminHost;
   #server: Server | null = null;
 
-  constructor(gateway: Gateway) {
+  constructor(gateway: AdminHost) {
     this.#gateway = gateway;
     this.router.get('/healthz', (ctx) => {
       ctx.body = { status: 'ok' };

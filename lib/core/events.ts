@@ -1,21 +1,13 @@
 import type { Context } from 'koa';
-import type { CircuitState, Health, Instance, Service } from '../registry/registry.js';
+import type { Instance, RegistryEvents, Service } from '../registry/registry.js';
 
-/** Why an instance left the registry. */
-export type RemovalReason = 'deregistered' | 'expired' | 'discovery' | 'shutdown' | (string & {});
+export type { RemovalReason } from '../registry/registry.js';
 
 /**
  * Every event the gateway emits, with its arguments. Registry changes, health and circuit
  * transitions all go through here; metrics, the admin `/events` stream and plugins listen.
  */
-export interface GatewayEvents {
-  'service:added': [service: Service];
-  'instance:added': [instance: Instance];
-  'instance:removed': [instance: Instance, reason: RemovalReason];
-  'instance:updated': [instance: Instance];
-  'instance:health': [instance: Instance, previous: Health, reason: string];
-  'circuit:state': [instance: Instance, previous: CircuitState];
-  'instance:heartbeat': [instance: Instance];
+export interface GatewayEvents extends RegistryEvents {
   /** An attempt to an instance finished: `outcome` is the upstream status, or the error code. */
   'upstream:response': [instance: Instance, info: { status: number; durationMs: number; error?: string }];
   /**
@@ -31,9 +23,4 @@ export interface GatewayEvents {
   'gateway:closing': [];
   /** A plugin or background task failed without a request to answer; the gateway logs it. */
   'gateway:error': [error: Error];
-}
-
-/** The gateway's typed emitter surface. */
-export interface MeshEmitter {
-  emit<K extends keyof GatewayEvents>(event: K, ...args: GatewayEvents[K]): boolean;
 }

@@ -10,7 +10,9 @@ import { MeshError } from '../errors.js';
 export function finalStatus(ctx: Context, error?: unknown): number {
   const mesh = ctx.state.mesh;
   if (error === undefined) {
-    const status = ctx.res.statusCode;
+    // An upstream answer still held (observers in onRequest see it before it is written) goes out with its own status.
+    const exchange = mesh.exchange;
+    const status = exchange !== null && exchange.state === 'headers' ? exchange.statusCode : ctx.res.statusCode;
     return mesh.clientGone && status < 400 ? 499 : status;
   }
   if (mesh.clientGone) return 499;

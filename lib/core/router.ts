@@ -1,13 +1,26 @@
 import { routePrefix, type RouteConfig } from '../config/schema.js';
+import type { ServicePolicy } from './policy.js';
 
 /** A compiled route. `prefix` is normalized (no trailing slash, except the root `/`). */
 export interface Route {
   readonly prefix: string;
   readonly service: string;
   readonly stripPrefix: boolean;
-  /** The route's config entry as written, so plugins can read their own sections. */
+  /** The route's config entry, validated. Plugins read their sections through their scope instead. */
   readonly config: RouteConfig;
+  /** Its service's policy in the same config snapshot (null for a router built outside one). */
+  readonly policy: ServicePolicy | null;
+  /** The plugins' prepared sections of this route, by plugin slot (see `PluginScope.route`). */
+  readonly sections: readonly unknown[];
 }
+
+/** What a config snapshot adds to a route. */
+export interface RouteExtras {
+  policy: ServicePolicy | null;
+  sections: readonly unknown[];
+}
+
+const NO_SECTIONS: readonly unknown[] = Object.freeze([]);
 
 /**
  * Longest-prefix routing on segment boundaries: `/users` matches `/users`, `/users/` and
@@ -23,8 +36,8 @@ export class Router {
     for (const r of routes) this.add(r);
   }
 
-  add(config: RouteConfig): Route {
-    const route: Route = { prefix: routePrefix(config.prefix), service: config.service, stripPrefix: config.stripPrefix, config };
+  add(config: RouteConfig, extras: RouteExtras = { policy: null, sections: NO_SECTIONS }): Route {
+    const route: Route = { prefix: routePrefix(config.prefix), service: config.service, stripPrefix: config.stripPrefix, config, policy: extras.policy, sections: extras.sections };
     if (route.prefix === '/') {
       this.#root = route;
       return route;

@@ -1,17 +1,47 @@
 import type { IncomingMessage } from 'node:http';
 import type { MeshError } from '../errors.js';
-import type { UpstreamExchange } from '../upstream/proxy.js';
 import type { Instance, Service } from '../registry/registry.js';
+import type { UpstreamExchange } from '../upstream/exchange.js';
+import type { ServicePolicy } from './policy.js';
 import type { Route } from './router.js';
+import type { ConfigSnapshot } from './snapshot.js';
+
+/** Who a request is from, as authentication established it. Policies, rate limits and logs read it. */
+export interface Principal {
+  /** How it was established. */
+  kind: 'jwt' | 'api-key' | (string & {});
+  /** The subject (a JWT's `sub`), when there is one. */
+  subject: string | undefined;
+  /** The credential's claims (a JWT's payload; empty for an API key). */
+  claims: Readonly<Record<string, unknown>>;
+}
+
+/**
+ * Per-request values plugins keep for themselves or for each other, read with `mesh.get(key)`
+ * and written with `mesh.set(key, value)` (as Hono's `c.get`/`c.set`). A plugin declares the
+ * variables it sets by augmenting this interface, so every reader is typed and the core's
+ * `MeshState` never grows a field per plugin.
+ * @example
+ * declare module 'meshgate' { interface RequestVariables { tenant: string } }
+ * mesh.set('tenant', 'acme'); mesh.get('tenant'); // string | undefined
+ */
+export interface RequestVariables {
+  /** Who the request is from: set by authentication plugins (auth), read by rate limits, policies and logs. */
+  principal: Principal;
+}
 
 /**
  * Per-request state, at `ctx.state.mesh`. Created by the core with every field present, so its
  * shape never changes (fast property access) and plugins never test for existence.
  */
 export class MeshState {
+  /** The config snapshot the request started with; it reads only this one to its end. */
+  readonly snapshot: ConfigSnapshot | null;
   /** The matched route, or null when none matched. */
   route: Route | null = null;
-  /** The route's service. */
+  /** The route's service policy in {@link snapshot}, or null when no route matched. */
+  policy: ServicePolicy | null = null;
+  /** The route's service in the registry (its instances), from the `resolve` stage on. */
   service: Service | null = null;
   /** Instances the balancer may pick from for this attempt; select-stage middleware may narrow it. */
   candidates: readonly Instance[] = [];
@@ -47,14 +77,8 @@ export class MeshState {
   clientGone = false;
   /** Time the upstream took to send response headers in the final attempt, ms. */
   upstreamMs = 0;
-  /** Request id (x-request-id), set by the trace-context plugin; '' when off. */
-  requestId = '';
-  /** W3C trace id of this request, set by the trace-context plugin; '' when off. */
-  traceId = '';
   /** The client's address: the socket's, or from X-Forwarded-For behind trusted proxies (`listen.trustProxy`). */
   clientIp = '';
-  /** Who the auth plugin authenticated, or null. */
-  principal: { kind: 'jwt' | 'api-key'; subject: string | undefined; claims: Readonly<Record<string, unknown>> } | null = null;
   /**
    * Response headers plugins add, flat `[name, value, ...]`; cheaper than `ctx.set`, and they
    * replace the upstream's headers of the same name (Set-Cookie and Server-Timing are appended).
@@ -66,6 +90,22 @@ export class MeshState {
    * or two entries per request, and a Map costs far more to create.)
    */
   headerOverrides: (string | null)[] | null = null;
+  /** The variables plugins set; made on the first `set`. */
+  #variables: Map<keyof RequestVariables, unknown> | null = null;
+
+  constructor(snapshot: ConfigSnapshot | null = null) {
+    this.snapshot = snapshot;
+  }
+
+  /** A per-request variable a plugin set (see {@link RequestVariables}), or undefined. */
+  get<K extends keyof RequestVariables>(key: K): RequestVariables[K] | undefined {
+    return this.#variables?.get(key) as RequestVariables[K] | undefined;
+  }
+
+  /** Sets a per-request variable (see {@link RequestVariables}). */
+  set<K extends keyof RequestVariables>(key: K, value: RequestVariables[K]): void {
+    (this.#variables ??= new Map()).set(key, value);
+  }
 
   /**
    * Sets a header for the upstream request, replacing any the client sent. Works before the

@@ -1,5 +1,5 @@
-import type { Gateway } from '../core/gateway.js';
-import type { Instance } from './registry.js';
+import type { Logger } from '../kit/logger.js';
+import type { Instance, Registry } from './registry.js';
 
 /** How often leases are checked, ms. Small next to any sensible TTL, cheap (leased instances only). */
 export const LEASE_SWEEP_INTERVAL = 250;
@@ -10,22 +10,28 @@ export const LEASE_SWEEP_INTERVAL = 250;
  * by the lease's age on this gateway's clock, never by a notification that could be lost.
  */
 export class LeaseKeeper {
-  readonly #gateway: Gateway;
+  readonly #registry: Registry;
+  readonly #log: Logger;
   readonly #leased = new Set<Instance>();
   readonly #held = new Set<string>();
   readonly #verifiers = new Map<string, LeaseVerifier>();
   readonly #verifying = new Set<Instance>();
   #timer: NodeJS.Timeout | null = null;
 
-  constructor(gateway: Gateway) {
-    this.#gateway = gateway;
-    const track = (inst: Instance): void => {
-      if (inst.ttl !== undefined) this.#leased.add(inst);
-      else this.#leased.delete(inst);
-    };
-    gateway.on('instance:added', track);
-    gateway.on('instance:updated', track);
-    gateway.on('instance:removed', (inst) => this.#leased.delete(inst));
+  constructor(registry: Registry, log: Logger) {
+    this.#registry = registry;
+    this.#log = log;
+  }
+
+  /** Follows an instance that joined or changed: it is leased when it has a `ttl`. The gateway calls it on `instance:added` and `instance:updated`. */
+  track(instance: Instance): void {
+    if (instance.ttl !== undefined) this.#leased.add(instance);
+    else this.#leased.delete(instance);
+  }
+
+  /** Forgets an instance that left (`instance:removed`). */
+  untrack(instance: Instance): void {
+    this.#leased.delete(instance);
   }
 
   start(): void {
@@ -78,7 +84,7 @@ export class LeaseKeeper {
     this.#verifying.add(inst);
     try {
       const remaining = await verifier(inst);
-      if (this.#gateway.registry.getInstance(inst.service, inst.id) !== inst) return;
+      if (this.#registry.getInstance(inst.service, inst.id) !== inst) return;
       if (remaining > 0 && inst.ttl !== undefined) inst.lastHeartbeat = Date.now() - Math.max(0, inst.ttl - remaining);
       else this.#expire(inst);
     } catch {
@@ -89,8 +95,8 @@ export class LeaseKeeper {
   }
 
   #expire(inst: Instance): void {
-    this.#gateway.log.warn({ service: inst.service, instance: inst.id, ttl: inst.ttl }, 'lease expired: instance removed');
-    this.#gateway.registry.removeInstance(inst.service, inst.id, 'expired');
+    this.#log.warn({ service: inst.service, instance: inst.id, ttl: inst.ttl }, 'lease expired: instance removed');
+    this.#registry.removeInstance(inst.service, inst.id, 'expired');
   }
 }
 

@@ -1,7 +1,24 @@
 import type { ServiceConfig } from '../config/schema.js';
 import { MeshError } from '../errors.js';
-import type { Balancer } from '../balancers/balancer.js';
-import type { MeshEmitter, RemovalReason } from '../core/events.js';
+
+/** Why an instance left the registry. */
+export type RemovalReason = 'deregistered' | 'expired' | 'discovery' | 'shutdown' | (string & {});
+
+/** The events the registry emits (on the gateway), with their arguments. */
+export interface RegistryEvents {
+  'service:added': [service: Service];
+  'instance:added': [instance: Instance];
+  'instance:removed': [instance: Instance, reason: RemovalReason];
+  'instance:updated': [instance: Instance];
+  'instance:health': [instance: Instance, previous: Health, reason: string];
+  'circuit:state': [instance: Instance, previous: CircuitState];
+  'instance:heartbeat': [instance: Instance];
+}
+
+/** Where the registry's events go: the gateway. */
+export interface RegistryEmitter {
+  emit<K extends keyof RegistryEvents>(event: K, ...args: RegistryEvents[K]): boolean;
+}
 
 /** Health as decided by health checks, heartbeats or an operator. */
 export type Health = 'healthy' | 'unhealthy' | 'draining';
@@ -89,13 +106,12 @@ export function defaultInstanceId(url: URL): string {
   return `${url.hostname}:${port}${path}`;
 }
 
-/** A named service: its config (`policy`) and its instances. */
+/** A named service: its instances, and its config in force (`policy`). */
 export class Service {
   readonly name: string;
-  readonly policy: ServiceConfig;
+  /** The service's config in force; a new config snapshot replaces it (requests read their own snapshot's). */
+  policy: ServiceConfig;
   readonly instances = new Map<string, Instance>();
-  /** The service's balancer, set by the gateway on first use (a field, not a map lookup per request). */
-  balancer: Balancer | null = null;
   /** Bumped whenever an instance joins, leaves or changes weight: balancers that precompute (rings) rebuild on change. */
   membershipVersion = 0;
   #candidates: Instance[] | null = null;
@@ -164,9 +180,9 @@ export class UnknownServiceError extends MeshError {
  */
 export class Registry {
   readonly #services = new Map<string, Service>();
-  readonly #events: MeshEmitter;
+  readonly #events: RegistryEmitter;
 
-  constructor(events: MeshEmitter) {
+  constructor(events: RegistryEmitter) {
     this.#events = events;
   }
 

@@ -1,10 +1,11 @@
 import type { EventEmitter } from 'node:events';
 import pino from 'pino';
 import type { Context } from 'koa';
-import { decimalMs } from '../../lib/kit/decimal.js';
-import type { Gateway } from '../../lib/core/gateway.js';
-import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
-import type { MeshState } from '../../lib/core/state.js';
+import { definePlugin, errorCodeInfo, type GatewayPlugin, type MeshState } from '../../lib/index.js';
+import { decimalMs } from '../../lib/kit/index.js';
+import { accessLogSections } from './config.js';
+
+export { accessLogSchema } from './config.js';
 
 /** Options of {@link accessLog}. */
 export interface AccessLogOptions {
@@ -15,36 +16,16 @@ export interface AccessLogOptions {
 }
 
 /**
- * Envoy-style response flags, from the error a request was answered with:
- * NR no route, UH no healthy upstream, UF upstream connect failure, UT upstream timeout,
- * UC upstream connection reset, UO overflow (circuit open, budget), RL rate limited,
- * DC downstream (client) went away, DI path rejected.
+ * Envoy-style response flags, from the catalogue entry of the error a request was answered with
+ * (`ERROR_CODES`): NR no route, UH no healthy upstream, UF upstream connect failure, UT upstream
+ * timeout, UC upstream connection reset, UO overflow (circuit open), RL rate limited, DC
+ * downstream (client) went away, DI path rejected; `-` for none.
  */
 export function responseFlags(mesh: MeshState, status: number): string {
   if (mesh.clientGone) return 'DC';
-  const code = mesh.error?.code;
-  switch (code) {
-    case undefined:
-      return status === 429 ? 'RL' : '-';
-    case 'MESH_ERR_NO_ROUTE':
-      return 'NR';
-    case 'MESH_ERR_NO_HEALTHY_INSTANCE':
-      return 'UH';
-    case 'MESH_ERR_UPSTREAM_CONNECT':
-      return 'UF';
-    case 'MESH_ERR_UPSTREAM_TIMEOUT':
-      return 'UT';
-    case 'MESH_ERR_UPSTREAM_RESET':
-      return 'UC';
-    case 'MESH_ERR_CIRCUIT_OPEN':
-      return 'UO';
-    case 'MESH_ERR_RATE_LIMITED':
-      return 'RL';
-    case 'MESH_ERR_BAD_PATH':
-      return 'DI';
-    default:
-      return '-';
-  }
+  const error = mesh.error;
+  if (error === null) return status === 429 ? 'RL' : '-';
+  return errorCodeInfo(error.code)?.flag ?? '-';
 }
 
 /**
@@ -59,11 +40,12 @@ const MAX_BUFFERED = 16 * 1024 * 1024;
  * response flags. Turned on by `accessLog: true` in the config. Lines are counted on the gateway's
  * `request:end` event, so every answered request has one, whichever plugin answered it.
  */
-export function accessLog(options: AccessLogOptions = {}): GatewayPlugin {
+export function accessLog(options: AccessLogOptions = {}): GatewayPlugin<boolean | Record<string, never>, unknown, unknown> {
   const sync = options.sync ?? false;
   return definePlugin({
     name: 'access-log',
-    setup(gateway: Gateway) {
+    config: accessLogSections,
+    setup(gateway) {
       // Our own destination takes Buffers (sonic-boom's buffer mode): lines are ASCII, so a batch
       // converts in one copy, where a string batch would be scanned for its UTF-8 length on every
       // write and release. A destination passed in gets strings, as pino's do.
@@ -142,13 +124,15 @@ function formatLine(ctx: Context, status: number, time: string, quoted: QuotedNa
   const service = mesh.service;
   const instance = mesh.instance;
   const bytesIn = Number(ctx.req.headers['content-length'] ?? 0) || (exchange?.bodyBytesSent ?? 0);
+  const requestId = mesh.get('requestId');
+  const traceId = mesh.get('traceId');
   return (
     `{"time":"${time}","method":${jsonString(ctx.req.method!)},"path":${jsonString(mesh.path || ctx.path)},` +
     `"route":${route === null ? 'null' : quoted.of(route, route.prefix)},"service":${service === null ? 'null' : quoted.of(service, service.name)},` +
     `"instance":${instance === null ? 'null' : quoted.of(instance, instance.id)},"status":${status},` +
     `"durationMs":${decimalMs(mesh.endedAt - mesh.startedAt, 2)},"upstreamMs":${exchange ? decimalMs(exchange.headersMs, 2) : 'null'},` +
     `"attempts":${mesh.attempt},"bytesIn":${bytesIn},"bytesOut":${exchange?.bytesReceived ?? 0},` +
-    `"requestId":${mesh.requestId ? jsonString(mesh.requestId) : 'null'},"traceId":${mesh.traceId ? jsonString(mesh.traceId) : 'null'},` +
+    `"requestId":${requestId ? jsonString(requestId) : 'null'},"traceId":${traceId ? jsonString(traceId) : 'null'},` +
     `"flags":"${responseFlags(mesh, status)}","error":${mesh.error ? jsonString(mesh.error.code) : 'null'}}\n`
   );
 }

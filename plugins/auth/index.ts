@@ -1,14 +1,10 @@
-import { createHash, createPublicKey, createSecretKey, timingSafeEqual, type KeyObject } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Context } from 'koa';
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
-import { ConfigError, MeshError } from '../../lib/errors.js';
-import type { Gateway } from '../../lib/core/gateway.js';
-import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
-import type { Route } from '../../lib/core/router.js';
-import type { MeshState } from '../../lib/core/state.js';
+import { MeshError, definePlugin, type GatewayPlugin, type MeshState } from '../../lib/index.js';
+import { authSections, type AuthConfig, type AuthPolicy } from './config.js';
 
-type RouteAuth = NonNullable<Route['config']['auth']>;
+export { authSchema, JWT_ALGORITHMS, type AuthConfig, type AuthPolicy } from './config.js';
 
 /** The request is not authenticated (401). */
 export class UnauthorizedError extends MeshError {
@@ -17,9 +13,7 @@ export class UnauthorizedError extends MeshError {
   }
 }
 
-interface Authenticator {
-  (ctx: Context, mesh: MeshState): Promise<void>;
-}
+type Authenticator = (ctx: Context, mesh: MeshState) => Promise<void>;
 
 /** Options of {@link auth}. */
 export interface AuthOptions {
@@ -35,39 +29,41 @@ export interface AuthOptions {
  *   `clockTolerance`; optional `issuer`/`audience`. `forwardClaims: { sub: x-user-id }` sends
  *   claims upstream as headers, after removing any such header the client sent.
  * - `apiKeys`: the `header` (x-api-key) compared with every key in constant time.
- * The principal lands on `ctx.state.mesh.principal` (rate limits can key on `jwt:sub`).
+ * The principal is the request's `principal` variable (`mesh.get('principal')`; rate limits can key on `jwt:sub`).
  */
-export function auth(options: AuthOptions = {}): GatewayPlugin {
+export function auth(options: AuthOptions = {}): GatewayPlugin<unknown, unknown, AuthConfig, unknown, unknown, AuthPolicy> {
   return definePlugin({
     name: 'auth',
-    setup(gateway: Gateway) {
-      const byRoute = new Map<Route, Authenticator>();
-      gateway.router.routes().forEach((route) => {
-        if (!route.config.auth) return;
-        const index = gateway.config.routes.indexOf(route.config);
-        byRoute.set(route, compile(route.config.auth, `routes[${index}].auth`, gateway, options));
-      });
-      gateway.use('onRequest', async (ctx, next) => {
-        const mesh = ctx.state.mesh;
-        const check = mesh.route === null ? undefined : byRoute.get(mesh.route);
-        if (check !== undefined) await check(ctx, mesh);
+    config: authSections,
+    setup(gateway, scope) {
+      // A route's verifier (and its JWKS cache) lives as long as the route's prepared policy: a
+      // new config with the same auth section keeps both.
+      const authenticators = new WeakMap<AuthPolicy, Authenticator>();
+      gateway.addMiddleware('onRequest', async (ctx, next) => {
+        const policy = scope.route(ctx);
+        if (policy !== undefined) {
+          let check = authenticators.get(policy);
+          if (check === undefined) authenticators.set(policy, (check = compile(policy, options)));
+          await check(ctx, ctx.state.mesh);
+        }
         return next();
       });
     },
   });
 }
 
-function compile(config: RouteAuth, path: string, gateway: Gateway, options: AuthOptions): Authenticator {
-  const jwt = config.jwt ? jwtAuthenticator(config.jwt, `${path}.jwt`, gateway, options) : null;
-  const keys = config.apiKeys ? apiKeyAuthenticator(config.apiKeys) : null;
-  const claimHeaders = Object.values(config.jwt?.forwardClaims ?? {});
+function compile(policy: AuthPolicy, options: AuthOptions): Authenticator {
+  const jwt = policy.jwt ? jwtAuthenticator(policy.jwt, options) : null;
+  const keys = policy.apiKeys;
+  const forwardClaims = policy.jwt?.forwardClaims ?? {};
+  const claimHeaders = Object.values(forwardClaims);
   return async (ctx, mesh) => {
     // Claim headers are the gateway's to set: whatever the client sent under those names goes.
     for (const header of claimHeaders) mesh.removeUpstreamHeader(header);
     let failure = 'missing credentials';
     if (keys !== null && ctx.req.headers[keys.header] !== undefined) {
-      if (keys.check(ctx)) {
-        mesh.principal = { kind: 'api-key', subject: undefined, claims: {} };
+      if (apiKeyMatches(keys, ctx.req.headers[keys.header])) {
+        mesh.set('principal', { kind: 'api-key', subject: undefined, claims: {} });
         return;
       }
       failure = 'invalid API key';
@@ -77,8 +73,8 @@ function compile(config: RouteAuth, path: string, gateway: Gateway, options: Aut
       if (token !== undefined) {
         const result = await jwt(token);
         if (typeof result !== 'string') {
-          mesh.principal = { kind: 'jwt', subject: result.sub, claims: result };
-          for (const [claim, header] of Object.entries(config.jwt!.forwardClaims)) {
+          mesh.set('principal', { kind: 'jwt', subject: result.sub, claims: result });
+          for (const [claim, header] of Object.entries(forwardClaims)) {
             const value = result[claim];
             if (value !== undefined && value !== null) mesh.setUpstreamHeader(header, typeof value === 'string' ? value : JSON.stringify(value));
           }
@@ -92,28 +88,9 @@ function compile(config: RouteAuth, path: string, gateway: Gateway, options: Aut
   };
 }
 
-function jwtAuthenticator(
-  config: NonNullable<RouteAuth['jwt']>,
-  path: string,
-  gateway: Gateway,
-  options: AuthOptions,
-): (token: string) => Promise<JWTPayload | string> {
-  const hmac = config.algorithms.filter((a) => a.startsWith('HS'));
-  const asymmetric = config.algorithms.filter((a) => !a.startsWith('HS'));
-  if (hmac.length > 0 && !config.secret) throw new ConfigError([{ path: `${path}.secret`, message: `required for ${hmac.join(', ')}` }]);
-  if (asymmetric.length > 0 && !config.publicKey && !config.jwksUrl) {
-    throw new ConfigError([{ path: `${path}.publicKey`, message: `publicKey or jwksUrl is required for ${asymmetric.join(', ')}` }]);
-  }
-  const secret: KeyObject | null = config.secret ? createSecretKey(Buffer.from(config.secret)) : null;
-  let publicKey: KeyObject | null = null;
-  if (config.publicKey) {
-    const pem = config.publicKey.includes('-----BEGIN') ? config.publicKey : readKeyFile(gateway.resolvePath(config.publicKey), `${path}.publicKey`);
-    try {
-      publicKey = createPublicKey(pem);
-    } catch (err) {
-      throw new ConfigError([{ path: `${path}.publicKey`, message: `not a PEM public key: ${(err as Error).message}` }]);
-    }
-  }
+function jwtAuthenticator(config: NonNullable<AuthPolicy['jwt']>, options: AuthOptions): (token: string) => Promise<JWTPayload | string> {
+  const secret = config.secretKey;
+  const publicKey = config.publicKeyObject;
   const jwks: JWTVerifyGetKey | null = config.jwksUrl ? createRemoteJWKSet(new URL(config.jwksUrl), { cacheMaxAge: options.jwksCacheMaxAge ?? 600_000 }) : null;
   const verifyOptions = {
     algorithms: config.algorithms as string[],
@@ -142,21 +119,14 @@ function jwtAuthenticator(
   };
 }
 
-function apiKeyAuthenticator(config: NonNullable<RouteAuth['apiKeys']>): { header: string; check: (ctx: Context) => boolean } {
-  const header = config.header.toLowerCase();
-  const digests = config.keys.map((k) => createHash('sha256').update(k).digest());
-  return {
-    header,
-    check(ctx) {
-      const presented = ctx.req.headers[header];
-      if (typeof presented !== 'string') return false;
-      const digest = createHash('sha256').update(presented).digest();
-      // Compare with every key, always: how long it takes says nothing about which key is close.
-      let ok = false;
-      for (const key of digests) ok = timingSafeEqual(key, digest) || ok;
-      return ok;
-    },
-  };
+/** Whether `presented` is one of the keys, compared with every key in constant time. */
+function apiKeyMatches(keys: NonNullable<AuthPolicy['apiKeys']>, presented: string | string[] | undefined): boolean {
+  if (typeof presented !== 'string') return false;
+  const digest = createHash('sha256').update(presented).digest();
+  // Compare with every key, always: how long it takes says nothing about which key is close.
+  let ok = false;
+  for (const key of keys.digests) ok = timingSafeEqual(key, digest) || ok;
+  return ok;
 }
 
 function bearer(header: string | undefined): string | undefined {
@@ -172,9 +142,4 @@ function describeJwtError(err: unknown): string {
   if (err instanceof joseErrors.JOSEAlgNotAllowed) return 'algorithm not allowed';
   if (err instanceof joseErrors.JWKSNoMatchingKey) return 'no matching key';
   return 'malformed token';
-}
-
-function readKeyFile(file: string, path: string): string {
-  if (!existsSync(file)) throw new ConfigError([{ path, message: `no PEM key and no file at ${file}` }]);
-  return readFileSync(file, 'utf8');
 }

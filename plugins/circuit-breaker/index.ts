@@ -1,9 +1,9 @@
 import CircuitBreaker from 'opossum';
-import { CircuitOpenError, ClientAbortedError, MeshError } from '../../lib/errors.js';
-import type { Gateway } from '../../lib/core/gateway.js';
-import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
-import type { Instance, Service } from '../../lib/registry/registry.js';
+import { CircuitOpenError, ClientAbortedError, MeshError, definePlugin, type GatewayPlugin, type Instance, type Service } from '../../lib/index.js';
+import { circuitBreakerSections, type CircuitBreakerPolicy } from './config.js';
 import { CountingWindow, WindowClock } from './window.js';
+
+export { circuitBreakerSchema, type CircuitBreakerPolicy } from './config.js';
 
 /** Options of {@link circuitBreaker}; per-service settings come from `services.<name>.circuitBreaker`. */
 export interface CircuitBreakerOptions {
@@ -49,21 +49,21 @@ async function fireThrough(breaker: CircuitBreaker<[Run], void>, next: () => Pro
  * While a circuit is closed, attempts are counted from the gateway's `upstream:response` event
  * (no wrapper per request); a circuit that is not closed wraps the attempt in opossum's `fire()`.
  */
-export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlugin {
+export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlugin<unknown, CircuitBreakerPolicy, unknown> {
   const isFailure = options.isFailure ?? ((status: number) => status >= 500);
   return definePlugin({
     name: 'circuit-breaker',
-    setup(gateway: Gateway) {
+    config: circuitBreakerSections,
+    setup(gateway, scope) {
       const breakers = new Map<Instance, CircuitBreaker<[Run], void>>();
       const clock = new WindowClock();
       let closed = false;
       /** Services with at least one breaker not closed: only they pay for filtering. */
       const notClosed = new Map<Service, number>();
 
-      const breakerFor = (instance: Instance, service: Service): CircuitBreaker<[Run], void> => {
+      const breakerFor = (instance: Instance, service: Service, policy: CircuitBreakerPolicy): CircuitBreaker<[Run], void> => {
         let breaker = breakers.get(instance);
         if (breaker) return breaker;
-        const policy = service.policy.circuitBreaker!;
         breaker = new CircuitBreaker<[Run], void>(
           async (run: Run) => {
             await run();
@@ -118,10 +118,10 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
       });
 
       // A half-open breaker takes one probe; while it runs, the instance takes nothing else.
-      gateway.use('select', (ctx, next) => {
+      gateway.addMiddleware('select', (ctx, next) => {
         const mesh = ctx.state.mesh;
-        const service = mesh.service!;
-        if (notClosed.has(service) && !service.panic && service.policy.circuitBreaker) {
+        const service = mesh.service;
+        if (notClosed.has(service) && !service.panic && scope.service(ctx) !== undefined) {
           mesh.candidates = mesh.candidates.filter((inst) => {
             const breaker = breakers.get(inst);
             return breaker === undefined || breaker.closed || breaker.pendingClose;
@@ -133,27 +133,29 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
       // A closed circuit (the usual state) does not wrap the attempt: its outcome is counted from
       // the core's upstream:response event, which costs no promise or async frame per request.
       // Only a circuit that is not closed needs the guard: opossum's fire() decides who probes.
-      gateway.use('guard', (ctx, next) => {
+      gateway.addMiddleware('guard', (ctx, next) => {
         const mesh = ctx.state.mesh;
-        const service = mesh.service!;
-        if (!service.policy.circuitBreaker || service.panic) return next();
-        const instance = mesh.instance!;
+        const service = mesh.service;
+        if (service.panic || scope.service(ctx) === undefined) return next();
+        const instance = mesh.instance;
         const breaker = breakers.get(instance);
         if (breaker === undefined || breaker.closed) return next();
-        return fireThrough(breaker, next, () => isFailure(mesh.exchange!.statusCode), instance);
+        // No exchange after next(): a middleware further in answered itself, which says nothing of the instance.
+        return fireThrough(breaker, next, () => mesh.exchange !== null && isFailure(mesh.exchange.statusCode), instance);
       });
 
       gateway.on('upstream:response', (instance, info) => {
         // After close (a request cut off at the drain timeout) there is nothing left to count into.
         if (closed) return;
         const service = gateway.registry.getService(instance.service);
+        const policy = scope.forService(instance.service);
         // Only services with a breaker; in panic mode breakers stand aside, as the guard does.
-        if (!service?.policy.circuitBreaker || service.panic) return;
+        if (service === undefined || policy === undefined || service.panic) return;
         let breaker = breakers.get(instance);
         if (breaker === undefined) {
           // No breaker for an instance that already left.
           if (service.instances.get(instance.id) !== instance) return;
-          breaker = breakerFor(instance, service);
+          breaker = breakerFor(instance, service, policy);
         }
         // A probe is counted by fire(); an attempt that outlived a state change counts for nothing.
         if (!breaker.closed) return;

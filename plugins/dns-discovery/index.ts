@@ -1,13 +1,15 @@
 import { promises as dns } from 'node:dns';
-import type { Gateway } from '../../lib/core/gateway.js';
-import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
-import type { InstanceSpec, Service } from '../../lib/registry/registry.js';
+import { definePlugin, type GatewayPlugin, type InstanceSpec, type Service } from '../../lib/index.js';
+import { dnsDiscoverySections, type DnsServicePolicy } from './config.js';
 
-/** Options of {@link dnsDiscovery}; per-service settings come from `services.<name>.dns`. */
+export { dnsDiscoverySchema, dnsServiceSchema, type DnsServicePolicy } from './config.js';
+
+/** Options of {@link dnsDiscovery}; per-service settings come from `services.<name>.dns`, the resolver from `discovery.dns`. */
 export interface DnsDiscoveryOptions {
   /**
    * DNS servers (`"127.0.0.1:5353"`) to ask instead of the system resolver. Without them, A/AAAA
    * names go through `getaddrinfo` (so /etc/hosts works) and SRV through the system's servers.
+   * @default `discovery.dns.servers`
    */
   servers?: string[];
 }
@@ -21,17 +23,18 @@ const SOURCE = 'dns';
  * resolver (`/etc/hosts` works) with `port`; with `srv: true` the SRV records give target, port
  * and weight. A failed lookup keeps the last answer (DNS hiccups must not empty a service).
  */
-export function dnsDiscovery(options: DnsDiscoveryOptions = {}): GatewayPlugin {
+export function dnsDiscovery(options: DnsDiscoveryOptions = {}): GatewayPlugin<{ servers?: string[] }, DnsServicePolicy, unknown> {
   return definePlugin({
     name: 'dns-discovery',
-    async setup(gateway: Gateway) {
-      const resolver = options.servers ? new dns.Resolver() : null;
-      if (resolver && options.servers) resolver.setServers(options.servers);
+    config: dnsDiscoverySections,
+    async setup(gateway, scope) {
+      const servers = options.servers ?? scope.global()?.servers;
+      const resolver = servers ? new dns.Resolver() : null;
+      if (resolver && servers) resolver.setServers(servers);
       const timers = new Map<Service, NodeJS.Timeout>();
       let closed = false;
 
-      const resolve = async (service: Service): Promise<InstanceSpec[]> => {
-        const cfg = service.policy.dns!;
+      const resolve = async (service: Service, cfg: DnsServicePolicy): Promise<InstanceSpec[]> => {
         const scheme = service.policy.tls ? 'https' : 'http';
         if (cfg.srv) {
           // A target of "." (RFC 2782) says the service is not available here.
@@ -53,11 +56,14 @@ export function dnsDiscovery(options: DnsDiscoveryOptions = {}): GatewayPlugin {
       };
 
       const refresh = async (service: Service): Promise<void> => {
+        // The service's settings in the config in force.
+        const cfg = scope.forService(service.name);
+        if (cfg === undefined) return;
         let specs: InstanceSpec[];
         try {
-          specs = await resolve(service);
+          specs = await resolve(service, cfg);
         } catch (err) {
-          gateway.log.warn({ service: service.name, name: service.policy.dns!.name, err: (err as Error).message }, 'DNS lookup failed; keeping the last answer');
+          gateway.log.warn({ service: service.name, name: cfg.name, err: (err as Error).message }, 'DNS lookup failed; keeping the last answer');
           return;
         }
         if (closed) return;
@@ -76,7 +82,7 @@ export function dnsDiscovery(options: DnsDiscoveryOptions = {}): GatewayPlugin {
         }
       };
 
-      const services = [...gateway.registry.services()].filter((s) => s.policy.dns);
+      const services = [...gateway.registry.services()].filter((s) => scope.forService(s.name) !== undefined);
       // The first answer is awaited, so a DNS-only service has instances when the gateway starts.
       await Promise.all(services.map(refresh));
       for (const service of services) {
@@ -85,7 +91,7 @@ export function dnsDiscovery(options: DnsDiscoveryOptions = {}): GatewayPlugin {
             refresh(service).finally(() => {
               if (!closed) loop();
             });
-          }, service.policy.dns!.refresh);
+          }, scope.forService(service.name)?.refresh ?? 5000);
           timer.unref();
           timers.set(service, timer);
         };

@@ -1,6 +1,7 @@
-import type { Gateway } from '../../lib/core/gateway.js';
-import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
-import type { Instance } from '../../lib/registry/registry.js';
+import { definePlugin, type GatewayPlugin, type Instance } from '../../lib/index.js';
+import { healthCheckSections, type HealthCheckPolicy } from './config.js';
+
+export { healthCheckSchema, type HealthCheckPolicy } from './config.js';
 
 /** Options of {@link healthChecks}; per-service settings come from `services.<name>.healthCheck`. */
 export interface HealthCheckOptions {
@@ -29,12 +30,13 @@ interface Checker {
  * (out of the candidates); `healthyThreshold` consecutive successes bring it back. New instances
  * start healthy and are checked right away.
  */
-export function healthChecks(options: HealthCheckOptions = {}): GatewayPlugin {
+export function healthChecks(options: HealthCheckOptions = {}): GatewayPlugin<unknown, HealthCheckPolicy, unknown> {
   const jitter = options.jitter ?? 0.1;
   const userAgent = options.userAgent ?? 'meshgate-health-check';
   return definePlugin({
     name: 'health-check',
-    setup(gateway: Gateway) {
+    config: healthCheckSections,
+    setup(gateway, scope) {
       const checkers = new Map<Instance, Checker>();
       let closed = false;
 
@@ -44,7 +46,7 @@ export function healthChecks(options: HealthCheckOptions = {}): GatewayPlugin {
       };
 
       const run = async (instance: Instance, checker: Checker): Promise<void> => {
-        const policy = gateway.registry.getService(instance.service)?.policy.healthCheck;
+        const policy = scope.forService(instance.service);
         if (!policy || checker.stopped) return;
         const abort = new AbortController();
         checker.abort = abort;
@@ -87,7 +89,7 @@ export function healthChecks(options: HealthCheckOptions = {}): GatewayPlugin {
       };
 
       const start = (instance: Instance): void => {
-        const policy = gateway.registry.getService(instance.service)?.policy.healthCheck;
+        const policy = scope.forService(instance.service);
         if (!policy || closed || checkers.has(instance)) return;
         const checker: Checker = { timer: null, successes: 0, failures: 0, stopped: false, abort: null };
         checkers.set(instance, checker);

@@ -1,11 +1,11 @@
 import { AggregatorRegistry, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import type { Gateway } from '../../lib/core/gateway.js';
-import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
-import type { Route } from '../../lib/core/router.js';
-import type { CircuitState, Instance, Service } from '../../lib/registry/registry.js';
+import { definePlugin, errorCodeInfo, type CircuitState, type GatewayPlugin, type Instance, type Route, type Service } from '../../lib/index.js';
+import { metricsSections } from './config.js';
 import { FastCounter, FastHistogram, HistogramSeries, type CounterSeries } from './series.js';
 
-/** Options of {@link metrics}. */
+export { metricsSchema } from './config.js';
+
+/** Options of {@link metrics}; `buckets` and `defaultMetrics` default to the config's `metrics` section. */
 export interface MetricsOptions {
   /**
    * Histogram buckets of request and upstream durations, in seconds.
@@ -23,7 +23,7 @@ export interface MetricsOptions {
   cluster?: 'primary' | 'worker';
 }
 
-declare module '../../lib/core/gateway.js' {
+declare module '../../lib/index.js' {
   interface GatewayServices {
     /** The gateway's own prom-client registry (never the global one). */
     metricsRegistry: Registry;
@@ -47,11 +47,14 @@ interface RequestSeries {
  * instance that leaves are removed, so cardinality stays bounded under churn. The per-request
  * metrics are plain numbers in cached series objects (./series.ts): no label hashing per request.
  */
-export function metrics(options: MetricsOptions = {}): GatewayPlugin {
-  const buckets = options.buckets ?? DEFAULT_BUCKETS;
+export function metrics(given: MetricsOptions = {}): GatewayPlugin<boolean | { defaultMetrics: boolean; buckets?: number[] }, unknown, unknown> {
   return definePlugin({
     name: 'metrics',
-    setup(gateway: Gateway) {
+    config: metricsSections,
+    setup(gateway, scope) {
+      const section = scope.global();
+      const options: MetricsOptions = { ...(typeof section === 'object' ? section : {}), ...given };
+      const buckets = options.buckets ?? DEFAULT_BUCKETS;
       const registry = new Registry();
       gateway.decorate('metricsRegistry', registry);
       if (options.cluster === 'primary') {
@@ -220,15 +223,7 @@ export function metrics(options: MetricsOptions = {}): GatewayPlugin {
   });
 }
 
+/** How an attempt that failed with `code` is counted: the catalogue's outcome, else a reset. */
 function errorOutcome(code: string): string {
-  switch (code) {
-    case 'MESH_ERR_UPSTREAM_CONNECT':
-      return 'connect_error';
-    case 'MESH_ERR_UPSTREAM_TIMEOUT':
-      return 'timeout';
-    case 'MESH_ERR_CLIENT_ABORTED':
-      return 'client_abort';
-    default:
-      return 'reset';
-  }
+  return errorCodeInfo(code)?.outcome ?? 'reset';
 }

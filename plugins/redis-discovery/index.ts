@@ -1,12 +1,11 @@
 import type { Cluster, Redis } from 'ioredis';
-import { MeshError } from '../../lib/errors.js';
-import type { Gateway } from '../../lib/core/gateway.js';
-import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
-import type { Registrar, RegistrationResult } from '../../lib/registry/registrar.js';
-import { defaultInstanceId, UnknownInstanceError, type InstanceSpec } from '../../lib/registry/registry.js';
-import { RedisRegistryStore, connectRedis, eventsChannel, type RedisConnection, type RegistryMessage, type StoredInstance } from '../../lib/redis/store.js';
+import { MeshError, UnknownInstanceError, definePlugin, defaultInstanceId, type GatewayPlugin, type InstanceSpec, type Registrar, type RegistrationResult } from '../../lib/index.js';
+import { RedisRegistryStore, connectRedis, eventsChannel, type RedisConnection, type RegistryMessage, type StoredInstance } from '../../lib/redis/index.js';
+import { redisDiscoverySections, type RedisDiscoveryConfig } from './config.js';
 
-/** Options of {@link redisDiscovery}; from `discovery.redis` in the config. */
+export { redisDiscoverySchema, type RedisDiscoveryConfig } from './config.js';
+
+/** Options of {@link redisDiscovery}; by default the config's `discovery.redis`. */
 export interface RedisDiscoveryOptions extends RedisConnection {
   /** Key prefix. @default 'meshgate:' */
   prefix?: string;
@@ -33,12 +32,15 @@ const SOURCE = 'redis';
  * admin writes answer 503, and reconnects use capped backoff; on return they resync and every held
  * instance gets one fresh TTL to heartbeat again.
  */
-export function redisDiscovery(options: RedisDiscoveryOptions): GatewayPlugin {
-  const prefix = options.prefix ?? 'meshgate:';
-  const resyncInterval = options.resyncInterval ?? 5000;
+export function redisDiscovery(given?: RedisDiscoveryOptions): GatewayPlugin<RedisDiscoveryConfig, unknown, unknown> {
   return definePlugin({
     name: 'redis-discovery',
-    async setup(gateway: Gateway) {
+    config: redisDiscoverySections,
+    async setup(gateway, scope) {
+      const options: RedisDiscoveryOptions | undefined = given ?? scope.global();
+      if (options === undefined) throw new MeshError('MESH_ERR_CONFIG', 500, 'redis-discovery needs discovery.redis in the config, or its options');
+      const prefix = options.prefix ?? 'meshgate:';
+      const resyncInterval = options.resyncInterval ?? 5000;
       const log = gateway.log.child({ plugin: 'redis-discovery' });
       const client = connectRedis(options, { lazyConnect: true });
       const subscriber = connectRedis(options, { lazyConnect: true });

@@ -6,11 +6,15 @@ import {
   UpstreamConnectError,
   UpstreamResetError,
   UpstreamTimeoutError,
-} from '../../lib/errors.js';
-import type { Gateway } from '../../lib/core/gateway.js';
-import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
-import type { Service } from '../../lib/registry/registry.js';
-import type { MeshState } from '../../lib/core/state.js';
+  definePlugin,
+  type GatewayPlugin,
+  type MeshState,
+  type Service,
+  type StageMesh,
+} from '../../lib/index.js';
+import { retriesSections, type RetryPolicy } from './config.js';
+
+export { retriesSchema, type RetryPolicy } from './config.js';
 
 /** Options of {@link retries}; per-service settings come from `services.<name>.retries`. */
 export interface RetriesOptions {
@@ -30,9 +34,9 @@ interface Budget {
 
 /** One request under a retry policy. */
 interface Run {
-  mesh: MeshState;
+  mesh: StageMesh<'retry'>;
   next: () => Promise<void>;
-  policy: NonNullable<Service['policy']['retries']>;
+  policy: RetryPolicy;
   budget: Budget;
   idempotent: boolean;
   /** The body can be sent again: none, or buffered. */
@@ -52,18 +56,19 @@ interface Run {
  *   active requests, with a floor of `minRetryConcurrency` (3), so retries cannot multiply an outage.
  * Each retry emits `request:retry`.
  */
-export function retries(options: RetriesOptions = {}): GatewayPlugin {
+export function retries(options: RetriesOptions = {}): GatewayPlugin<unknown, RetryPolicy, unknown> {
   const maxReplayBody = options.maxReplayBody ?? 64 * 1024;
   const { base, cap } = options.backoff ?? { base: 25, cap: 250 };
   return definePlugin({
     name: 'retries',
-    setup(gateway: Gateway) {
+    config: retriesSections,
+    setup(gateway, scope) {
       const budgets = new Map<Service, Budget>();
 
-      gateway.use('retry', (ctx, next) => {
+      gateway.addMiddleware('retry', (ctx, next) => {
         const mesh = ctx.state.mesh;
-        const service = mesh.service!;
-        const policy = service.policy.retries;
+        const service = mesh.service;
+        const policy = scope.service(ctx);
         if (!policy || policy.attempts === 0) return next();
         if (policy.perTryTimeout) mesh.tryTimeout = policy.perTryTimeout;
         const idempotent = (policy.methods ?? IDEMPOTENT_METHODS).includes(ctx.req.method!);
@@ -75,7 +80,8 @@ export function retries(options: RetriesOptions = {}): GatewayPlugin {
         // frame, and only an outcome that may be retried enters the loop.
         budget.active++;
         return next().then(
-          () => (idempotent && policy.retryOn.includes(mesh.exchange!.statusCode) ? retryLoop(run, null) : void budget.active--),
+          // No exchange: a middleware of a later stage answered itself, and its answer stands.
+          () => (idempotent && mesh.exchange !== null && policy.retryOn.includes(mesh.exchange.statusCode) ? retryLoop(run, null) : void budget.active--),
           (err: unknown) => retryLoop(run, err),
         );
       });
@@ -100,12 +106,13 @@ export function retries(options: RetriesOptions = {}): GatewayPlugin {
        */
       const retryLoop = async (run: Run, firstFailure: unknown): Promise<void> => {
         const { mesh, next, policy, budget, idempotent, replayable } = run;
-        const service = mesh.service!;
+        const service = mesh.service;
         let failure = firstFailure;
         let holdsRetrySlot = false;
         try {
           for (let retry = 0; ; retry++) {
-            const status = failure === null ? mesh.exchange!.statusCode : 0;
+            // 0 when a later stage's middleware answered itself: nothing to retry.
+            const status = failure === null ? (mesh.exchange?.statusCode ?? 0) : 0;
             const wanted =
               failure === null
                 ? idempotent && policy.retryOn.includes(status)
@@ -178,9 +185,9 @@ function retryableError(err: unknown, idempotent: boolean, mesh: MeshState): boo
   return false;
 }
 
-function hasUntried(mesh: MeshState): boolean {
+function hasUntried(mesh: StageMesh<'retry'>): boolean {
   // The instance that just failed joins mesh.tried when the next attempt starts; count it already.
-  for (const inst of mesh.service!.candidates()) if (inst !== mesh.instance && (mesh.tried === null || !mesh.tried.has(inst))) return true;
+  for (const inst of mesh.service.candidates()) if (inst !== mesh.instance && (mesh.tried === null || !mesh.tried.has(inst))) return true;
   return false;
 }
 

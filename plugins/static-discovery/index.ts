@@ -1,4 +1,4 @@
-import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
+import { definePlugin, type GatewayPlugin } from '../../lib/index.js';
 
 /** Options of {@link staticDiscovery}. */
 export interface StaticDiscoveryOptions {

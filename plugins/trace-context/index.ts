@@ -1,14 +1,23 @@
 import { randomBytes } from 'node:crypto';
 import type { Context } from 'koa';
-import type { Next } from '../../lib/core/compose.js';
-import { observeOutcome } from '../../lib/core/outcome.js';
-import type { Gateway } from '../../lib/core/gateway.js';
-import { definePlugin, type GatewayPlugin } from '../../lib/core/plugin.js';
+import { definePlugin, observeOutcome, type GatewayPlugin, type Next } from '../../lib/index.js';
+import { traceContextSections } from './config.js';
 
-/** Options of {@link traceContext}. */
+export { tracingSchema } from './config.js';
+
+/** Options of {@link traceContext}; by default the config's `tracing` section. */
 export interface TraceContextOptions {
   /** Header carrying the request id. @default 'x-request-id' */
   requestIdHeader?: string;
+}
+
+declare module '../../lib/index.js' {
+  interface RequestVariables {
+    /** The request id (`x-request-id`), kept from the client or made by trace-context. */
+    requestId: string;
+    /** The request's W3C trace id, set by trace-context. */
+    traceId: string;
+  }
 }
 
 const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?$/;
@@ -23,25 +32,27 @@ const ZERO_SPAN = '0'.repeat(16);
  *   passes through untouched.
  * - `x-request-id`: an incoming one (printable, up to 200 chars) is kept, else a UUID is made;
  *   it goes to the upstream and back to the client.
- * Both ids land on `ctx.state.mesh` (`requestId`, `traceId`) for logs.
+ * Both ids are request variables (`mesh.get('requestId')`, `mesh.get('traceId')`) for logs.
  *
  * OpenTelemetry (optional peer dependency): when `@opentelemetry/api` is installed and a tracer
  * provider is registered, every request gets a SERVER span, child of the incoming traceparent;
  * the span's own ids are the gateway hop in the upstream's traceparent, so the trace has no gap.
  */
-export function traceContext(options: TraceContextOptions = {}): GatewayPlugin {
-  const header = (options.requestIdHeader ?? 'x-request-id').toLowerCase();
+export function traceContext(options?: TraceContextOptions): GatewayPlugin<boolean | TraceContextOptions, unknown, unknown> {
   return definePlugin({
     name: 'trace-context',
-    async setup(gateway: Gateway) {
+    config: traceContextSections,
+    async setup(gateway, scope) {
+      const section = scope.global();
+      const header = ((options ?? (typeof section === 'object' ? section : {})).requestIdHeader ?? 'x-request-id').toLowerCase();
       const otel = await loadOpenTelemetry();
       const random = new RandomHex();
-      gateway.use('onRequest', (ctx, next) => {
+      gateway.addMiddleware('onRequest', (ctx, next) => {
         const mesh = ctx.state.mesh;
         const headers = ctx.req.headers;
         const incomingId = headers[header];
         const requestId = typeof incomingId === 'string' && REQUEST_ID.test(incomingId) ? incomingId : uuid4(random.take(32));
-        mesh.requestId = requestId;
+        mesh.set('requestId', requestId);
         mesh.setUpstreamHeader(header, requestId);
         mesh.responseHeaders.push(header, requestId);
 
@@ -51,7 +62,7 @@ export function traceContext(options: TraceContextOptions = {}): GatewayPlugin {
           if (span !== null) return traced(otel, span, ctx, next);
         }
         const traceId = parent === undefined ? random.take(32) : parent.traceId;
-        mesh.traceId = traceId;
+        mesh.set('traceId', traceId);
         mesh.setUpstreamHeader('traceparent', `00-${traceId}-${random.take(16)}-${parent?.flags ?? '01'}`);
         return next();
       });
@@ -104,7 +115,7 @@ function startSpan(otel: OpenTelemetry, ctx: Context, parent: ReturnType<typeof 
 function traced(otel: OpenTelemetry, span: Span, ctx: Context, next: Next): Promise<void> {
   const mesh = ctx.state.mesh;
   const { traceId, spanId, traceFlags } = span.spanContext();
-  mesh.traceId = traceId;
+  mesh.set('traceId', traceId);
   mesh.setUpstreamHeader('traceparent', `00-${traceId}-${spanId}-${traceFlags.toString(16).padStart(2, '0')}`);
   return observeOutcome(ctx, next, (status, error) => {
     if (error !== undefined) span.recordException(error as Error);

@@ -7,7 +7,7 @@ import { EventEmitter } from 'node:events';
 import { Agent, request as httpRequest } from 'node:http';
 import { Worker } from 'node:worker_threads';
 import type { Context } from 'koa';
-import { validateConfig } from '../../lib/config/index.js';
+import { validateConfig } from '../../lib/index.js';
 import { Registry, type Instance, type Service } from '../../lib/registry/registry.js';
 import { MeshState } from '../../lib/core/state.js';
 import { echo, startUpstream, type Handler, type Upstream } from '../helpers.js';

@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Dispatcher, Pool as UndiciPool } from 'undici';
+import type { Dispatcher } from 'undici';
 import {
   ClientAbortedError,
   MeshError,
@@ -7,95 +7,11 @@ import {
   UpstreamResetError,
   UpstreamTimeoutError,
 } from '../errors.js';
-import type { Deadline, Deadlines } from './deadlines.js';
 import { HOP_BY_HOP, connectionTokens, writeHead } from '../http/headers.js';
 import type { Instance } from '../registry/registry.js';
-import { Pool, headerNameToString } from './undici.js';
-
-/** Options for every upstream connection pool. */
-export interface PoolOptions {
-  /**
-   * Idle keep-alive time of upstream sockets. Kept below the usual upstream idle timeout (Node's
-   * is 5 s) so the gateway closes an idle socket before the upstream does.
-   * @default 4000
-   */
-  keepAliveTimeout?: number;
-  /** Most connections per upstream origin. @default unlimited */
-  connections?: number;
-  /** TCP connect timeout in ms. @default 5000 */
-  connectTimeout?: number;
-  /** TLS options to the instances (`ca`, `cert`, `key`, `servername`, `rejectUnauthorized`). */
-  tls?: Record<string, unknown>;
-}
-
-/**
- * One undici Pool per upstream origin (and TLS profile), owned by a gateway. Pools whose
- * instances all left are closed gracefully, so churn does not leak sockets.
- */
-export class UpstreamPools {
-  readonly #pools = new Map<string, UndiciPool>();
-  readonly #defaults: PoolOptions;
-  #closed = false;
-
-  constructor(defaults: PoolOptions = {}) {
-    this.#defaults = defaults;
-  }
-
-  /** The pool for an origin; `profile` separates pools with different TLS options for one origin. */
-  get(origin: string, profile = '', options?: PoolOptions): UndiciPool {
-    const key = profile ? `${profile}|${origin}` : origin;
-    let pool = this.#pools.get(key);
-    if (pool) return pool;
-    if (this.#closed) throw new MeshError('MESH_ERR_CLOSING', 503, 'gateway is shutting down');
-    const opts = { ...this.#defaults, ...options };
-    pool = new Pool(origin, {
-      connections: opts.connections ?? null,
-      keepAliveTimeout: opts.keepAliveTimeout ?? 4000,
-      // Never trust a server hint to keep a socket longer than our own limit.
-      keepAliveMaxTimeout: opts.keepAliveTimeout ?? 4000,
-      connect: { timeout: opts.connectTimeout ?? 5000, ...opts.tls },
-      headersTimeout: 0,
-      bodyTimeout: 0,
-    });
-    this.#pools.set(key, pool);
-    return pool;
-  }
-
-  /** Closes the pool of an origin once its queued requests finish (when no instance uses it any more). */
-  release(origin: string, profile = ''): void {
-    const key = profile ? `${profile}|${origin}` : origin;
-    const pool = this.#pools.get(key);
-    if (!pool) return;
-    this.#pools.delete(key);
-    pool.close().catch(() => {
-      // close() only rejects if already destroyed, which means it is already gone
-    });
-  }
-
-  get size(): number {
-    return this.#pools.size;
-  }
-
-  /** Closes every pool: waits for running requests, then destroys what is left after `graceMs`. */
-  async close(graceMs = 1000): Promise<void> {
-    this.#closed = true;
-    const pools = [...this.#pools.values()];
-    this.#pools.clear();
-    await Promise.all(
-      pools.map(async (pool) => {
-        const timer = setTimeout(() => pool.destroy().catch(() => {}), graceMs);
-        timer.unref();
-        try {
-          await pool.close();
-        } catch {
-          // already destroyed by the grace timer: nothing left to close
-        } finally {
-          clearTimeout(timer);
-        }
-      }),
-    );
-  }
-}
+import type { Deadline, Deadlines } from './deadlines.js';
+import type { UpstreamPool } from './pools.js';
+import { headerNameToString } from './undici.js';
 
 /** What one attempt sends upstream. */
 export interface UpstreamRequest {
@@ -348,7 +264,7 @@ function onResponseDrain(this: ResponseWithExchange): void {
 }
 
 /** Starts one attempt. The returned exchange's `headers` promise settles at the response headers. */
-export function dispatchUpstream(pool: UndiciPool, req: UpstreamRequest): UpstreamExchange {
+export function dispatchUpstream(pool: UpstreamPool, req: UpstreamRequest): UpstreamExchange {
   const exchange = new UpstreamExchange(req.instance, req.timeout, req.deadlines);
   pool.dispatch(
     {

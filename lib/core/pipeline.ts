@@ -1,0 +1,343 @@
+import type { EventEmitter } from 'node:events';
+import type { ServerResponse } from 'node:http';
+import type { Context } from 'koa';
+import { GatewayClosingError, MeshError, NoHealthyInstanceError, NoRouteError, UpstreamResetError, UpstreamTimeoutError } from '../errors.js';
+import { upstreamRequestHeaders } from '../http/headers.js';
+import { clientAddress } from '../http/net.js';
+import { normalizeTarget } from '../http/path.js';
+import { decimalMs } from '../kit/decimal.js';
+import type { Logger } from '../kit/logger.js';
+import type { Registry } from '../registry/registry.js';
+import type { Deadlines } from '../upstream/deadlines.js';
+import { dispatchUpstream, isTlsErrorCode, responseHeaders } from '../upstream/exchange.js';
+import type { InstancePools } from '../upstream/pools.js';
+import type { BalancerRegistry } from './balancers.js';
+import { isReplayable, limitBody, requestBody } from '../upstream/request-body.js';
+import type { Next } from './compose.js';
+import type { GatewayEvents } from './events.js';
+import { finalStatus } from './outcome.js';
+import type { Stage } from './plugin.js';
+import { answerError, applyResponseHeaders, asMeshError, respondLikeKoa, takeSetHeaders } from './respond.js';
+import { upstreamPath } from './router.js';
+import type { ConfigSnapshot } from './snapshot.js';
+import { MeshState } from './state.js';
+
+/** A composed stage; null when no plugin added middleware to it, so the pipeline calls straight through. */
+export type StageChain = ((ctx: Context, next: Next) => Promise<void>) | null;
+
+/** What the request path works with: the gateway's parts. */
+export interface PipelineParts {
+  /** Where the request path's events go: the gateway. */
+  readonly events: EventEmitter<GatewayEvents>;
+  readonly log: Logger;
+  readonly registry: Registry;
+  readonly balancers: BalancerRegistry;
+  readonly pools: InstancePools;
+  /** The config snapshot in force: a request takes it when it starts. */
+  snapshot(): ConfigSnapshot;
+  /** Whether close() began: new requests get 503, answers close their connection. */
+  closing(): boolean;
+}
+
+const kMesh = Symbol('meshgate.state');
+
+/** The client went away before the response was complete: abort what is in flight. Shared, not a closure per request. */
+function onResponseClose(this: ServerResponse & { [kMesh]?: MeshState }): void {
+  const mesh = this[kMesh];
+  if (mesh !== undefined && !this.writableFinished) {
+    mesh.clientGone = true;
+    mesh.exchange?.clientAborted();
+  }
+}
+
+/**
+ * The request path: route match, the stage chains around the attempts, the upstream call, and the
+ * answer (the held upstream response, a plugin's answer, or an error). One per gateway.
+ *
+ * ```
+ * route match -> onRequest -> resolve -> retry -> ( select -> balancer -> guard -> upstream ) x attempts -> answer
+ * ```
+ */
+export class Pipeline {
+  readonly #parts: PipelineParts;
+  readonly #chains: Record<Stage, StageChain>;
+  readonly #deadlines: Deadlines;
+  #inflight = 0;
+  #drained: (() => void) | null = null;
+
+  constructor(parts: PipelineParts, chains: Record<Stage, StageChain>, deadlines: Deadlines) {
+    this.#parts = parts;
+    this.#chains = chains;
+    this.#deadlines = deadlines;
+  }
+
+  /** Requests in flight right now. */
+  get inflight(): number {
+    return this.#inflight;
+  }
+
+  /** Resolves when no request is in flight any more (at once when none is). */
+  drained(): Promise<void> {
+    if (this.#inflight === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.#drained = resolve;
+    });
+  }
+
+  /**
+   * Handles one request. `hostNext` is the host app's `next` in mount mode (a request that matches
+   * no route goes on to it), null for the standalone listener, where the gateway answers everything.
+   */
+  async handle(ctx: Context, hostNext: Next | null): Promise<void> {
+    const parts = this.#parts;
+    const snapshot = parts.snapshot();
+    const mesh = new MeshState(snapshot);
+    ctx.state.mesh = mesh;
+    try {
+      const target = normalizeTarget(ctx.req.url ?? '/');
+      mesh.path = target.path;
+      mesh.query = target.query;
+      const route = snapshot.router.match(target.path);
+      if (route !== undefined) {
+        mesh.route = route;
+        mesh.policy = route.policy;
+      }
+    } catch (err) {
+      // A malformed path is answered by the gateway in both modes: letting it reach the host
+      // app would let a path trick bypass routing.
+      mesh.error = err as MeshError;
+    }
+    if (mesh.route === null && mesh.error === null && hostNext !== null) return hostNext();
+
+    const trust = snapshot.trust;
+    const socketAddress = ctx.req.socket.remoteAddress ?? '';
+    mesh.clientIp = trust === false ? socketAddress : clientAddress(socketAddress, headerValue(ctx.req.headers['x-forwarded-for']), trust);
+    this.#inflight++;
+    const res = ctx.res as ServerResponse & { [kMesh]?: MeshState };
+    res[kMesh] = mesh;
+    // on(), not once(): once() wraps the listener in a bound function per request; 'close' fires
+    // at most once anyway, and the listener is taken off below.
+    res.on('close', onResponseClose);
+    // What the answer looked like before the gateway ran: a middleware that changes it answered itself (Koa's way).
+    const bodyBefore = ctx.body;
+    const statusBefore = res.statusCode;
+    let failed = false;
+    let failure: unknown;
+    try {
+      if (parts.closing()) throw new GatewayClosingError();
+      const chains = this.#chains;
+      if (chains.onRequest === null) await this.#proxy(ctx, mesh);
+      else await chains.onRequest(ctx, () => this.#proxy(ctx, mesh));
+      if (!mesh.clientGone) {
+        const exchange = mesh.exchange;
+        const held = exchange !== null && exchange.state === 'headers';
+        if (held && ctx.body === bodyBefore && res.statusCode === statusBefore) {
+          const committing = this.#commit(ctx, mesh);
+          if (committing !== undefined) await committing;
+        } else {
+          // A middleware answered instead of the upstream (or after it: its answer wins).
+          if (held) exchange.discard();
+          await this.#pluginAnswer(ctx, mesh, hostNext !== null);
+        }
+      }
+    } catch (err) {
+      failed = true;
+      failure = err;
+      // Whatever went wrong, an exchange still held at its headers must free its socket.
+      if (mesh.exchange?.state === 'headers') mesh.exchange.discard();
+      const error = asMeshError(err);
+      mesh.error = error;
+      if (!(err instanceof MeshError)) parts.events.emit('gateway:error', err instanceof Error ? err : new Error(String(err)));
+      answerError(ctx, mesh, error, parts.closing());
+    } finally {
+      res.off('close', onResponseClose);
+      if (--this.#inflight === 0 && this.#drained) this.#drained();
+      if (parts.events.listenerCount('request:end') > 0) this.#requestEnd(ctx, failed ? finalStatus(ctx, failure) : finalStatus(ctx));
+    }
+  }
+
+  /**
+   * A middleware answered with `ctx.status` / `ctx.body`. Mounted, Koa's own respond() writes it
+   * once the gateway's middleware returns (so the host app's middleware still see the body);
+   * standalone, the gateway writes it the same way.
+   */
+  #pluginAnswer(ctx: Context, mesh: MeshState, mounted: boolean): Promise<void> | undefined {
+    if (mounted) {
+      if (!ctx.res.headersSent) applyResponseHeaders(ctx.res, mesh.responseHeaders);
+      if (this.#parts.closing()) ctx.res.shouldKeepAlive = false;
+      return undefined;
+    }
+    return respondLikeKoa(ctx, mesh, this.#parts.closing());
+  }
+
+  /**
+   * Tells the observers (metrics, access log) how a request ended. An event after the pipeline
+   * instead of an onRequest middleware wrapped around it: observers see every answered request,
+   * whatever plugin answered it, and cost no async frame per request.
+   */
+  #requestEnd(ctx: Context, status: number): void {
+    // One clock reading for every observer: metrics and the access log report the same duration.
+    ctx.state.mesh.endedAt = performance.now();
+    const events = this.#parts.events;
+    // Called one by one, not with emit(): a listener that throws would stop emit() before the rest.
+    // rawListeners(), so a once() listener is removed after its call, as emit() would.
+    for (const listener of events.rawListeners('request:end')) {
+      try {
+        Reflect.apply(listener, events, [ctx, status]);
+      } catch (err) {
+        // An observer's bug must not touch the answer, which is already out, nor the other observers.
+        try {
+          events.emit('gateway:error', err as Error);
+        } catch {
+          // a gateway:error listener that throws too: nothing is left to tell
+        }
+      }
+    }
+  }
+
+  /** The stages inside onRequest: resolve the service, then the attempts. Its promise settles when an answer is held (or a middleware answered). */
+  #proxy(ctx: Context, mesh: MeshState): Promise<void> {
+    if (mesh.error) return Promise.reject(mesh.error);
+    const route = mesh.route;
+    const policy = mesh.policy;
+    if (route === null || policy === null) return Promise.reject(new NoRouteError(mesh.path));
+    const service = this.#parts.registry.getService(route.service);
+    if (service === undefined) return Promise.reject(new NoRouteError(mesh.path));
+    mesh.service = service;
+    mesh.upstreamPath = upstreamPath(route, mesh.path) + mesh.query;
+    mesh.deadline = mesh.startedAt + policy.config.timeout;
+    const req = ctx.req;
+    try {
+      mesh.body = requestBody(ctx);
+      const limit = route.config.maxBodySize;
+      if (limit !== undefined) mesh.body = limitBody(req, mesh.body, limit);
+      mesh.upstreamHeaders = upstreamRequestHeaders(req, {
+        remoteAddress: req.socket.remoteAddress ?? '',
+        appendForwardedFor: mesh.snapshot!.trust !== false,
+        proto: ctx.protocol,
+        bodyLength: typeof mesh.body === 'string' || Buffer.isBuffer(mesh.body) ? Buffer.byteLength(mesh.body) : undefined,
+        overrides: mesh.headerOverrides,
+      });
+    } catch (err) {
+      // This is onRequest's next(): it rejects, never throws.
+      return Promise.reject(err);
+    }
+    const chains = this.#chains;
+    // Empty stages are skipped outright: no `next` closure is made for them.
+    const attempts = chains.retry === null ? () => this.#attempt(ctx, mesh) : () => chains.retry!(ctx, () => this.#attempt(ctx, mesh));
+    return chains.resolve === null ? attempts() : chains.resolve(ctx, attempts);
+  }
+
+  /**
+   * One try: select an instance, then run the guard stage around the upstream call. The retry
+   * stage's `next()`; like {@link #pick} it never throws, so a retry middleware sees every failure
+   * as a rejection.
+   */
+  #attempt(ctx: Context, mesh: MeshState): Promise<void> {
+    if (mesh.exchange !== null) {
+      // A retry: the previous answer is dropped, never sent.
+      if (mesh.exchange.state === 'headers') mesh.exchange.discard();
+      mesh.exchange = null;
+    }
+    mesh.attempt++;
+    // The set of tried instances exists only once there is a second attempt: most requests never need it.
+    if (mesh.instance !== null) (mesh.tried ??= new Set()).add(mesh.instance);
+    mesh.instance = null;
+    mesh.candidates = mesh.service!.candidates();
+    const select = this.#chains.select;
+    return select === null ? this.#pick(ctx, mesh) : select(ctx, () => this.#pick(ctx, mesh));
+  }
+
+  /**
+   * Picks the instance (unless a select middleware did) and goes on to the guard stage. It is the
+   * select stage's `next()`, so it never throws: every failure is a rejected promise, which a
+   * middleware's `next().catch(...)` or `.then(..., onError)` sees.
+   */
+  #pick(ctx: Context, mesh: MeshState): Promise<void> {
+    if (mesh.instance === null) {
+      const service = mesh.service!;
+      if (mesh.candidates.length === 0) {
+        return Promise.reject(new NoHealthyInstanceError(service.name, service.instances.size === 0 ? 'no instances registered' : 'no healthy instance'));
+      }
+      try {
+        mesh.instance = this.#parts.balancers.for(service, mesh.policy!).pick(mesh.candidates, ctx, mesh.tried ?? undefined);
+      } catch (err) {
+        // An unknown balancer, or a bug in a custom one.
+        return Promise.reject(err);
+      }
+    }
+    const guard = this.#chains.guard;
+    return guard === null ? this.#callUpstream(ctx, mesh) : guard(ctx, () => this.#callUpstream(ctx, mesh));
+  }
+
+  async #callUpstream(ctx: Context, mesh: MeshState): Promise<void> {
+    const { events, log, balancers, pools } = this.#parts;
+    const instance = mesh.instance!;
+    const service = mesh.service!;
+    const policy = mesh.policy!;
+    const balancer = balancers.for(service, policy);
+    for (let staleRetry = true; ; staleRetry = false) {
+      const left = mesh.deadline - performance.now();
+      if (left <= 0) throw new UpstreamTimeoutError(instance.url, policy.config.timeout);
+      const timeout = mesh.tryTimeout > 0 ? Math.min(mesh.tryTimeout, left) : left;
+      const exchange = dispatchUpstream(pools.poolFor(instance, service.name, policy.config.tls), {
+        instance,
+        method: ctx.req.method!,
+        path: instance.basePath + mesh.upstreamPath,
+        headers: mesh.upstreamHeaders,
+        body: mesh.body,
+        timeout: Math.ceil(timeout),
+        deadlines: this.#deadlines,
+      });
+      mesh.exchange = exchange;
+      if (mesh.clientGone) exchange.clientAborted();
+      try {
+        await exchange.headers;
+      } catch (err) {
+        // A keep-alive race: the upstream closed an idle socket just as the request went out on it.
+        // Nothing was answered, so an idempotent request with a replayable body goes again, once.
+        if (staleRetry && err instanceof UpstreamResetError && isReplayable(ctx.req.method!, mesh.body)) continue;
+        balancer.observe?.(instance, performance.now() - exchange.startedAt, true);
+        if (isTlsFailure(err)) {
+          // A certificate problem is a configuration error somebody must see, not just a 502.
+          log.warn({ service: service.name, instance: instance.id, code: ((err as MeshError).cause as { code?: string }).code }, (err as MeshError).message);
+        } else if (policy.config.tls && err instanceof UpstreamResetError) {
+          // Under TLS 1.3 a server that refuses our client certificate just closes the connection.
+          log.warn({ service: service.name, instance: instance.id }, `TLS connection to ${instance.url} closed before any response (is the client certificate accepted?)`);
+        }
+        if (events.listenerCount('upstream:response') > 0) {
+          events.emit('upstream:response', instance, { status: 0, durationMs: performance.now() - exchange.startedAt, error: (err as MeshError).code });
+        }
+        throw err;
+      }
+      mesh.upstreamMs = exchange.headersMs;
+      balancer.observe?.(instance, exchange.headersMs, exchange.statusCode >= 500);
+      if (events.listenerCount('upstream:response') > 0) {
+        events.emit('upstream:response', instance, { status: exchange.statusCode, durationMs: exchange.headersMs });
+      }
+      return;
+    }
+  }
+
+  /** Sends the held upstream response: its status and filtered headers, the plugins' headers, then the body. */
+  #commit(ctx: Context, mesh: MeshState): Promise<void> | undefined {
+    const exchange = mesh.exchange!;
+    const res = ctx.res;
+    ctx.respond = false;
+    const gatewayMs = performance.now() - mesh.startedAt - exchange.headersMs;
+    const extra = takeSetHeaders(res);
+    const headersWereSet = extra.length > 0;
+    for (let i = 0; i < mesh.responseHeaders.length; i++) extra.push(mesh.responseHeaders[i]!);
+    extra.push('server-timing', `gateway;dur=${decimalMs(gatewayMs, 1)}, upstream;dur=${decimalMs(exchange.headersMs, 1)}`);
+    if (this.#parts.closing()) res.shouldKeepAlive = false;
+    return exchange.commit(res, responseHeaders(exchange.rawHeaders, extra), headersWereSet);
+  }
+}
+
+function isTlsFailure(err: unknown): boolean {
+  return isTlsErrorCode((err as { cause?: { code?: unknown } })?.cause?.code);
+}
+
+function headerValue(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value.join(',') : value;
+}

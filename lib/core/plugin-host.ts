@@ -1,0 +1,145 @@
+import { PluginError } from '../errors.js';
+import { compose, type Middleware } from './compose.js';
+import type { StageChain } from './pipeline.js';
+import { STAGES, checkPlugin, type GatewayPlugin, type MeshCarrier, type PluginScope, type Stage } from './plugin.js';
+import type { Route } from './router.js';
+import type { ConfigSnapshot } from './snapshot.js';
+
+/**
+ * The plugin host's bookkeeping: the registered plugins in order, their stage middleware, shared
+ * decorators and the close and config hooks. A plugin's slot (its index here) is where the
+ * snapshots keep its prepared sections.
+ */
+export class PluginRegistry {
+  readonly #plugins: GatewayPlugin[] = [];
+  readonly #names = new Set<string>();
+  readonly #stages = new Map<Stage, Middleware[]>(STAGES.map((s) => [s, []]));
+  readonly #decorators = new Map<string, unknown>();
+  readonly #closeHooks: (() => unknown)[] = [];
+  readonly #configHooks: ((snapshot: ConfigSnapshot, previous: ConfigSnapshot) => unknown)[] = [];
+  #sealed = false;
+
+  /** Registers a plugin (its shape and a new name are checked now, its dependencies at setup). */
+  register(plugin: GatewayPlugin): void {
+    checkPlugin(plugin, this.#names, false);
+    this.#plugins.push(plugin);
+    this.#names.add(plugin.name);
+  }
+
+  /** The registered plugins, in order; a plugin's slot is its index. */
+  get plugins(): readonly GatewayPlugin[] {
+    return this.#plugins;
+  }
+
+  has(name: string): boolean {
+    return this.#names.has(name);
+  }
+
+  names(): string[] {
+    return [...this.#names];
+  }
+
+  addMiddleware(stage: Stage, middleware: Middleware): void {
+    const stack = this.#stages.get(stage);
+    if (!stack) throw new PluginError(`unknown stage "${stage}" (stages: ${STAGES.join(', ')})`);
+    if (typeof middleware !== 'function') throw new PluginError(`addMiddleware("${stage}", fn): fn must be a function`);
+    if (this.#sealed) throw new PluginError('middleware must be added from a plugin setup, before the gateway starts');
+    stack.push(middleware);
+  }
+
+  /** Composes each stage's middleware; after this no middleware can be added. Empty stages are null. */
+  seal(): Record<Stage, StageChain> {
+    this.#sealed = true;
+    const chains = {} as Record<Stage, StageChain>;
+    for (const stage of STAGES) {
+      const stack = this.#stages.get(stage)!;
+      chains[stage] = stack.length === 0 ? null : compose(stack, stage === 'retry');
+    }
+    return chains;
+  }
+
+  decorate(key: string, value: unknown): void {
+    if (this.#decorators.has(key)) throw new PluginError(`decorator "${key}" is already defined`, 'MESH_ERR_DECORATOR_DUPLICATE');
+    this.#decorators.set(key, value);
+  }
+
+  decorator(key: string): unknown {
+    if (!this.#decorators.has(key)) throw new PluginError(`decorator "${key}" is not defined`, 'MESH_ERR_DECORATOR_MISSING');
+    return this.#decorators.get(key);
+  }
+
+  hasDecorator(key: string): boolean {
+    return this.#decorators.has(key);
+  }
+
+  onClose(fn: () => unknown): void {
+    this.#closeHooks.push(fn);
+  }
+
+  /** The close hooks, last registered first. */
+  closeHooks(): (() => unknown)[] {
+    return [...this.#closeHooks].reverse();
+  }
+
+  onConfig(fn: (snapshot: ConfigSnapshot, previous: ConfigSnapshot) => unknown): void {
+    this.#configHooks.push(fn);
+  }
+
+  configHooks(): readonly ((snapshot: ConfigSnapshot, previous: ConfigSnapshot) => unknown)[] {
+    return this.#configHooks;
+  }
+
+  /** The scope of the plugin in `slot`: its sections in the request's snapshot, or in `current()`. */
+  scope(slot: number, current: () => ConfigSnapshot): PluginScope {
+    return new Scope(this.#plugins[slot]!.name, slot, current);
+  }
+}
+
+/** A plugin's view of its sections: reads its slot of the request's snapshot. */
+class Scope implements PluginScope {
+  readonly name: string;
+  readonly #slot: number;
+  readonly #current: () => ConfigSnapshot;
+
+  constructor(name: string, slot: number, current: () => ConfigSnapshot) {
+    this.name = name;
+    this.#slot = slot;
+    this.#current = current;
+  }
+
+  global(ctx?: MeshCarrier): unknown {
+    return (ctx?.state.mesh.snapshot ?? this.#current()).global[this.#slot];
+  }
+
+  route(ctx: MeshCarrier): unknown {
+    const route = ctx.state.mesh.route;
+    return route === null ? undefined : route.sections[this.#slot];
+  }
+
+  service(ctx: MeshCarrier): unknown {
+    const policy = ctx.state.mesh.policy;
+    return policy === null ? undefined : policy.sections[this.#slot];
+  }
+
+  forService(name: string): unknown {
+    return this.#current().services.get(name)?.sections[this.#slot];
+  }
+
+  routes(): { route: Route; options: unknown }[] {
+    const out: { route: Route; options: unknown }[] = [];
+    for (const route of this.#current().router.routes()) {
+      const options = route.sections[this.#slot];
+      if (options !== undefined) out.push({ route, options });
+    }
+    return out;
+  }
+
+  services(): { name: string; options: unknown }[] {
+    const out: { name: string; options: unknown }[] = [];
+    for (const policy of this.#current().services.values()) {
+      const options = policy.sections[this.#slot];
+      if (options !== undefined) out.push({ name: policy.name, options });
+    }
+    return out;
+  }
+}

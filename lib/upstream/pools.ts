@@ -1,0 +1,149 @@
+import { readFileSync } from 'node:fs';
+import type { Pool as UndiciPool } from 'undici';
+import type { ServiceConfig } from '../config/schema.js';
+import { MeshError } from '../errors.js';
+import type { Instance } from '../registry/registry.js';
+import { Pool } from './undici.js';
+
+/** An undici Pool: what `gateway.poolFor(instance)` hands plugins (health checks use its `request()`). */
+export type UpstreamPool = UndiciPool;
+
+/** Options for every upstream connection pool. */
+export interface PoolOptions {
+  /**
+   * Idle keep-alive time of upstream sockets. Kept below the usual upstream idle timeout (Node's
+   * is 5 s) so the gateway closes an idle socket before the upstream does.
+   * @default 4000
+   */
+  keepAliveTimeout?: number;
+  /** Most connections per upstream origin. @default unlimited */
+  connections?: number;
+  /** TCP connect timeout in ms. @default 5000 */
+  connectTimeout?: number;
+  /** TLS options to the instances (`ca`, `cert`, `key`, `servername`, `rejectUnauthorized`). */
+  tls?: Record<string, unknown>;
+}
+
+/**
+ * One undici Pool per upstream origin (and TLS profile), owned by a gateway. Pools whose
+ * instances all left are closed gracefully, so churn does not leak sockets.
+ */
+export class UpstreamPools {
+  readonly #pools = new Map<string, UndiciPool>();
+  readonly #defaults: PoolOptions;
+  #closed = false;
+
+  constructor(defaults: PoolOptions = {}) {
+    this.#defaults = defaults;
+  }
+
+  /** The pool for an origin; `profile` separates pools with different TLS options for one origin. */
+  get(origin: string, profile = '', options?: PoolOptions): UndiciPool {
+    const key = profile ? `${profile}|${origin}` : origin;
+    let pool = this.#pools.get(key);
+    if (pool) return pool;
+    if (this.#closed) throw new MeshError('MESH_ERR_CLOSING', 503, 'gateway is shutting down');
+    const opts = { ...this.#defaults, ...options };
+    pool = new Pool(origin, {
+      connections: opts.connections ?? null,
+      keepAliveTimeout: opts.keepAliveTimeout ?? 4000,
+      // Never trust a server hint to keep a socket longer than our own limit.
+      keepAliveMaxTimeout: opts.keepAliveTimeout ?? 4000,
+      connect: { timeout: opts.connectTimeout ?? 5000, ...opts.tls },
+      headersTimeout: 0,
+      bodyTimeout: 0,
+    });
+    this.#pools.set(key, pool);
+    return pool;
+  }
+
+  /** Closes the pool of an origin once its queued requests finish (when no instance uses it any more). */
+  release(origin: string, profile = ''): void {
+    const key = profile ? `${profile}|${origin}` : origin;
+    const pool = this.#pools.get(key);
+    if (!pool) return;
+    this.#pools.delete(key);
+    pool.close().catch(() => {
+      // close() only rejects if already destroyed, which means it is already gone
+    });
+  }
+
+  get size(): number {
+    return this.#pools.size;
+  }
+
+  /** Closes every pool: waits for running requests, then destroys what is left after `graceMs`. */
+  async close(graceMs = 1000): Promise<void> {
+    this.#closed = true;
+    const pools = [...this.#pools.values()];
+    this.#pools.clear();
+    await Promise.all(
+      pools.map(async (pool) => {
+        const timer = setTimeout(() => pool.destroy().catch(() => {}), graceMs);
+        timer.unref();
+        try {
+          await pool.close();
+        } catch {
+          // already destroyed by the grace timer: nothing left to close
+        } finally {
+          clearTimeout(timer);
+        }
+      }),
+    );
+  }
+}
+
+
+/** The TLS settings of a service toward its instances (`services.<name>.tls`). */
+export type UpstreamTls = NonNullable<ServiceConfig['tls']>;
+
+/**
+ * The pools of the registry's instances: one per origin, and one per origin and TLS profile for
+ * services with `tls` (their files read once). An origin's pools are released when its last
+ * instance leaves, so churn does not leak sockets.
+ */
+export class InstancePools {
+  readonly #pools: UpstreamPools;
+  readonly #resolvePath: (path: string) => string;
+  readonly #refs = new Map<string, number>();
+  /** TLS connect options per service, read from files once (per distinct settings). */
+  readonly #tls = new Map<string, { json: string; options: Record<string, unknown> }>();
+
+  constructor(pools: UpstreamPools, resolvePath: (path: string) => string) {
+    this.#pools = pools;
+    this.#resolvePath = resolvePath;
+  }
+
+  /** The pool for an instance of `service`, whose TLS settings are `tls`. */
+  poolFor(instance: Instance, service: string, tls: UpstreamTls | undefined): UpstreamPool {
+    if (!tls) return this.#pools.get(instance.origin);
+    return this.#pools.get(instance.origin, `tls:${service}`, { tls: this.#tlsOptions(service, tls) });
+  }
+
+  /** Counts an instance of `origin` in (`1`) or out (`-1`); the last one out releases the origin's pools. */
+  ref(origin: string, delta: 1 | -1, service: string, tls: boolean): void {
+    const count = (this.#refs.get(origin) ?? 0) + delta;
+    if (count > 0) {
+      this.#refs.set(origin, count);
+      return;
+    }
+    this.#refs.delete(origin);
+    if (delta < 0) {
+      this.#pools.release(origin);
+      if (tls) this.#pools.release(origin, `tls:${service}`);
+    }
+  }
+
+  #tlsOptions(service: string, tls: UpstreamTls): Record<string, unknown> {
+    const cached = this.#tls.get(service);
+    const json = JSON.stringify(tls);
+    if (cached !== undefined && cached.json === json) return cached.options;
+    const options: Record<string, unknown> = { rejectUnauthorized: tls.rejectUnauthorized };
+    if (tls.ca) options.ca = readFileSync(this.#resolvePath(tls.ca));
+    if (tls.cert) options.cert = readFileSync(this.#resolvePath(tls.cert));
+    if (tls.key) options.key = readFileSync(this.#resolvePath(tls.key));
+    if (tls.servername) options.servername = tls.servername;
+    this.#tls.set(service, { json, options });
+    return options;
+  }
+}

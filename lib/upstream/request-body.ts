@@ -1,0 +1,67 @@
+import type { IncomingMessage } from 'node:http';
+import { Transform } from 'node:stream';
+import type { Context } from 'koa';
+import { PayloadTooLargeError } from '../errors.js';
+
+/** What a request sends upstream: the client's stream, a replayable buffer or string, or nothing. */
+export type RequestBody = IncomingMessage | Buffer | string | null;
+
+/**
+ * The body to send upstream. Normally the client's stream, untouched. When a body parser in the
+ * host app already read the stream, the parsed body is sent instead (re-serialized), so the
+ * request does not hang waiting for bytes that will never come.
+ */
+export function requestBody(ctx: Context): RequestBody {
+  const req = ctx.req;
+  const parsed = (ctx.request as { body?: unknown; rawBody?: unknown }).body;
+  if (parsed !== undefined && (req.readableEnded || req.readableDidRead)) {
+    const raw = (ctx.request as { rawBody?: unknown }).rawBody;
+    if (typeof raw === 'string' || Buffer.isBuffer(raw)) return raw;
+    if (typeof parsed === 'string' || Buffer.isBuffer(parsed)) return parsed;
+    const type = String(req.headers['content-type'] ?? '');
+    if (type.includes('application/x-www-form-urlencoded') && parsed && typeof parsed === 'object') {
+      return new URLSearchParams(parsed as Record<string, string>).toString();
+    }
+    return JSON.stringify(parsed);
+  }
+  const headers = req.headers;
+  const length = headers['content-length'];
+  if (headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')) return req;
+  return null;
+}
+
+/**
+ * Applies a route's `maxBodySize`: a declared length over it is refused before any upstream is
+ * dialed; a chunked body is counted as it streams and cut off with 413 when it passes the limit.
+ */
+export function limitBody(req: IncomingMessage, body: RequestBody, limit: number): RequestBody {
+  if (body === null) return null;
+  if (body !== req) {
+    if (Buffer.byteLength(body as Buffer | string) > limit) throw new PayloadTooLargeError(limit);
+    return body;
+  }
+  const declared = req.headers['content-length'];
+  if (declared !== undefined) {
+    if (Number(declared) > limit) throw new PayloadTooLargeError(limit);
+    return body; // Node's parser enforces the declared length itself
+  }
+  let seen = 0;
+  const counter = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      seen += chunk.length;
+      if (seen > limit) callback(new PayloadTooLargeError(limit));
+      else callback(null, chunk);
+    },
+  });
+  req.on('error', (err) => counter.destroy(err));
+  req.pipe(counter);
+  // undici streams this in place of the request; it keeps the IncomingMessage type for the proxy's sake.
+  return Object.assign(counter, { headers: req.headers }) as unknown as IncomingMessage;
+}
+
+const SAFE_TO_REPEAT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
+
+/** An idempotent request whose body (if any) can be sent again. */
+export function isReplayable(method: string, body: RequestBody): boolean {
+  return SAFE_TO_REPEAT.has(method) && (body === null || typeof body === 'string' || Buffer.isBuffer(body));
+}
