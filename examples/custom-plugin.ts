@@ -1,49 +1,84 @@
 /**
- * A custom plugin: adds a response header with the instance that answered, and counts requests
- * per service, shared with other plugins through a decorator.
+ * A custom plugin with its own config sections: maintenance mode per route, and an owner per
+ * service. Routes with `maintenance: { enabled: true }` answer 503 themselves (the upstream sees
+ * nothing); every answer of a service with an `owner` section names the owning team in a header.
  *
  *   node --import tsx examples/custom-plugin.ts
+ *
+ * In a config file:
+ *
+ *   services:
+ *     payments:
+ *       instances: [ { url: http://127.0.0.1:3000 } ]
+ *       owner: { team: payments }
+ *   routes:
+ *     - { prefix: /payments, service: payments }
+ *     - { prefix: /refunds, service: payments, maintenance: { enabled: true, retryAfter: 10m } }
+ *   plugins:
+ *     - { module: ./examples/custom-plugin.ts }
  */
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { pathToFileURL } from 'node:url';
-import { createGateway, definePlugin, type GatewayPlugin } from '../lib/index.js';
+import { z } from 'zod';
+import { duration } from '../lib/config/index.js';
+import { createGateway, definePlugin } from '../lib/index.js';
 
+/** `routes[i].maintenance`: the route answers itself while `enabled`. */
+export const maintenanceSchema = z.strictObject({
+  enabled: z.boolean(),
+  /** The status of the answer. @default 503 */
+  status: z.number().int().min(400).max(599).default(503),
+  /** What the answer says. @default 'down for maintenance' */
+  message: z.string().default('down for maintenance'),
+  /** How long clients should wait, sent as `Retry-After` (seconds). */
+  retryAfter: duration.optional(),
+});
+
+/** `services.<name>.owner`: who runs the service; named on every answer. */
+export const ownerSchema = z.strictObject({
+  team: z.string().min(1),
+  /** The response header that names the team. @default 'x-owner' */
+  header: z.string().regex(/^[A-Za-z0-9-]+$/, 'expected a header name').default('x-owner'),
+});
+
+// Typed config in TypeScript too: createGateway({ routes: [{ ..., maintenance: { enabled: true } }] }).
 declare module '../lib/index.js' {
-  interface GatewayServices {
-    /** Requests per service, kept by the served-by plugin. */
-    requestCounts: Map<string, number>;
+  interface RouteSections {
+    maintenance: typeof maintenanceSchema;
+  }
+  interface ServiceSections {
+    owner: typeof ownerSchema;
   }
 }
 
-/** Options of {@link servedBy}. */
-export interface ServedByOptions {
-  /** Response header naming the instance. @default 'x-served-by' */
-  header?: string;
-}
-
 /**
- * Tells the client which instance answered, and counts requests per service.
- * @example gateway.use(servedBy({ header: 'x-backend' }))
+ * Maintenance mode per route and an owner header per service.
+ * @example gateway.use(maintenance())
  */
-export function servedBy(options: ServedByOptions = {}): GatewayPlugin {
-  const header = options.header ?? 'x-served-by';
+export function maintenance() {
   return definePlugin({
-    name: 'served-by',
-    setup(gateway) {
-      const counts = new Map<string, number>();
-      gateway.decorate('requestCounts', counts);
-      // guard wraps each attempt: after next(), the chosen instance and its answer are known.
-      gateway.addMiddleware('guard', async (ctx, next) => {
-        await next();
-        const mesh = ctx.state.mesh;
-        ctx.set(header, mesh.instance!.id);
-        counts.set(mesh.service!.name, (counts.get(mesh.service!.name) ?? 0) + 1);
+    name: 'maintenance',
+    config: {
+      route: { key: 'maintenance', schema: maintenanceSchema },
+      service: { key: 'owner', schema: ownerSchema },
+    },
+    setup(gateway, scope) {
+      // onRequest: once per request (not per attempt), and before auth and rate limits spend anything on it.
+      gateway.addMiddleware('onRequest', (ctx, next) => {
+        const owner = scope.service(ctx);
+        if (owner !== undefined) ctx.state.mesh.responseHeaders.push(owner.header, owner.team);
+        const window = scope.route(ctx);
+        if (window === undefined || !window.enabled) return next();
+        if (window.retryAfter !== undefined) ctx.set('retry-after', String(Math.ceil(window.retryAfter / 1000)));
+        ctx.status = window.status;
+        ctx.body = { error: 'MAINTENANCE', message: window.message, team: owner?.team ?? null };
       });
-      gateway.onClose(() => counts.clear());
     },
   });
 }
+
+export default maintenance;
 
 async function main(): Promise<void> {
   const upstream = createServer((_req, res) => res.end('hello from the upstream\n'));
@@ -52,14 +87,18 @@ async function main(): Promise<void> {
   const gateway = createGateway({
     logLevel: 'warn',
     listen: { host: '127.0.0.1', port: 0 },
-    services: { hello: { instances: [{ url: `http://127.0.0.1:${port}`, id: 'hello-1' }] } },
-    routes: [{ prefix: '/hello', service: 'hello' }],
+    services: { payments: { instances: [{ url: `http://127.0.0.1:${port}` }], owner: { team: 'payments' } } },
+    routes: [
+      { prefix: '/payments', service: 'payments' },
+      { prefix: '/refunds', service: 'payments', maintenance: { enabled: true, retryAfter: '10m' } },
+    ],
   });
-  gateway.use(servedBy());
+  gateway.use(maintenance());
   const { url } = await gateway.listen();
-  const res = await fetch(`${url}/hello`);
-  console.log(`GET ${url}/hello -> ${res.status}, x-served-by: ${res.headers.get('x-served-by')}, body: ${(await res.text()).trim()}`);
-  console.log('requests per service:', Object.fromEntries(gateway.get('requestCounts')));
+  for (const path of ['/payments/1', '/refunds/1']) {
+    const res = await fetch(url + path);
+    console.log(`GET ${path} -> ${res.status} x-owner: ${res.headers.get('x-owner')} retry-after: ${res.headers.get('retry-after')} body: ${(await res.text()).trim()}`);
+  }
   await gateway.close();
   upstream.close();
 }

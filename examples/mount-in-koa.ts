@@ -24,6 +24,8 @@ export function buildApp(apiUrl: string): { app: Koa; gateway: Gateway } {
     await next();
   });
   app.use(bodyParser()); // meshgate forwards the parsed body when a parser already read it
+  // Starts the gateway now (health checks, leases, admin registrations), not at the first request.
+  // Register plugins with gateway.use() before this line.
   app.use(gateway.middleware());
   app.use((ctx) => {
     ctx.body = { from: 'the host app', path: ctx.path };
@@ -38,6 +40,7 @@ async function main(): Promise<void> {
   });
   await listen(upstream);
   const { app, gateway } = buildApp(`http://127.0.0.1:${(upstream.address() as AddressInfo).port}`);
+  await gateway.ready(); // fails fast on a bad config or plugin; the gateway is already started
   const server = createServer(app.callback());
   await listen(server);
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;

@@ -1,12 +1,14 @@
 #!/usr/bin/env node
 import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
+import pino from 'pino';
 import { parseArgs } from 'node:util';
 import { ConfigError, MeshError } from './errors.js';
 import cluster from 'node:cluster';
 import { runClusterPrimary, runClusterWorker, workerCount } from './cluster.js';
-import type { GatewayConfig } from './config/schema.js';
-import { createGateway, loadConfigFile } from './index.js';
+import { readConfigFile } from './config/load.js';
+import type { GatewayConfigInput } from './config/schema.js';
+import { createGateway } from './index.js';
 import { registerInstance } from './registry/registration.js';
 
 const HELP = `meshgate: a service-mesh gateway
@@ -70,7 +72,8 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${HELP}\n`);
     return command === undefined && !values.help ? 2 : 0;
   }
-  const configFile = values.config ?? 'meshgate.yaml';
+  // The file may come as --config FILE or as the command's argument: `meshgate validate bad.yaml`.
+  const configFile = values.config ?? positionals[1] ?? 'meshgate.yaml';
   switch (command) {
     case 'validate':
       return validate(configFile);
@@ -90,7 +93,10 @@ export async function main(argv: string[]): Promise<number> {
 
 async function validate(file: string): Promise<number> {
   try {
-    const { config } = await loadConfigFile(file);
+    const { document, baseDir, source } = await readConfigFile(file);
+    // A gateway that never starts: its check() loads the plugin modules and validates every section.
+    const gateway = createGateway(document as GatewayConfigInput, { baseDir, source, logger: pino({ level: 'silent' }) });
+    const { config } = await gateway.check();
     const services = Object.keys(config.services).length;
     process.stdout.write(`${file}: valid (${services} service${services === 1 ? '' : 's'}, ${config.routes.length} route${config.routes.length === 1 ? '' : 's'})\n`);
     return 0;
@@ -103,13 +109,17 @@ async function validate(file: string): Promise<number> {
 async function start(file: string, port: string | undefined): Promise<number> {
   let gateway;
   try {
-    const { config, baseDir } = await loadConfigFile(file);
+    const { document, baseDir, source } = await readConfigFile(file);
+    const config = document as GatewayConfigInput;
     if (cluster.isWorker && process.env.MESHGATE_CLUSTER_WORKER === '1') {
-      await runClusterWorker(config, baseDir);
+      await runClusterWorker(config, baseDir, source);
       return new Promise<number>(() => {}); // the worker exits on SIGTERM or when the primary goes
     }
-    if (workerCount(config.workers) > 1) return await startCluster(config, baseDir, port);
-    gateway = createGateway(config, { baseDir });
+    gateway = createGateway(config, { baseDir, source });
+    if (workerCount(gateway.config.workers) > 1) {
+      gateway = undefined;
+      return await startCluster(config, baseDir, source, port);
+    }
     const info = await gateway.listen(port === undefined ? {} : { port: Number(port) });
     process.stderr.write(`meshgate ${version()} listening on ${info.url}${info.adminUrl ? `, admin on ${info.adminUrl}` : ''}\n`);
   } catch (err) {
@@ -185,10 +195,11 @@ async function register(values: Record<string, string | boolean | undefined>): P
   return 0;
 }
 
-async function startCluster(config: GatewayConfig, baseDir: string, port: string | undefined): Promise<number> {
+async function startCluster(config: GatewayConfigInput, baseDir: string, source: string, port: string | undefined): Promise<number> {
   const handle = await runClusterPrimary({
     config,
     baseDir,
+    source,
     port: port === undefined ? undefined : Number(port),
     onListening: ({ url, adminUrl, workers }) =>
       process.stderr.write(`meshgate ${version()} listening on ${url} with ${workers} workers${adminUrl ? `, admin on ${adminUrl}` : ''}\n`),

@@ -1,6 +1,6 @@
 import cluster, { type Worker } from 'node:cluster';
 import { availableParallelism } from 'node:os';
-import type { GatewayConfig } from './config/schema.js';
+import type { GatewayConfig, GatewayConfigInput } from './config/schema.js';
 import type { Gateway } from './core/gateway.js';
 import { createGateway } from './index.js';
 import type { Health, Instance, InstanceSpec } from './registry/registry.js';
@@ -25,7 +25,10 @@ const SNAPSHOT_TIMEOUT_MS = 10_000;
 
 /** Options of {@link runClusterPrimary}. */
 export interface ClusterOptions {
-  config: GatewayConfig;
+  /** The config document (validated by the gateways, against every plugin's sections). */
+  config: GatewayConfigInput;
+  /** The config file, named in errors. */
+  source?: string;
   baseDir: string;
   /** Overrides `listen.port` in the workers. */
   port?: number;
@@ -52,9 +55,10 @@ const RESPAWN_DELAY_MS = 1000;
  * that dies is replaced after a second.
  */
 export async function runClusterPrimary(options: ClusterOptions): Promise<ClusterHandle> {
-  const { config, baseDir } = options;
+  const { baseDir, source } = options;
+  const gateway = createGateway(options.config, { baseDir, source, role: 'primary' });
+  const config = gateway.config;
   const count = workerCount(config.workers);
-  const gateway = createGateway(config, { baseDir, role: 'primary' });
   await gateway.ready();
   const admin = config.admin ? await gateway.admin.listen() : undefined;
 
@@ -128,8 +132,8 @@ export async function runClusterPrimary(options: ClusterOptions): Promise<Cluste
  * Cluster mode, in a worker process: a gateway that proxies on the shared listener and mirrors
  * the primary's registry. Resolves once it listens; SIGTERM drains it and exits.
  */
-export async function runClusterWorker(config: GatewayConfig, baseDir: string): Promise<Gateway> {
-  const gateway = createGateway(config, { baseDir, role: 'worker' });
+export async function runClusterWorker(config: GatewayConfigInput, baseDir: string, source?: string): Promise<Gateway> {
+  const gateway = createGateway(config, { baseDir, source, role: 'worker' });
   await gateway.ready();
   let synced: () => void = () => {};
   const snapshot = new Promise<void>((resolve, reject) => {

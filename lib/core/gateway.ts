@@ -158,7 +158,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     if (typeof plugin === 'string') {
       throw new PluginError(`use() registers plugins; add middleware to the "${plugin as string}" stage with addMiddleware("${plugin as string}", fn) in a plugin's setup`);
     }
-    if (this.#ready) throw new PluginError(`plugin "${plugin?.name}" added after the gateway started`);
+    if (this.#ready || this.#checked) throw new PluginError(`plugin "${plugin?.name}" added after the gateway started`);
     // Dependencies are checked at boot (ready/listen), where the whole list is known.
     this.#plugins.register(plugin);
     return this;
@@ -254,7 +254,20 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     return this.#ready;
   }
 
-  async #start(): Promise<void> {
+  /**
+   * Checks the whole config without starting anything: loads the `plugins:` modules, validates
+   * every section against its plugin's schema and prepares the first snapshot (keys read, limits
+   * compiled). Resolves with that snapshot; rejects with a `ConfigError` naming every bad path.
+   * `meshgate validate` runs it.
+   */
+  check(): Promise<ConfigSnapshot> {
+    this.#checked ??= this.#check();
+    return this.#checked;
+  }
+
+  #checked: Promise<ConfigSnapshot> | null = null;
+
+  async #check(): Promise<ConfigSnapshot> {
     const early = this.#config;
     if (early.plugins.length > 0) {
       for (const plugin of await loadPluginModules(early.plugins, (path) => this.resolvePath(path), new Set(this.#plugins.names()))) this.#plugins.register(plugin);
@@ -262,7 +275,16 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     const plugins = this.#plugins.plugins;
     const owners = [...plugins, ...this.#catalogue.filter((owner) => !this.#plugins.has(owner.name))];
     const config = validateConfig(this.#document, { sections: owners, source: this.#source });
-    const snapshot = buildSnapshot(config, { plugins, resolvePath: (path) => this.resolvePath(path) });
+    try {
+      return buildSnapshot(config, { plugins, resolvePath: (path) => this.resolvePath(path) });
+    } catch (err) {
+      throw err instanceof ConfigError && this.#source !== undefined ? new ConfigError(err.issues, this.#source) : err;
+    }
+  }
+
+  async #start(): Promise<void> {
+    const snapshot = await this.check();
+    const plugins = this.#plugins.plugins;
     this.#apply(snapshot);
     const registered = new Set<string>();
     for (const [slot, plugin] of plugins.entries()) {

@@ -15,6 +15,9 @@ test('the mount-in-koa example proxies /api, keeps the host routes, and forwards
     await gateway.close();
   });
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  // Mounting started it: ready before the first request.
+  await gateway.ready();
+  assert.equal(gateway.isReady, true);
 
   const proxied = await send(`${base}/api/users/1`);
   assert.equal(proxied.status, 200);
