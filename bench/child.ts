@@ -22,6 +22,9 @@ const STACKS: Record<string, { stack: StackName; without?: StandardPlugin }> = {
   'meshgate-standard': { stack: 'standard' },
   'meshgate-untraced': { stack: 'standard', without: 'trace-context' },
   'meshgate-log': { stack: 'standard+log' },
+  // The same stacks from another checkout's build (BENCH_BASELINE, passed down as BENCH_DIST).
+  'baseline-core': { stack: 'core' },
+  'baseline-standard': { stack: 'standard' },
 };
 
 async function main(): Promise<void> {

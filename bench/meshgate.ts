@@ -10,12 +10,17 @@
  */
 import { existsSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import type { Gateway, GatewayConfigInput } from '../lib/index.js';
 import { stackConfig, type StackName, type StandardPlugin } from './stack.js';
 
 // Measure what users run: the tsc build in dist/ (npm run bench builds it first). Under tsx the
 // sources carry esbuild's __name() wrappers on every closure. BENCH_SOURCE=1 measures the sources.
-const DIST = new URL('../dist/lib/index.js', import.meta.url);
+// BENCH_DIST (set by the runner for the baseline-* targets): another checkout's build, to measure
+// the code before a change against the code after it in the same run.
+const DIST = process.env.BENCH_DIST ? pathToFileURL(join(process.env.BENCH_DIST, 'dist/lib/index.js')) : new URL('../dist/lib/index.js', import.meta.url);
+if (process.env.BENCH_DIST && !existsSync(DIST)) throw new Error(`BENCH_BASELINE: no build at ${DIST.pathname} (run npm run build there)`);
 const entry = existsSync(DIST) && process.env.BENCH_SOURCE !== '1' ? DIST.href : new URL('../lib/index.ts', import.meta.url).href;
 const { createGateway } = (await import(entry)) as { createGateway: (config: GatewayConfigInput) => Gateway };
 

@@ -89,6 +89,8 @@ type TargetName =
   | 'meshgate-standard'
   | 'meshgate-untraced'
   | 'meshgate-log'
+  | 'baseline-core'
+  | 'baseline-standard'
   | 'meshgate-cluster';
 
 /** The proxies started through bench/child.ts, in table order, and what each is. */
@@ -100,6 +102,16 @@ const PROXIES: { name: TargetName & TargetKind; description: string }[] = [
   { name: 'meshgate-standard', description: 'least-request, breaker, health checks, metrics, retries, tracing' },
   { name: 'meshgate-untraced', description: "standard without tracing: issue 8's list as written" },
   { name: 'meshgate-log', description: 'standard + JSON access log to /dev/null' },
+];
+
+/**
+ * With BENCH_BASELINE=<dir> (another checkout of meshgate, built: a git worktree of the commit
+ * before a change, with node_modules linked), its core and standard stacks run as two more
+ * targets, so the code before and after a change are measured in the same run, side by side.
+ */
+const BASELINES: { name: TargetName & TargetKind; description: string }[] = [
+  { name: 'baseline-core', description: 'meshgate-core from BENCH_BASELINE' },
+  { name: 'baseline-standard', description: 'meshgate-standard from BENCH_BASELINE' },
 ];
 
 /**
@@ -144,7 +156,7 @@ function settingsFromEnv(env: NodeJS.ProcessEnv): Settings {
   const clusterEnv = env.BENCH_CLUSTER ?? '';
   if (!['', '0', '1'].includes(clusterEnv)) throw new Error(`BENCH_CLUSTER must be 0 or 1 (or unset), got "${clusterEnv}"`);
   const cluster = clusterEnv === '0' ? 'off' : clusterEnv === '1' ? 'forced' : 'auto';
-  const known = PROXIES.map((p) => p.name as string);
+  const known = [...PROXIES, ...(env.BENCH_BASELINE ? BASELINES : [])].map((p) => p.name as string);
   const wanted = (env.BENCH_TARGETS ?? '').split(',').map((t) => t.trim()).filter(Boolean);
   const unknown = wanted.filter((t) => !known.includes(t));
   if (unknown.length > 0) throw new Error(`BENCH_TARGETS: unknown target(s) ${unknown.join(', ')} (known: ${known.join(', ')})`);
@@ -371,8 +383,16 @@ const SHARED_NEEDS_PINNING = 'it needs CPU pinning (Linux, taskset, two or more 
 /** One shared-core round: each proxy's requests over the bare proxy's, served in the same seconds on the same CPU. */
 interface SharedRound {
   ratios: Map<TargetName, number>;
+  /** With BENCH_BASELINE: each build's stack against the baseline build's, the two on one CPU at once. */
+  duels: Map<string, number>;
   non2xx: number;
 }
+
+/** The before/after pairs measured head to head when BENCH_BASELINE is set. */
+const DUELS = [
+  ['meshgate-core', 'baseline-core'],
+  ['meshgate-standard', 'baseline-standard'],
+] as const;
 
 /**
  * The shared-core phase: each proxy in turn shares one CPU with the bare proxy, both loaded at
@@ -388,14 +408,17 @@ async function measureShared(bench: Bench, rounds: number, durationSec: number, 
   const bare = bench.targets.find((t) => t.name === 'bare-proxy')!;
   const others = bench.targets.filter((t) => t.name !== 'direct' && t.name !== 'bare-proxy' && !t.spread);
   const connections = Math.max(1, Math.floor(settings.connections / 2));
-  const pair = async (target: Target, seconds: number): Promise<[LoadResult, LoadResult]> => {
+  const pairOf = async (one: Target, two: Target, seconds: number): Promise<[LoadResult, LoadResult]> => {
     if (pinning) {
-      const together = new Set([...bare.pids, ...target.pids]);
+      const together = new Set([...one.pids, ...two.pids]);
       for (const pid of bench.pids) pin(pid, together.has(pid) ? pinning.target : pinning.rest);
     }
     const load = (t: Target): Promise<LoadResult> => runLoad(bench.generator, `${t.url}/`, { connections, durationSec: seconds, threads: 1, cpus: pinning?.rest });
-    return Promise.all([load(bare), load(target)]);
+    return Promise.all([load(one), load(two)]);
   };
+  const pair = (target: Target, seconds: number): Promise<[LoadResult, LoadResult]> => pairOf(bare, target, seconds);
+  const byName = (name: TargetName): Target | undefined => others.find((t) => t.name === name);
+  const duels = DUELS.map(([after, before]) => [byName(after), byName(before)] as const).filter((d): d is readonly [Target, Target] => d[0] !== undefined && d[1] !== undefined);
   if (settings.warmupSec > 0) for (const target of others) await pair(target, settings.warmupSec);
   const out: SharedRound[] = [];
   for (let round = 0; round < rounds; round++) {
@@ -408,9 +431,15 @@ async function measureShared(bench: Bench, rounds: number, durationSec: number, 
       ratios.set(target.name, b.requests > 0 ? t.requests / b.requests : Number.NaN);
       non2xx += b.non2xx + t.non2xx;
     }
+    const duelRatios = new Map<string, number>();
+    for (const [after, before] of duels) {
+      const [a, b] = await pairOf(after, before, durationSec);
+      duelRatios.set(`${after.name} / ${before.name}`, b.requests > 0 ? a.requests / b.requests : Number.NaN);
+      non2xx += a.non2xx + b.non2xx;
+    }
     const ordered = new Map([...bench.targets].filter((t) => ratios.has(t.name)).map((t) => [t.name, ratios.get(t.name)!]));
-    out.push({ ratios: ordered, non2xx });
-    log(`bench: shared round ${round + 1}/${rounds} ` + [...ordered].map(([name, r]) => `${name} ${fmt(r, 2)}x`).join('  '));
+    out.push({ ratios: ordered, duels: duelRatios, non2xx });
+    log(`bench: shared round ${round + 1}/${rounds} ` + [...ordered, ...duelRatios].map(([name, r]) => `${name} ${fmt(r, 2)}x`).join('  '));
   }
   return out;
 }
@@ -423,10 +452,11 @@ async function main(): Promise<number> {
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
   const measureCluster = settings.cluster === 'forced' || (settings.cluster === 'auto' && host.cores >= CLUSTER_MIN_CPUS);
 
-  const proxies = PROXIES.filter((p) => settings.proxies.includes(p.name));
+  const proxies = [...PROXIES, ...BASELINES].filter((p) => settings.proxies.includes(p.name));
   log(`bench: starting the upstream and ${proxies.length + (measureCluster ? 1 : 0)} proxies (load generator: ${generator})`);
   const upstream = await startTarget('upstream');
-  const started = await Promise.all(proxies.map((p) => startTarget(p.name, { upstream: upstream.url })));
+  const baselineEnv = process.env.BENCH_BASELINE ? { BENCH_DIST: process.env.BENCH_BASELINE } : {};
+  const started = await Promise.all(proxies.map((p) => startTarget(p.name, { upstream: upstream.url, env: p.name.startsWith('baseline-') ? baselineEnv : {} })));
   let cluster: ClusterTarget | null = null;
   if (measureCluster) cluster = await startMeshgateCluster(upstream.url);
   const targets: Target[] = [
@@ -573,6 +603,14 @@ async function main(): Promise<number> {
         return `| ${name} | ${fmt(sharedRatio(shared, name, 'bare-proxy'), 2)}x | ${fmt(Math.min(...list), 2)}-${fmt(Math.max(...list), 2)}x |`;
       }),
     );
+    for (const duel of shared[0]!.duels.keys()) {
+      const list = shared.map((r) => r.duels.get(duel)!);
+      lines.push(
+        '',
+        `before and after, head to head on one CPU: ${duel} (baseline: ${process.env.BENCH_BASELINE}) = ${fmt(median(list), 3)}x ` +
+          `(rounds ${fmt(Math.min(...list), 3)}-${fmt(Math.max(...list), 3)}x); via the bare proxy: ${fmt(sharedRatio(shared, duel.split(' / ')[0] as TargetName, duel.split(' / ')[1] as TargetName), 3)}x`,
+      );
+    }
     for (const name of ['meshgate-standard', 'meshgate-untraced'] as const) {
       if (!sharedNames.includes(name) || !sharedNames.includes('reply-from')) continue;
       lines.push('', `shared core: ${name} / reply-from = ${fmt(sharedRatio(shared, name, 'reply-from'), 2)}x`);
@@ -635,7 +673,7 @@ async function main(): Promise<number> {
     pinning,
     targets: summary,
     checks,
-    shared: shared.map((r) => Object.fromEntries(r.ratios)),
+    shared: shared.map((r) => ({ ...Object.fromEntries(r.ratios), ...Object.fromEntries(r.duels) })),
     cluster: clusterNote,
     otherLoadPct,
     baselineSpread,

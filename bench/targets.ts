@@ -22,7 +22,9 @@ export type TargetKind =
   | 'meshgate-core'
   | 'meshgate-standard'
   | 'meshgate-untraced'
-  | 'meshgate-log';
+  | 'meshgate-log'
+  | 'baseline-core'
+  | 'baseline-standard';
 
 /** The repository root: children run from there so `--import tsx` resolves. */
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));

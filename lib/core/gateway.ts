@@ -95,6 +95,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
   #config: GatewayConfig;
   #snapshot: ConfigSnapshot | null = null;
   #pipeline: Pipeline | null = null;
+  #checked: Promise<ConfigSnapshot> | null = null;
   #ready: Promise<void> | null = null;
   #closing = false;
   #closed: Promise<void> | null = null;
@@ -265,20 +266,19 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     return this.#checked;
   }
 
-  #checked: Promise<ConfigSnapshot> | null = null;
-
   async #check(): Promise<ConfigSnapshot> {
-    const early = this.#config;
-    if (early.plugins.length > 0) {
-      for (const plugin of await loadPluginModules(early.plugins, (path) => this.resolvePath(path), new Set(this.#plugins.names()))) this.#plugins.register(plugin);
-    }
-    const plugins = this.#plugins.plugins;
-    const owners = [...plugins, ...this.#catalogue.filter((owner) => !this.#plugins.has(owner.name))];
-    const config = validateConfig(this.#document, { sections: owners, source: this.#source });
     try {
+      const early = this.#config;
+      if (early.plugins.length > 0) {
+        for (const plugin of await loadPluginModules(early.plugins, (path) => this.resolvePath(path), new Set(this.#plugins.names()))) this.#plugins.register(plugin);
+      }
+      const plugins = this.#plugins.plugins;
+      const owners = [...plugins, ...this.#catalogue.filter((owner) => !this.#plugins.has(owner.name))];
+      const config = validateConfig(this.#document, { sections: owners, source: this.#source });
       return buildSnapshot(config, { plugins, resolvePath: (path) => this.resolvePath(path) });
     } catch (err) {
-      throw err instanceof ConfigError && this.#source !== undefined ? new ConfigError(err.issues, this.#source) : err;
+      // Every config problem names the file it is in.
+      throw err instanceof ConfigError && this.#source !== undefined && !err.message.includes(this.#source) ? new ConfigError(err.issues, this.#source) : err;
     }
   }
 

@@ -33,6 +33,8 @@ declare module '../../lib/index.js' {
 const CIRCUIT_VALUE: Record<CircuitState, number> = { closed: 0, 'half-open': 1, open: 2 };
 /** Outcome labels by status class, so counting an attempt builds no string. */
 const STATUS_CLASS = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx'];
+/** The cache key of requests no route matched. */
+const UNMATCHED = {};
 const DEFAULT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 interface RequestSeries {
@@ -131,13 +133,14 @@ export function metrics(given: MetricsOptions = {}): GatewayPlugin<boolean | { d
       });
 
       // Hot-path caches: one entry per (route, method, code) and per (instance, outcome).
-      // route (null: unmatched) -> method -> status code -> series; no key string built per request.
-      const requestSeries = new Map<Route | null, Map<string, Map<number, RequestSeries>>>();
+      // route -> method -> status code -> series; no key string built per request. Weak: a new
+      // config makes new route objects (the series, found by their labels, stay the same).
+      const requestSeries = new WeakMap<Route | typeof UNMATCHED, Map<string, Map<number, RequestSeries>>>();
       const upstreamSeries = new Map<Instance, { outcomes: Map<string, CounterSeries>; duration: HistogramSeries }>();
 
       const seriesFor = (route: Route | null, method: string, code: number): RequestSeries => {
-        let byMethod = requestSeries.get(route);
-        if (!byMethod) requestSeries.set(route, (byMethod = new Map()));
+        let byMethod = requestSeries.get(route ?? UNMATCHED);
+        if (!byMethod) requestSeries.set(route ?? UNMATCHED, (byMethod = new Map()));
         let byCode = byMethod.get(method);
         if (!byCode) byMethod.set(method, (byCode = new Map()));
         let series = byCode.get(code);
