@@ -37,8 +37,9 @@ export function zoneLocalBalancer(options: ZoneLocalBalancerOptions): GatewayPlu
   if (typeof zone !== 'string' || zone === '') throw new PluginError('zoneLocalBalancer: `zone` must be a non-empty string');
   return definePlugin({
     name: 'zone-local-balancer',
-    setup(gw) {
-      gw.defineBalancer(ZONE_LOCAL, (_service, { random }) => {
+    // Declared, not defined in setup: `meshgate validate` then knows the name.
+    balancers: {
+      [ZONE_LOCAL]: (_service, { random }) => {
         let localFor: readonly Instance[] | null = null;
         let local: readonly Instance[] = [];
         const any = (list: readonly Instance[]): Instance => list[Math.floor(random() * list.length)]!;
@@ -56,8 +57,9 @@ export function zoneLocalBalancer(options: ZoneLocalBalancerOptions): GatewayPlu
             return any(left.length > 0 ? left : candidates);
           },
         };
-      });
+      },
     },
+    setup() {},
   });
 }
 

@@ -15,11 +15,13 @@ const HELP = `meshgate: a service-mesh gateway
 
 Usage:
   meshgate start --config FILE        run the gateway from a YAML (or JSON) config
-  meshgate validate --config FILE     check a config; prints every problem with its path, exit 1 if any
+  meshgate validate --config FILE     check a config as start would, short of binding ports;
+                                      prints every problem with its path, exit 1 if any
+                                      (start and validate also take the file as their argument)
   meshgate register --registry URL --service NAME --url URL [--ttl 10s] [--token T]
                                       sidecar: register an instance, keep its lease, deregister on SIGTERM
   meshgate --version                  print the version
-  meshgate --help                     this text
+  meshgate --help                     this text; meshgate COMMAND --help for one command
 
 Options:
   -c, --config FILE   config file (default: meshgate.yaml)
@@ -34,6 +36,41 @@ Options:
 
 Signals: SIGTERM or SIGINT stops taking requests, drains in-flight ones (drainTimeout), exits 0.
 Docs: README.md, and the config reference in it.`;
+
+/** Each command's own --help. */
+const COMMAND_HELP: Record<string, string> = {
+  start: `meshgate start [FILE | --config FILE] [--port N]
+
+Runs the gateway from a YAML (or JSON) config (default: meshgate.yaml). With workers > 1 in the
+config it runs in cluster mode. SIGTERM or SIGINT stops taking requests, drains in-flight ones
+(drainTimeout) and exits 0; a bad config exits 1 with every problem and its path.
+
+Options:
+  -c, --config FILE   the config file
+  -p, --port N        override listen.port`,
+  validate: `meshgate validate [FILE | --config FILE]
+
+Checks a config as \`meshgate start\` would, short of binding ports: the core's fields, every
+plugin's sections (the plugins: modules are loaded), the balancers named, the TLS files readable.
+Prints "FILE: valid (...)" and exits 0, or every problem with its path and exits 1.
+
+Options:
+  -c, --config FILE   the config file (default: meshgate.yaml)`,
+  register: `meshgate register --registry URL --service NAME --url URL [--ttl 10s] [--token T]
+
+A sidecar: registers an instance with a gateway's admin API (http://...) or a fleet's Redis
+(redis://...), heartbeats every ttl/3, registers again when its lease was lost, and deregisters
+on SIGTERM or SIGINT. When the registry cannot be reached it keeps trying, with backoff.
+
+Options:
+  --registry URL      a gateway's admin API (http://127.0.0.1:9901) or the fleet's Redis (redis://127.0.0.1:6379)
+  --service NAME      service to join
+  --url URL           this instance's URL
+  --ttl DURATION      lease length; heartbeats every ttl/3 (default 10s)
+  --token TOKEN       admin token (default $MESHGATE_ADMIN_TOKEN)
+  --prefix PREFIX     Redis key prefix (default meshgate:)
+  --weight N, --id ID, --metadata JSON   optional registration fields`,
+};
 
 /** Runs the CLI with `argv` (without node and script). Returns the exit code, or never returns while serving. */
 export async function main(argv: string[]): Promise<number> {
@@ -68,6 +105,14 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const command = positionals[0];
+  if (values.help && command !== undefined && Object.hasOwn(COMMAND_HELP, command)) {
+    process.stdout.write(`${COMMAND_HELP[command]}\n`);
+    return 0;
+  }
+  if (command === 'help' && positionals[1] !== undefined && Object.hasOwn(COMMAND_HELP, positionals[1])) {
+    process.stdout.write(`${COMMAND_HELP[positionals[1]]}\n`);
+    return 0;
+  }
   if (values.help || command === 'help' || command === undefined) {
     process.stdout.write(`${HELP}\n`);
     return command === undefined && !values.help ? 2 : 0;
@@ -96,7 +141,7 @@ async function validate(file: string): Promise<number> {
     const { document, baseDir, source } = await readConfigFile(file);
     // A gateway that never starts: its check() loads the plugin modules and validates every section.
     const gateway = createGateway(document as GatewayConfigInput, { baseDir, source, logger: pino({ level: 'silent' }) });
-    const { config } = await gateway.check();
+    const { config } = await gateway.validate();
     const services = Object.keys(config.services).length;
     process.stdout.write(`${file}: valid (${services} service${services === 1 ? '' : 's'}, ${config.routes.length} route${config.routes.length === 1 ? '' : 's'})\n`);
     return 0;

@@ -128,6 +128,77 @@ describe('cli: validate', { concurrency: true }, () => {
   });
 });
 
+describe('cli: validate runs the checks start runs', { concurrency: true }, () => {
+  test('the file may be given as the command\'s argument', async (t) => {
+    const { write } = await tempDir(t);
+    const good = await write('good.yaml', 'services:\n  api: {}\n');
+    const bad = await write('bad.yaml', BAD_YAML);
+    const valid = await cli(t, ['validate', good]);
+    assert.equal((await valid.exited).code, 0, valid.stderr());
+    assert.match(valid.stdout(), /good\.yaml: valid \(1 service, 0 routes\)/);
+    const invalid = await cli(t, ['validate', bad]);
+    assert.equal((await invalid.exited).code, 1);
+    assert.ok(invalid.stderr().includes(bad), invalid.stderr());
+    for (const path of BAD_PATHS) assert.ok(invalid.stderr().includes(`${path}: `), `${path} in:\n${invalid.stderr()}`);
+  });
+
+  test('an unknown balancer, a plugin module that does not load and a TLS file that cannot be read are problems, each at its path', async (t) => {
+    const { write, dir } = await tempDir(t);
+    const file = await write(
+      'meshgate.yaml',
+      [
+        'listen: { tls: { cert: missing.crt, key: missing.key } }',
+        'services:',
+        '  api: { balancer: round-robbin, tls: { ca: nope.pem } }',
+        'plugins: [ { module: ./nowhere.js } ]',
+        '',
+      ].join('\n'),
+    );
+    let run = await cli(t, ['validate', file]);
+    assert.equal((await run.exited).code, 1);
+    // The module is reported first: the rest of the config cannot be checked without its sections.
+    assert.match(run.stderr(), /plugins\[0\]\.module: cannot load "\.\/nowhere\.js"/);
+    await write('nowhere.js', 'export default () => ({ name: "nowhere", setup() {} });\n');
+    run = await cli(t, ['validate', file]);
+    assert.equal((await run.exited).code, 1);
+    const stderr = run.stderr();
+    assert.match(stderr, /listen\.tls\.cert: cannot read .*missing\.crt: ENOENT/);
+    assert.match(stderr, /listen\.tls\.key: cannot read .*missing\.key: ENOENT/);
+    assert.match(stderr, /services\.api\.tls\.ca: cannot read .*nope\.pem: ENOENT/);
+    assert.ok(stderr.includes(join(dir, 'missing.crt')), 'relative paths resolve against the config file');
+    await write('missing.crt', 'x');
+    await write('missing.key', 'x');
+    await write('nope.pem', 'x');
+    run = await cli(t, ['validate', file]);
+    assert.equal((await run.exited).code, 1);
+    assert.match(run.stderr(), /services\.api\.balancer: unknown balancer "round-robbin" \(known: round-robin, /);
+  });
+
+  test('a YAML syntax error is reported once, with its line and column, and nothing after it', async (t) => {
+    const { write } = await tempDir(t);
+    const file = await write('meshgate.yaml', 'listen: { port: 8080 }\nadmin: { port: 9901, token: ${MESHGATE_ADMIN_TOKEN} }\nservices:\n  api: {}\n');
+    const run = await cli(t, ['validate', file]);
+    assert.equal((await run.exited).code, 1);
+    const stderr = run.stderr();
+    assert.match(stderr, /\(1 problem\):/);
+    assert.match(stderr, /YAML syntax error at line 2, column 30/);
+    assert.equal(stderr.match(/YAML/g)?.length, 1, stderr);
+  });
+
+  test('every command has its own --help', async (t) => {
+    for (const [command, words] of [
+      ['start', /meshgate start \[FILE \| --config FILE\] \[--port N\]/],
+      ['validate', /short of binding ports/],
+      ['register', /--registry URL --service NAME --url URL/],
+    ] as const) {
+      const run = await cli(t, [command, '--help']);
+      assert.equal((await run.exited).code, 0, run.stderr());
+      assert.match(run.stdout(), words);
+      assert.doesNotMatch(run.stdout(), /^Usage:/m, `${command} --help prints its own text, not the general one`);
+    }
+  });
+});
+
 describe('cli: start', () => {
   test('serves traffic, and on SIGTERM drains an in-flight request and exits 0', async (t) => {
     // /slow sends its head and half its body, then waits for the test to finish it.

@@ -59,11 +59,13 @@ export function parseConfig(text: string, options: ValidateOptions = {}): Gatewa
  */
 export function parseYaml(text: string, source?: string): unknown {
   const doc = yaml().parseDocument(text, { prettyErrors: true, uniqueKeys: true });
-  if (doc.errors.length > 0) {
-    throw new ConfigError(
-      doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0]}` })),
-      source,
-    );
+  const first = doc.errors[0];
+  if (first !== undefined) {
+    // The first syntax error only: the parser's later ones follow from it and would bury it.
+    const where = first.linePos?.[0];
+    const head = first.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
+    const excerpt = first.message.split('\n').slice(1).join('\n').replace(/^\n+|\n+$/g, '');
+    throw new ConfigError([{ path: '', message: `YAML syntax error${where ? ` at line ${where.line}, column ${where.col}` : ''}: ${head}${excerpt ? `\n${excerpt}` : ''}` }], source);
   }
   return doc.toJS();
 }

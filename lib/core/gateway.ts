@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { accessSync, constants } from 'node:fs';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
@@ -162,6 +163,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     if (this.#ready || this.#checked) throw new PluginError(`plugin "${plugin?.name}" added after the gateway started`);
     // Dependencies are checked at boot (ready/listen), where the whole list is known.
     this.#plugins.register(plugin);
+    this.#defineBalancersOf(plugin);
     return this;
   }
 
@@ -270,16 +272,38 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     try {
       const early = this.#config;
       if (early.plugins.length > 0) {
-        for (const plugin of await loadPluginModules(early.plugins, (path) => this.resolvePath(path), new Set(this.#plugins.names()))) this.#plugins.register(plugin);
+        for (const plugin of await loadPluginModules(early.plugins, (path) => this.resolvePath(path), new Set(this.#plugins.names()))) {
+          this.#plugins.register(plugin);
+          this.#defineBalancersOf(plugin);
+        }
       }
       const plugins = this.#plugins.plugins;
       const owners = [...plugins, ...this.#catalogue.filter((owner) => !this.#plugins.has(owner.name))];
       const config = validateConfig(this.#document, { sections: owners, source: this.#source });
-      return buildSnapshot(config, { plugins, resolvePath: (path) => this.resolvePath(path) });
+      const snapshot = buildSnapshot(config, { plugins, resolvePath: (path) => this.resolvePath(path) });
+      const files = unreadableFiles(config, (path) => this.resolvePath(path));
+      if (files.length > 0) throw new ConfigError(files);
+      return snapshot;
     } catch (err) {
       // Every config problem names the file it is in.
       throw err instanceof ConfigError && this.#source !== undefined && !err.message.includes(this.#source) ? new ConfigError(err.issues, this.#source) : err;
     }
+  }
+
+  /**
+   * What `meshgate validate` checks beyond {@link check}: the balancers the config names exist
+   * (the built-ins, those plugins declare, those defined so far). A plugin that defines a
+   * balancer only in its setup is not known here: declare it in the plugin's `balancers`.
+   */
+  async validate(): Promise<ConfigSnapshot> {
+    const snapshot = await this.check();
+    const issues = this.#balancers.check(snapshot.services.values());
+    if (issues.length > 0) throw new ConfigError(issues, this.#source);
+    return snapshot;
+  }
+
+  #defineBalancersOf(plugin: GatewayPlugin): void {
+    for (const [name, factory] of Object.entries(plugin.balancers ?? {})) this.#balancers.define(name, factory);
   }
 
   async #start(): Promise<void> {
@@ -454,4 +478,23 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     await Promise.all([this.pools.close(), this.admin.close()]);
     this.#deadlines.clear();
   }
+}
+
+/** The files a config names that cannot be read (TLS certificates and keys), each at its path. */
+function unreadableFiles(config: GatewayConfig, resolve: (path: string) => string): { path: string; message: string }[] {
+  const issues: { path: string; message: string }[] = [];
+  const check = (file: string | undefined, path: string): void => {
+    if (file === undefined) return;
+    try {
+      accessSync(resolve(file), constants.R_OK);
+    } catch (err) {
+      issues.push({ path, message: `cannot read ${resolve(file)}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` });
+    }
+  };
+  const tls = config.listen.tls;
+  if (tls) for (const key of ['cert', 'key', 'ca'] as const) check(tls[key], `listen.tls.${key}`);
+  for (const [name, service] of Object.entries(config.services)) {
+    if (service.tls) for (const key of ['ca', 'cert', 'key'] as const) check(service.tls[key], `services.${name}.tls.${key}`);
+  }
+  return issues;
 }

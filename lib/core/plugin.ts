@@ -136,6 +136,11 @@ export interface GatewayPlugin<G = any, S = any, R = any, GP = G, SP = S, RP = R
   dependencies?: readonly string[];
   /** The config sections it owns; validated with the rest of the config, read through `scope`. */
   config?: PluginSections<G, S, R, GP, SP, RP>;
+  /**
+   * Balancers it makes available to `services.<name>.balancer`, by name. Declared here rather than
+   * with `gateway.defineBalancer()` in setup, `meshgate validate` knows them.
+   */
+  balancers?: Readonly<Record<string, BalancerFactory>>;
   setup(gateway: PluginHost, scope: PluginScope<GP, SP, RP>): void | Promise<void>;
 }
 
