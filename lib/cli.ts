@@ -47,7 +47,9 @@ config it runs in cluster mode. SIGTERM or SIGINT stops taking requests, drains 
 
 Options:
   -c, --config FILE   the config file
-  -p, --port N        override listen.port`,
+  -p, --port N        override listen.port
+  --log-format F      json (one JSON object per line) or pretty (for a person); default: pretty when
+                      stderr is a terminal, else json, or $MESHGATE_LOG_FORMAT`,
   validate: `meshgate validate [FILE | --config FILE]
 
 Checks a config as \`meshgate start\` would, short of binding ports: the core's fields, every
@@ -91,6 +93,7 @@ export async function main(argv: string[]): Promise<number> {
         weight: { type: 'string' },
         id: { type: 'string' },
         metadata: { type: 'string' },
+        'log-format': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'v' },
       },
@@ -116,6 +119,15 @@ export async function main(argv: string[]): Promise<number> {
   if (values.help || command === 'help' || command === undefined) {
     process.stdout.write(`${HELP}\n`);
     return command === undefined && !values.help ? 2 : 0;
+  }
+  const logFormat = values['log-format'];
+  if (logFormat !== undefined) {
+    if (logFormat !== 'json' && logFormat !== 'pretty') {
+      process.stderr.write(`meshgate: --log-format expects json or pretty, got ${JSON.stringify(logFormat)}\n`);
+      return 2;
+    }
+    // Through the environment, so cluster workers log the same way.
+    process.env.MESHGATE_LOG_FORMAT = logFormat;
   }
   // The file may come as --config FILE or as the command's argument: `meshgate validate bad.yaml`.
   const configFile = values.config ?? positionals[1] ?? 'meshgate.yaml';
@@ -165,8 +177,8 @@ async function start(file: string, port: string | undefined): Promise<number> {
       gateway = undefined;
       return await startCluster(config, baseDir, source, port);
     }
-    const info = await gateway.listen(port === undefined ? {} : { port: Number(port) });
-    process.stderr.write(`meshgate ${version()} listening on ${info.url}${info.adminUrl ? `, admin on ${info.adminUrl}` : ''}\n`);
+    // The gateway logs where it listens; one format on stderr, no plain-text copy of that line.
+    await gateway.listen(port === undefined ? {} : { port: Number(port) });
   } catch (err) {
     process.stderr.write(`${describe(err)}\n`);
     await gateway?.close();
@@ -246,8 +258,7 @@ async function startCluster(config: GatewayConfigInput, baseDir: string, source:
     baseDir,
     source,
     port: port === undefined ? undefined : Number(port),
-    onListening: ({ url, adminUrl, workers }) =>
-      process.stderr.write(`meshgate ${version()} listening on ${url} with ${workers} workers${adminUrl ? `, admin on ${adminUrl}` : ''}\n`),
+    onListening: ({ url, adminUrl, workers }, log) => log.info({ url, admin: adminUrl, workers }, `meshgate ${version()} listening on ${url} with ${workers} workers${adminUrl ? `, admin on ${adminUrl}` : ''}`),
   });
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', () => resolve());

@@ -4,6 +4,7 @@ import type { GatewayConfig, GatewayConfigInput } from './config/schema.js';
 import type { Gateway } from './core/gateway.js';
 import { createGateway } from './index.js';
 import type { Health, Instance, InstanceSpec } from './registry/registry.js';
+import type { Logger } from './kit/logger.js';
 
 /** How many workers `workers: N | auto` means on this machine. */
 export function workerCount(setting: GatewayConfig['workers']): number {
@@ -33,7 +34,7 @@ export interface ClusterOptions {
   /** Overrides `listen.port` in the workers. */
   port?: number;
   /** Called once every worker listens. */
-  onListening?: (info: { url: string; adminUrl?: string; workers: number }) => void;
+  onListening?: (info: { url: string; adminUrl?: string; workers: number }, log: Logger) => void;
 }
 
 /** A running cluster: the primary's control-plane gateway and a way to stop everything. */
@@ -56,7 +57,7 @@ const RESPAWN_DELAY_MS = 1000;
  */
 export async function runClusterPrimary(options: ClusterOptions): Promise<ClusterHandle> {
   const { baseDir, source } = options;
-  const gateway = createGateway(options.config, { baseDir, source, role: 'primary' });
+  const gateway = createGateway(options.config, { baseDir, source, role: 'primary', log: { fields: { cluster: 'primary' } } });
   const config = gateway.config;
   const count = workerCount(config.workers);
   await gateway.ready();
@@ -103,7 +104,7 @@ export async function runClusterPrimary(options: ClusterOptions): Promise<Cluste
     await gateway.close();
     throw err;
   }
-  options.onListening?.({ url, adminUrl: admin?.url, workers: count });
+  options.onListening?.({ url, adminUrl: admin?.url, workers: count }, gateway.log);
 
   let closed: Promise<void> | null = null;
   return {
@@ -133,7 +134,8 @@ export async function runClusterPrimary(options: ClusterOptions): Promise<Cluste
  * the primary's registry. Resolves once it listens; SIGTERM drains it and exits.
  */
 export async function runClusterWorker(config: GatewayConfigInput, baseDir: string, source?: string): Promise<Gateway> {
-  const gateway = createGateway(config, { baseDir, source, role: 'worker' });
+  // Every line says which worker wrote it.
+  const gateway = createGateway(config, { baseDir, source, role: 'worker', log: { fields: { cluster: `worker-${cluster.worker?.id ?? process.pid}` } } });
   await gateway.ready();
   let synced: () => void = () => {};
   const snapshot = new Promise<void>((resolve, reject) => {

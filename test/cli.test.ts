@@ -199,6 +199,52 @@ describe('cli: validate runs the checks start runs', { concurrency: true }, () =
   });
 });
 
+describe('cli: logs', { concurrency: true }, () => {
+  test('--log-format json: every stderr line is one JSON object, and the listening line gives the address as bound', async (t) => {
+    const port = await unusedPort();
+    const { write } = await tempDir(t);
+    const file = await write('meshgate.yaml', `listen: { host: 0.0.0.0, port: ${port} }\n`);
+    const run = await cli(t, ['start', file, '--log-format', 'json']);
+    await waitFor(() => run.stderr().includes('listening on'), 15_000, `the listening line; stderr:\n${run.stderr()}`);
+    run.child.kill('SIGTERM');
+    assert.equal((await run.exited).code, 0, run.stderr());
+    const lines = run.stderr().trim().split('\n');
+    const parsed = lines.map((line) => JSON.parse(line) as { msg: string; level: number });
+    assert.ok(parsed.some((l) => l.msg === `meshgate listening on http://0.0.0.0:${port}`), run.stderr());
+  });
+
+  test('--log-format pretty: lines for a person, no JSON', async (t) => {
+    const port = await unusedPort();
+    const { write } = await tempDir(t);
+    const file = await write('meshgate.yaml', `listen: { host: 127.0.0.1, port: ${port} }\n`);
+    const run = await cli(t, ['start', file, '--log-format', 'pretty']);
+    await waitFor(() => run.stderr().includes('listening on'), 15_000, `the listening line; stderr:\n${run.stderr()}`);
+    run.child.kill('SIGTERM');
+    assert.equal((await run.exited).code, 0, run.stderr());
+    assert.match(run.stderr(), /^\[\d\d:\d\d:\d\d\.\d{3}\] INFO: meshgate listening on http:\/\/127\.0\.0\.1:\d+$/m, run.stderr());
+    assert.doesNotMatch(run.stderr(), /^\{/m, run.stderr());
+  });
+
+  test('cluster mode: every line says which process wrote it', { timeout: 60_000 }, async (t) => {
+    const port = await unusedPort();
+    const { write } = await tempDir(t);
+    const file = await write('meshgate.yaml', `workers: 2\nlisten: { host: 127.0.0.1, port: ${port} }\n`);
+    const run = await cli(t, ['start', file, '--log-format', 'json']);
+    await waitFor(() => (run.stderr().match(/listening on/g) ?? []).length >= 3, 30_000, `the workers and the primary to listen; stderr:\n${run.stderr()}`);
+    run.child.kill('SIGTERM');
+    assert.equal((await run.exited).code, 0, run.stderr());
+    const lines = run.stderr().trim().split('\n').map((line) => JSON.parse(line) as { cluster?: string; msg: string });
+    assert.ok(lines.every((l) => l.cluster === 'primary' || /^worker-\d+$/.test(l.cluster ?? '')), run.stderr());
+    assert.equal(new Set(lines.filter((l) => /listening on/.test(l.msg)).map((l) => l.cluster)).size, 3, run.stderr());
+  });
+
+  test('--log-format with another value is a usage error', async (t) => {
+    const run = await cli(t, ['start', '--log-format', 'xml']);
+    assert.equal((await run.exited).code, 2);
+    assert.match(run.stderr(), /--log-format expects json or pretty/);
+  });
+});
+
 describe('cli: start', () => {
   test('serves traffic, and on SIGTERM drains an in-flight request and exits 0', async (t) => {
     // /slow sends its head and half its body, then waits for the test to finish it.

@@ -3,7 +3,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { send, spawnNode, startUpstream, unusedPort, waitFor } from './helpers.js';
+import { accepts, send, spawnNode, startUpstream, unusedPort, waitFor } from './helpers.js';
 
 const TOKEN = 'cluster-token';
 
@@ -33,7 +33,8 @@ test('workers: 2 shares the listener; metrics on the primary add up across worke
     ].join('\n'),
   );
   const run = await spawnNode(t, ['--import', 'tsx', 'lib/cli.ts', 'start', '--config', file], { cwd: process.cwd() });
-  await waitFor(() => run.stderr().includes('with 2 workers'), 20_000, 'the cluster to listen');
+  // logLevel: warn keeps the listening line quiet: wait for the listener itself.
+  await waitFor(() => accepts(port), 20_000, `the cluster to listen; stderr:\n${run.stderr()}`);
 
   const N = 60;
   const results = await Promise.all(Array.from({ length: N }, () => send(`http://127.0.0.1:${port}/api/x`)));

@@ -3,6 +3,7 @@
  * node:test's `t.after`. Nothing here mocks a socket.
  */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { TestContext } from 'node:test';
@@ -267,6 +268,42 @@ export async function scriptResult<T>(t: TestContext, script: string): Promise<T
   assert.equal(code, 0, run.stderr());
   return JSON.parse(run.stdout().trim().split('\n').pop()!) as T;
 }
+
+/** Whether something accepts TCP connections on 127.0.0.1:`port` (a probe that sends no request). */
+export async function accepts(port: number): Promise<boolean> {
+  const { connect } = await import('node:net');
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1');
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+/** The fenced blocks in one of `langs` of a Markdown file of the repository, with the line each starts on. */
+export function fencedBlocks(file: string, langs: readonly string[]): { line: number; text: string }[] {
+  const lines = readFileSync(new URL(`../${file}`, import.meta.url), 'utf8').split('\n');
+  const blocks: { line: number; text: string }[] = [];
+  let open: { line: number; body: string[] } | null = null;
+  lines.forEach((line, i) => {
+    const fence = /^```(\S*)/.exec(line);
+    if (fence && open === null) {
+      // A block of another language is skipped whole (line -1), so its closing fence is not taken for an opening one.
+      open = { line: langs.includes(fence[1]!) ? i + 1 : -1, body: [] };
+      return;
+    }
+    if (line.startsWith('```') && open !== null) {
+      if (open.line > 0) blocks.push({ line: open.line, text: open.body.join('\n') });
+      open = null;
+      return;
+    }
+    open?.body.push(line);
+  });
+  return blocks;
+}
+
 
 /** The library's seeded PRNG, re-exported for the tests that import it from here. */
 export { seededRandom } from '../lib/kit/random.js';

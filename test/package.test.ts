@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -89,6 +89,19 @@ test('the packed package installs into a fresh project and typechecks there what
     const result = await run(process.execPath, [tsc, '-p', '.'], { cwd: dir }).catch((err: { stdout: string; stderr: string }) => err);
     assert.equal('code' in result ? result.stdout + result.stderr : '', '', `tsc with files in the order ${files.join(', ')}`);
   }
+  // What the package ships: the license it names, and source maps that carry the sources they name.
+  const pkg = join(dir, 'node_modules', 'meshgate');
+  assert.match(await readFile(join(pkg, 'LICENSE'), 'utf8'), /MIT License/);
+  const maps = (await readdir(join(pkg, 'dist'), { recursive: true })).filter((f) => f.endsWith('.js.map'));
+  assert.ok(maps.length > 30, 'source maps are shipped');
+  for (const file of maps) {
+    const map = JSON.parse(await readFile(join(pkg, 'dist', file), 'utf8')) as { sources: string[]; sourcesContent?: (string | null)[] };
+    assert.equal(map.sourcesContent?.length, map.sources.length, `${file} names sources it does not carry`);
+    assert.ok(map.sourcesContent!.every((text) => typeof text === 'string' && text.length > 0), file);
+  }
+  // The bin runs from the installed package.
+  const version = await run(process.execPath, [join(dir, 'node_modules', '.bin', 'meshgate'), '--version'], { cwd: dir });
+  assert.match(version.stdout, /^\d+\.\d+\.\d+\n$/);
   // And it runs: the subpaths resolve to the compiled build.
   const script = "import('meshgate').then(async (m) => { const g = m.createGateway({ logLevel: 'silent' }); await g.ready(); await g.close(); console.log(typeof m.definePlugin); })";
   const { stdout } = await run(process.execPath, ['-e', script], { cwd: dir });

@@ -10,7 +10,7 @@ import { validateConfig } from '../config/load.js';
 import type { GatewayConfig } from '../config/schema.js';
 import type { SectionOwner } from '../config/sections.js';
 import { ConfigError, GatewayClosingError, PluginError } from '../errors.js';
-import { createLogger, type Logger } from '../kit/logger.js';
+import { createLogger, type Logger, type LoggerOptions } from '../kit/logger.js';
 import { LeaseKeeper } from '../registry/leases.js';
 import { LocalRegistrar, type Registrar } from '../registry/registrar.js';
 import { Registry, type Instance, type Service } from '../registry/registry.js';
@@ -35,6 +35,8 @@ export interface GatewayOptions {
   source?: string;
   /** Logger; defaults to pino at `config.logLevel` on stderr. */
   logger?: Logger;
+  /** The default logger's format and the fields on each of its lines (see `createLogger`). */
+  log?: LoggerOptions;
   /** Options for every upstream connection pool. */
   pool?: PoolOptions;
   /** Random source of the balancers, uniform in [0, 1); pass a seeded one for reproducible runs. @default Math.random */
@@ -113,7 +115,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     this.#catalogue = [...(options.sections ?? [])];
     this.#config = validateConfig(config, { sections: this.#catalogue, unknownSections: 'ignore', source: options.source });
     this.baseDir = options.baseDir ?? process.cwd();
-    this.log = options.logger ?? createLogger(this.#config.logLevel);
+    this.log = options.logger ?? createLogger(this.#config.logLevel, options.log);
     this.registry = new Registry(this);
     this.pools = new UpstreamPools(options.pool);
     this.#instancePools = new InstancePools(this.pools, (path) => this.resolvePath(path));
@@ -405,7 +407,8 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
       });
     });
     const port = (server.address() as AddressInfo).port;
-    const info: ListenInfo = { url: `${listen.tls ? 'https' : 'http'}://${urlHost(host)}:${port}`, port };
+    const scheme = listen.tls ? 'https' : 'http';
+    const info: ListenInfo = { url: `${scheme}://${urlHost(host)}:${port}`, port };
     // Cluster workers leave the admin API to the primary: a shared admin port would scatter writes.
     if (this.config.admin && this.role !== 'worker') {
       try {
@@ -419,7 +422,9 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
         throw err;
       }
     }
-    this.log.info({ url: info.url, admin: info.adminUrl }, `meshgate listening on ${info.url}`);
+    // The address as bound (0.0.0.0 is every interface), not the loopback URL `info.url` gives for connecting.
+    const bound = `${scheme}://${host.includes(':') ? `[${host}]` : host}:${port}`;
+    this.log.info({ url: info.url, admin: info.adminUrl }, `meshgate listening on ${bound}${info.adminUrl ? `, admin on ${info.adminUrl}` : ''}`);
     return info;
   }
 

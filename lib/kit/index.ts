@@ -6,5 +6,5 @@ export { TokenBuckets, bucketResult, REDIS_TOKEN_BUCKET } from './token-bucket.j
 export type { BucketResult } from './token-bucket.js';
 export { decimalMs } from './decimal.js';
 export { seededRandom } from './random.js';
-export { createLogger } from './logger.js';
-export type { Logger } from './logger.js';
+export { createLogger, defaultLogFormat } from './logger.js';
+export type { Logger, LogFormat, LoggerOptions } from './logger.js';

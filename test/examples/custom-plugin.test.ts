@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { ConfigError, createGateway, type GatewayConfigInput } from '../../lib/index.js';
 import { maintenance } from '../../examples/custom-plugin.js';
 import { ping } from '../../examples/ping-plugin.js';
-import { send, spawnNode, startGateway, startUpstream, waitFor } from '../helpers.js';
+import { accepts, send, spawnNode, startGateway, startUpstream, unusedPort, waitFor } from '../helpers.js';
 
 const LIMIT = { timeout: 30_000 };
 const EXAMPLE = fileURLToPath(new URL('../../examples/custom-plugin.ts', import.meta.url));
@@ -57,12 +57,13 @@ test('the maintenance example answers 503 on routes in maintenance and names the
 test('the maintenance example from a plugins: module: its sections are validated at their paths, and applied per route', LIMIT, async (t) => {
   const dir = await tempDir(t);
   const upstream = await startUpstream(t);
+  const port = await unusedPort();
   const good = join(dir, 'good.yaml');
   await writeFile(
     good,
     [
       'logLevel: silent',
-      'listen: { host: 127.0.0.1, port: 0 }',
+      `listen: { host: 127.0.0.1, port: ${port} }`,
       'services:',
       `  api: { instances: [ { url: "${upstream.url}" } ], owner: { team: core } }`,
       'routes:',
@@ -105,8 +106,8 @@ test('the maintenance example from a plugins: module: its sections are validated
 
   // The same file runs: the gateway answers per route as configured.
   const started = await spawnNode(t, ['--import', 'tsx', CLI, 'start', '--config', good], { cwd: ROOT, killSignal: 'SIGTERM' });
-  await waitFor(() => /listening on http/.test(started.stderr()), 20_000, 'the gateway to listen');
-  const url = /listening on (http:\/\/[^\s,]+)/.exec(started.stderr())![1]!;
+  await waitFor(() => accepts(port), 20_000, `the gateway to listen; stderr:\n${started.stderr()}`);
+  const url = `http://127.0.0.1:${port}`;
   const ok = await send(`${url}/api/x`);
   assert.equal(ok.status, 200);
   assert.equal(ok.headers['x-owner'], 'core');
