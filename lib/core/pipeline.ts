@@ -12,7 +12,7 @@ import type { Deadlines } from '../upstream/deadlines.js';
 import { dispatchUpstream, isTlsErrorCode, responseHeaders } from '../upstream/exchange.js';
 import type { InstancePools } from '../upstream/pools.js';
 import type { BalancerRegistry } from './balancers.js';
-import { isReplayable, limitBody, requestBody } from '../upstream/request-body.js';
+import { isReplayable, meterBody, requestBody } from '../upstream/request-body.js';
 import type { Next } from './compose.js';
 import type { GatewayEvents } from './events.js';
 import { finalStatus } from './outcome.js';
@@ -209,8 +209,8 @@ export class Pipeline {
     const req = ctx.req;
     try {
       mesh.body = requestBody(ctx);
-      const limit = route.config.maxBodySize;
-      if (limit !== undefined) mesh.body = limitBody(req, mesh.body, limit);
+      // A body without a declared length is counted as it streams (bytesIn), and cut at maxBodySize.
+      if (mesh.body !== null) mesh.body = meterBody(req, mesh.body, route.config.maxBodySize, (total) => void (mesh.bytesIn = total));
       mesh.upstreamHeaders = upstreamRequestHeaders(req, {
         remoteAddress: req.socket.remoteAddress ?? '',
         appendForwardedFor: mesh.snapshot!.trust !== false,

@@ -1,5 +1,5 @@
 import type { ServerResponse } from 'node:http';
-import { pipeline, type Readable } from 'node:stream';
+import { Transform, pipeline, type Readable } from 'node:stream';
 import type { Context } from 'koa';
 import { MeshError } from '../errors.js';
 import { writeHead } from '../http/headers.js';
@@ -54,6 +54,7 @@ export function answerError(ctx: Context, mesh: MeshState, error: MeshError, clo
   head.push('content-type', 'application/json; charset=utf-8', 'content-length', String(Buffer.byteLength(body)));
   keepAlive(ctx, closing);
   writeHead(res, error.status, head, headersWereSet);
+  mesh.bytesOut = Buffer.byteLength(body);
   res.end(body);
 }
 
@@ -107,21 +108,30 @@ export function respondLikeKoa(ctx: Context, mesh: MeshState, closing: boolean):
     body = ctx.message || String(status);
     ctx.type = 'text';
     ctx.length = Buffer.byteLength(body as string);
+    mesh.bytesOut = ctx.length;
     res.end(body);
     return undefined;
   }
   if (typeof body === 'string' || Buffer.isBuffer(body)) {
+    mesh.bytesOut = Buffer.byteLength(body);
     res.end(body);
     return undefined;
   }
   if (isReadable(body)) {
+    const counter = new Transform({
+      transform(chunk: Buffer, _encoding, callback) {
+        mesh.bytesOut += chunk.length;
+        callback(null, chunk);
+      },
+    });
     return new Promise<void>((resolve) => {
       // A stream that fails midway cuts the connection (pipeline destroys the response): the client sees a truncated answer, not a complete one.
-      pipeline(body as Readable, res, () => resolve());
+      pipeline(body as Readable, counter, res, () => resolve());
     });
   }
   const json = JSON.stringify(body);
   ctx.length = Buffer.byteLength(json);
+  mesh.bytesOut = ctx.length;
   res.end(json);
   return undefined;
 }

@@ -77,6 +77,10 @@ export class MeshState {
   clientGone = false;
   /** Time the upstream took to send response headers in the final attempt, ms. */
   upstreamMs = 0;
+  /** Request body bytes read from a client that declared no length (a chunked upload); 0 otherwise. */
+  bytesIn = 0;
+  /** Body bytes of an answer the gateway or a plugin wrote itself (an error, a Koa-style answer); an upstream answer counts on its exchange. */
+  bytesOut = 0;
   /** The client's address: the socket's, or from X-Forwarded-For behind trusted proxies (`listen.trustProxy`). */
   clientIp = '';
   /**

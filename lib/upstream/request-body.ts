@@ -31,25 +31,28 @@ export function requestBody(ctx: Context): RequestBody {
 }
 
 /**
- * Applies a route's `maxBodySize`: a declared length over it is refused before any upstream is
- * dialed; a chunked body is counted as it streams and cut off with 413 when it passes the limit.
+ * Applies a route's `maxBodySize` (when `limit` is set) and counts a body without a declared
+ * length as it streams (`counted(total)` after each chunk): a declared length over the limit is
+ * refused before any upstream is dialed; a chunked body is cut off with 413 when it passes it.
+ * Bodies with a declared length pass untouched (Node's parser enforces the length itself).
  */
-export function limitBody(req: IncomingMessage, body: RequestBody, limit: number): RequestBody {
+export function meterBody(req: IncomingMessage, body: RequestBody, limit: number | undefined, counted: (total: number) => void): RequestBody {
   if (body === null) return null;
   if (body !== req) {
-    if (Buffer.byteLength(body as Buffer | string) > limit) throw new PayloadTooLargeError(limit);
+    if (limit !== undefined && Buffer.byteLength(body as Buffer | string) > limit) throw new PayloadTooLargeError(limit);
     return body;
   }
   const declared = req.headers['content-length'];
   if (declared !== undefined) {
-    if (Number(declared) > limit) throw new PayloadTooLargeError(limit);
-    return body; // Node's parser enforces the declared length itself
+    if (limit !== undefined && Number(declared) > limit) throw new PayloadTooLargeError(limit);
+    return body;
   }
   let seen = 0;
   const counter = new Transform({
     transform(chunk: Buffer, _encoding, callback) {
       seen += chunk.length;
-      if (seen > limit) callback(new PayloadTooLargeError(limit));
+      counted(seen);
+      if (limit !== undefined && seen > limit) callback(new PayloadTooLargeError(limit));
       else callback(null, chunk);
     },
   });

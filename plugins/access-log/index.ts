@@ -36,7 +36,7 @@ const MAX_BUFFERED = 16 * 1024 * 1024;
 
 /**
  * One JSON line per request (to stdout by default): time, method, path, route, service, instance,
- * status, duration and upstream time in ms, attempts, bytes, request and trace ids, and Envoy-style
+ * status, duration and upstream time in ms, retries (tries after the first: what `retries.attempts` counts), bytes, request and trace ids, and Envoy-style
  * response flags. Turned on by `accessLog: true` in the config. Lines are counted on the gateway's
  * `request:end` event, so every answered request has one, whichever plugin answered it.
  */
@@ -123,7 +123,8 @@ function formatLine(ctx: Context, status: number, time: string, quoted: QuotedNa
   const route = mesh.route;
   const service = mesh.service;
   const instance = mesh.instance;
-  const bytesIn = Number(ctx.req.headers['content-length'] ?? 0) || (exchange?.bodyBytesSent ?? 0);
+  // What crossed the wire: a declared length, else what was counted as it streamed.
+  const bytesIn = Number(ctx.req.headers['content-length'] ?? 0) || mesh.bytesIn;
   const requestId = mesh.get('requestId');
   const traceId = mesh.get('traceId');
   return (
@@ -131,7 +132,7 @@ function formatLine(ctx: Context, status: number, time: string, quoted: QuotedNa
     `"route":${route === null ? 'null' : quoted.of(route, route.prefix)},"service":${service === null ? 'null' : quoted.of(service, service.name)},` +
     `"instance":${instance === null ? 'null' : quoted.of(instance, instance.id)},"status":${status},` +
     `"durationMs":${decimalMs(mesh.endedAt - mesh.startedAt, 2)},"upstreamMs":${exchange ? decimalMs(exchange.headersMs, 2) : 'null'},` +
-    `"attempts":${mesh.attempt},"bytesIn":${bytesIn},"bytesOut":${exchange?.bytesReceived ?? 0},` +
+    `"retries":${mesh.attempt > 1 ? mesh.attempt - 1 : 0},"bytesIn":${bytesIn},"bytesOut":${mesh.bytesOut + (exchange?.bytesReceived ?? 0)},` +
     `"requestId":${requestId ? jsonString(requestId) : 'null'},"traceId":${traceId ? jsonString(traceId) : 'null'},` +
     `"flags":"${responseFlags(mesh, status)}","error":${mesh.error ? jsonString(mesh.error.code) : 'null'}}\n`
   );

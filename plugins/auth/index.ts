@@ -82,7 +82,7 @@ function compile(policy: AuthPolicy, options: AuthOptions): Authenticator {
         }
         failure = result;
       }
-      ctx.set('www-authenticate', `Bearer realm="meshgate"${failure === 'missing credentials' ? '' : `, error="invalid_token", error_description="${failure}"`}`);
+      ctx.set('www-authenticate', `Bearer realm="meshgate"${failure === 'missing credentials' ? '' : `, error="invalid_token", error_description=${quotedString(failure)}`}`);
     }
     throw new UnauthorizedError(failure);
   };
@@ -127,6 +127,11 @@ function apiKeyMatches(keys: NonNullable<AuthPolicy['apiKeys']>, presented: stri
   let ok = false;
   for (const key of keys.digests) ok = timingSafeEqual(key, digest) || ok;
   return ok;
+}
+
+/** An RFC 9110 quoted-string: `"` and `\` escaped as quoted-pairs. */
+function quotedString(text: string): string {
+  return `"${text.replace(/["\\]/g, '\\$&')}"`;
 }
 
 function bearer(header: string | undefined): string | undefined {

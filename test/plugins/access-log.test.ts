@@ -9,7 +9,7 @@ import { echo, send, spawnNode, startGateway, startUpstream, unusedPort, waitFor
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
-const FIELDS = ['method', 'path', 'route', 'service', 'instance', 'status', 'durationMs', 'upstreamMs', 'attempts', 'bytesIn', 'bytesOut', 'requestId', 'traceId', 'flags', 'error'];
+const FIELDS = ['method', 'path', 'route', 'service', 'instance', 'status', 'durationMs', 'upstreamMs', 'retries', 'bytesIn', 'bytesOut', 'requestId', 'traceId', 'flags', 'error'];
 
 interface AccessLine {
   method: string;
@@ -20,7 +20,7 @@ interface AccessLine {
   status: number;
   durationMs: number;
   upstreamMs: number | null;
-  attempts: number;
+  retries: number;
   bytesIn: number;
   bytesOut: number;
   requestId: string | null;
@@ -148,7 +148,7 @@ test('access log: the real CLI with accessLog: true writes one JSON line per req
     assert.equal(line.service, 'api');
     assert.equal(line.instance, `127.0.0.1:${api.port}`);
     assert.equal(line.status, 200);
-    assert.equal(line.attempts, 1);
+    assert.equal(line.retries, 0);
     assert.equal(line.flags, '-');
     assert.equal(line.error, null);
     assert.equal(line.bytesIn, 0);
@@ -177,7 +177,7 @@ test('access log: the real CLI with accessLog: true writes one JSON line per req
   const flagged: [string, string, number, string, Partial<AccessLine>][] = [
     ['NR for an unknown route', '/nowhere/1', 404, 'NR', { route: null, service: null, instance: null, upstreamMs: null, error: 'MESH_ERR_NO_ROUTE' }],
     ['UH for a service without instances', '/empty/1', 503, 'UH', { route: '/empty', service: 'empty', instance: null, error: 'MESH_ERR_NO_HEALTHY_INSTANCE' }],
-    ['UF for a dead instance', '/dead/1', 502, 'UF', { route: '/dead', service: 'dead', instance: new URL(deadUrl).host, attempts: 1, error: 'MESH_ERR_UPSTREAM_CONNECT' }],
+    ['UF for a dead instance', '/dead/1', 502, 'UF', { route: '/dead', service: 'dead', instance: new URL(deadUrl).host, retries: 0, error: 'MESH_ERR_UPSTREAM_CONNECT' }],
     ['UT for an upstream that does not answer in time', '/slow/1', 504, 'UT', { route: '/slow', service: 'slow', error: 'MESH_ERR_UPSTREAM_TIMEOUT' }],
   ];
   for (const [what, path, status, flags, fields] of flagged) {
@@ -290,4 +290,43 @@ test('access log: a request that outlives close() (cut off at the drain timeout)
   const line = JSON.parse(lines.find((l) => l.includes('"cut-off"'))!) as AccessLine;
   assert.equal(line.path, '/api/slow');
   assert.ok(line.status >= 499, `status ${line.status}`);
+});
+
+test('access log: names and counts that agree: retries as retries.attempts counts them, bytes that crossed the wire', { timeout: 15_000 }, async (t) => {
+  const { accessLog } = await import('../../plugins/access-log/index.js');
+  const api = await startUpstream(t, echo('api'));
+  const dead = [await unusedPort(), await unusedPort()];
+  const lines: string[] = [];
+  const { url } = await startGateway(
+    t,
+    {
+      services: {
+        // Two dead instances and one alive, round-robin from the first: the request retries twice.
+        api: { instances: [{ url: `http://127.0.0.1:${dead[0]}` }, { url: `http://127.0.0.1:${dead[1]}` }, { url: api.url }], retries: { attempts: 2 } },
+      },
+      routes: [{ prefix: '/api', service: 'api' }],
+    },
+    { setup: (gw) => gw.use(accessLog({ destination: { write: (chunk: string) => void lines.push(...chunk.split('\n').filter(Boolean)) } })) },
+  );
+  const retried = await send(`${url}/api/retried`);
+  assert.equal(retried.status, 200);
+  // A chunked upload: no length declared, the bytes are counted as they stream.
+  const upload = await new Promise<number>((resolve, reject) => {
+    const req = httpRequest(`${url}/api/upload`, { method: 'POST', headers: { 'transfer-encoding': 'chunked' } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode!));
+    });
+    req.on('error', reject);
+    req.write('a'.repeat(1000));
+    req.end('b'.repeat(234));
+  });
+  assert.equal(upload, 200);
+  const missing = await send(`${url}/nowhere`);
+  assert.equal(missing.status, 404);
+  await waitFor(() => lines.length === 3, 5000, 'three access-log lines');
+  const byPath = new Map(lines.map((l) => JSON.parse(l) as AccessLine).map((l) => [l.path, l]));
+  const first = byPath.get('/api/retried')!;
+  assert.equal(first.retries, 2, 'two dead instances, then the live one: two retries');
+  assert.equal(byPath.get('/api/upload')!.bytesIn, 1234);
+  assert.equal(byPath.get('/nowhere')!.bytesOut, Buffer.byteLength(missing.body));
 });

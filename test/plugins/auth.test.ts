@@ -143,6 +143,9 @@ describe('auth: HS256 JWTs', () => {
     for (const [what, payload] of cases) {
       await assertRefused(await send(`${url}/api/me`, { headers: bearer(await hmacToken(payload)) }), upstream, 1, what);
     }
+    // The claim's name is quoted in error_description: the quotes are escaped (RFC 9110 quoted-string).
+    const wrong = await send(`${url}/api/me`, { headers: bearer(await hmacToken(cases[0]![1])) });
+    assert.equal(wrong.headers['www-authenticate'], 'Bearer realm="meshgate", error="invalid_token", error_description="claim \\"iss\\" check failed"');
   });
 
   test('forwardClaims: the upstream sees the subject, never the x-user-id the client sent', async (t) => {
