@@ -215,11 +215,14 @@ async function register(values: Record<string, string | boolean | undefined>): P
     process.stderr.write('meshgate register: --metadata must be JSON\n');
     return 2;
   }
-  // Listen for signals before registering: a SIGTERM during registration must still deregister.
+  // Listen for signals before registering: a SIGTERM while registering (or still waiting for the
+  // gateway to come up) must still end cleanly, and deregister what got registered.
   let stopRequested = false;
+  const abort = new AbortController();
   const stopped = new Promise<void>((resolve) => {
     const stop = (): void => {
       stopRequested = true;
+      abort.abort(new Error('stopped before the registration succeeded'));
       resolve();
     };
     process.once('SIGTERM', stop);
@@ -238,11 +241,14 @@ async function register(values: Record<string, string | boolean | undefined>): P
       weight: typeof values.weight === 'string' ? Number(values.weight) : undefined,
       metadata,
       ref: true,
-      onError: (err) => process.stderr.write(`meshgate register: ${err.message}\n`),
+      signal: abort.signal,
+      onError: (err, retryInMs) =>
+        process.stderr.write(`meshgate register: ${describeFailure(err, values.registry as string)}${retryInMs === undefined ? '' : `; trying again in ${(retryInMs / 1000).toFixed(1)}s`}\n`),
       onReregister: (id) => process.stderr.write(`meshgate register: lease was gone, registered again as ${id}\n`),
     });
   } catch (err) {
-    process.stderr.write(`${describe(err)}\n`);
+    if (stopRequested) return 0;
+    process.stderr.write(`meshgate register: ${describeFailure(err, values.registry as string)}\n`);
     return 1;
   }
   if (!stopRequested) process.stderr.write(`meshgate register: ${values.url} registered in "${values.service}" as ${registration.id}\n`);
@@ -267,6 +273,14 @@ async function startCluster(config: GatewayConfigInput, baseDir: string, source:
   handle.gateway.log.info('draining the workers');
   await handle.close();
   return 0;
+}
+
+/** One line for a registration failure: the registry's answer, or why it could not be reached. */
+function describeFailure(err: unknown, registry: string): string {
+  if (err instanceof MeshError) return err.message;
+  const e = err as NodeJS.ErrnoException & { errors?: { code?: string }[] };
+  const code = e?.code ?? e?.errors?.[0]?.code;
+  return `cannot reach ${registry}${code ? ` (${code})` : ''}: ${e?.message || 'no answer'}`;
 }
 
 function describe(err: unknown): string {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { registerInstance, type Gateway, type Instance, type RemovalReason } from '../lib/index.js';
-import { echo, send, sleep, spawnNode, startGateway, startUpstream, waitFor, type ChildRun } from './helpers.js';
+import { echo, send, sleep, spawnNode, startGateway, startUpstream, unusedPort, waitFor, type ChildRun } from './helpers.js';
 
 /** Fails a test that hangs (a regression to catch, not a speed limit). */
 const LIMIT = { timeout: 25_000 };
@@ -168,5 +168,46 @@ describe('meshgate register (sidecar)', () => {
     assert.equal(removed[0]!.reason, 'expired');
     assert.ok(removed[0]!.at - killedAt <= TTL + 1000);
     assert.equal((await send(`${url}/api/after`)).status, 503);
+  });
+
+  test('started before its gateway, it says so on one line per try, then registers when the gateway comes up; a wrong token fails at once', LIMIT, async (t) => {
+    const upstream = await startUpstream(t, echo('early'));
+    const adminPort = await unusedPort();
+    const adminUrl = `http://127.0.0.1:${adminPort}`;
+    const run = await spawnNode(
+      t,
+      ['--import', 'tsx', 'lib/cli.ts', 'register', '--registry', adminUrl, '--token', TOKEN, '--service', 'api', '--url', upstream.url, '--ttl', '1s'],
+      { cwd: ROOT, env: { MESHGATE_ADMIN_TOKEN: undefined } },
+    );
+    await waitFor(() => (run.stderr().match(/trying again in/g) ?? []).length >= 2, 10_000, `the sidecar to retry; stderr: ${run.stderr()}`);
+    assert.match(run.stderr(), new RegExp(`meshgate register: cannot reach ${adminUrl} \\(ECONNREFUSED\\)`));
+    assert.doesNotMatch(run.stderr(), /^\s+at /m, 'no stack trace');
+    assert.equal(run.child.exitCode, null, 'the sidecar is still trying');
+    const { gateway, url } = await startGateway(t, { admin: { token: TOKEN, port: adminPort }, services: { api: {} }, routes: [{ prefix: '/api', service: 'api' }] });
+    await waitFor(async () => await routesTo(url, 'early'), 10_000, `the gateway to route to the sidecar's instance; stderr: ${run.stderr()}`);
+    await waitFor(() => /registered in "api"/.test(run.stderr()), 5000, 'the sidecar to report its registration');
+    run.child.kill('SIGTERM');
+    assert.equal((await run.exited).code, 0, run.stderr());
+    assert.equal(instances(gateway).length, 0);
+
+    const refused = await spawnNode(
+      t,
+      ['--import', 'tsx', 'lib/cli.ts', 'register', '--registry', adminUrl, '--token', 'wrong', '--service', 'api', '--url', upstream.url],
+      { cwd: ROOT, env: { MESHGATE_ADMIN_TOKEN: undefined } },
+    );
+    assert.equal((await refused.exited).code, 1);
+    assert.match(refused.stderr(), /registration of .* failed: 401/);
+    assert.doesNotMatch(refused.stderr(), /trying again/);
+  });
+
+  test('SIGTERM while still waiting for the gateway exits 0 at once', LIMIT, async (t) => {
+    const adminUrl = `http://127.0.0.1:${await unusedPort()}`;
+    const run = await spawnNode(t, ['--import', 'tsx', 'lib/cli.ts', 'register', '--registry', adminUrl, '--service', 'api', '--url', 'http://127.0.0.1:1'], {
+      cwd: ROOT,
+      env: { MESHGATE_ADMIN_TOKEN: undefined },
+    });
+    await waitFor(() => /trying again in/.test(run.stderr()), 10_000, `the sidecar to retry; stderr: ${run.stderr()}`);
+    run.child.kill('SIGTERM');
+    assert.deepEqual(await run.exited, { code: 0, signal: null });
   });
 });

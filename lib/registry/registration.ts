@@ -21,8 +21,13 @@ export interface RegisterOptions {
   metadata?: Record<string, unknown>;
   /** Keep the process alive while registered (the sidecar CLI does; a service has its own server). @default false */
   ref?: boolean;
-  /** Told about every failed heartbeat or re-registration; the client keeps trying. */
-  onError?: (err: Error) => void;
+  /**
+   * Told about every failed registration attempt, heartbeat or re-registration; the client keeps
+   * trying. For a first registration that will be tried again, `retryInMs` says when.
+   */
+  onError?: (err: Error, retryInMs?: number) => void;
+  /** Stops a first registration that is still being tried (the registry is not up yet): the promise then rejects. */
+  signal?: AbortSignal;
   /** Told when the instance had to be registered again (its lease was gone). */
   onReregister?: (id: string) => void;
 }
@@ -51,7 +56,7 @@ export async function registerInstance(options: RegisterOptions): Promise<Regist
 
   let id: string;
   try {
-    id = await client.register();
+    id = await firstRegistration(client, ttl, options);
   } catch (err) {
     await client.close();
     throw err;
@@ -98,6 +103,40 @@ export async function registerInstance(options: RegisterOptions): Promise<Regist
         }
       })()),
   };
+}
+
+/**
+ * The first registration, tried until it succeeds while the failure is one that passes (the
+ * registry not up yet: refused, timed out, 5xx, 429), with capped exponential backoff and jitter,
+ * so a sidecar may start before its gateway. A refusal that will not pass (a wrong token, a bad
+ * URL: other 4xx) fails at once.
+ */
+async function firstRegistration(client: RegistryClient, ttl: number, options: RegisterOptions): Promise<string> {
+  const cap = Math.max(1000, Math.min(5000, ttl / 3));
+  for (let attempt = 0; ; attempt++) {
+    options.signal?.throwIfAborted();
+    try {
+      return await client.register();
+    } catch (err) {
+      if (!passing(err)) throw err;
+      const delay = Math.round(Math.min(cap, 100 * 2 ** attempt) * (0.5 + Math.random() / 2));
+      options.onError?.(err as Error, delay);
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(resolve, delay);
+        if (!options.ref) timer.unref();
+        options.signal?.addEventListener('abort', () => {
+          clearTimeout(timer);
+          reject(options.signal!.reason);
+        }, { once: true });
+      });
+    }
+  }
+}
+
+/** A registration failure that may pass by itself: the registry unreachable, overloaded or failing. */
+function passing(err: unknown): boolean {
+  if (err instanceof MeshError) return err.status >= 500 || err.status === 429;
+  return true; // a network error (ECONNREFUSED, a connect timeout, a reset) or Redis not connected yet
 }
 
 /** The three calls a registration needs, over one transport. */
