@@ -259,6 +259,11 @@ async function register(values: Record<string, string | boolean | undefined>): P
 }
 
 async function startCluster(config: GatewayConfigInput, baseDir: string, source: string, port: string | undefined): Promise<number> {
+  // Listen for the signals first: a SIGTERM while the workers start must still drain and exit 0.
+  const stopped = new Promise<void>((resolve) => {
+    process.once('SIGTERM', () => resolve());
+    process.once('SIGINT', () => resolve());
+  });
   const handle = await runClusterPrimary({
     config,
     baseDir,
@@ -266,10 +271,7 @@ async function startCluster(config: GatewayConfigInput, baseDir: string, source:
     port: port === undefined ? undefined : Number(port),
     onListening: ({ url, adminUrl, workers }, log) => log.info({ url, admin: adminUrl, workers }, `meshgate ${version()} listening on ${url} with ${workers} workers${adminUrl ? `, admin on ${adminUrl}` : ''}`),
   });
-  await new Promise<void>((resolve) => {
-    process.once('SIGTERM', () => resolve());
-    process.once('SIGINT', () => resolve());
-  });
+  await stopped;
   handle.gateway.log.info('draining the workers');
   await handle.close();
   return 0;

@@ -5,21 +5,30 @@ import type { Gateway } from './core/gateway.js';
 import { createGateway } from './index.js';
 import type { Health, Instance, InstanceSpec } from './registry/registry.js';
 import type { Logger } from './kit/logger.js';
+import { BucketKeeper, type BucketResult, type SharedBuckets } from './kit/token-bucket.js';
 
 /** How many workers `workers: N | auto` means on this machine. */
 export function workerCount(setting: GatewayConfig['workers']): number {
   return setting === 'auto' ? availableParallelism() : setting;
 }
 
-/** Registry changes the primary sends its workers. */
+/** Registry changes the primary sends its workers, and its answers to their token draws. */
 type ToWorker =
   | { meshgate: 'upsert'; service: string; spec: InstanceSpec; health: Health }
   | { meshgate: 'synced' }
   | { meshgate: 'remove'; service: string; id: string; reason: string }
-  | { meshgate: 'health'; service: string; id: string; health: Health; reason: string };
+  | { meshgate: 'health'; service: string; id: string; health: Health; reason: string }
+  | { meshgate: 'took'; seq: number; result: BucketResult };
 
 /** What a worker tells the primary. */
-type ToPrimary = { meshgate: 'hello' } | { meshgate: 'listening'; url: string } | { meshgate: 'failed'; message: string };
+type ToPrimary =
+  | { meshgate: 'hello' }
+  | { meshgate: 'listening'; url: string }
+  | { meshgate: 'failed'; message: string }
+  | { meshgate: 'take'; seq: number; key: string; rate: number; burst: number };
+
+/** How long a worker waits for the primary's token before its local bucket decides. */
+const SHARED_BUCKET_TIMEOUT_MS = 50;
 
 /** How long a new worker waits for the primary's registry snapshot before it gives up. */
 const SNAPSHOT_TIMEOUT_MS = 10_000;
@@ -74,6 +83,8 @@ export async function runClusterPrimary(options: ClusterOptions): Promise<Cluste
   gateway.on('instance:removed', (inst, reason) => broadcast({ meshgate: 'remove', service: inst.service, id: inst.id, reason }));
   gateway.on('instance:health', (inst, _previous, reason) => broadcast({ meshgate: 'health', service: inst.service, id: inst.id, health: inst.health, reason }));
 
+  const buckets = new BucketKeeper();
+  gateway.onClose(() => buckets.close());
   let closing = false;
   const env = { MESHGATE_CLUSTER_WORKER: '1', ...(options.port === undefined ? {} : { MESHGATE_PORT: String(options.port) }) };
   const fork = (): Promise<string> =>
@@ -84,6 +95,9 @@ export async function runClusterPrimary(options: ClusterOptions): Promise<Cluste
           // The worker listens for IPC now: the snapshot, then every change, in order on one channel.
           for (const service of gateway.registry.services()) for (const inst of service.instances.values()) worker.send(upsert(inst));
           worker.send({ meshgate: 'synced' } satisfies ToWorker);
+        } else if (message?.meshgate === 'take') {
+          // Rate limits hold for the whole gateway: every worker draws from the primary's buckets.
+          if (worker.isConnected()) worker.send({ meshgate: 'took', seq: message.seq, result: buckets.take(message.key, message.rate, message.burst) } satisfies ToWorker);
         } else if (message?.meshgate === 'listening') resolve(message.url);
         else if (message?.meshgate === 'failed') reject(new Error(`worker ${worker.id}: ${message.message}`));
       });
@@ -136,6 +150,8 @@ export async function runClusterPrimary(options: ClusterOptions): Promise<Cluste
 export async function runClusterWorker(config: GatewayConfigInput, baseDir: string, source?: string): Promise<Gateway> {
   // Every line says which worker wrote it.
   const gateway = createGateway(config, { baseDir, source, role: 'worker', log: { fields: { cluster: `worker-${cluster.worker?.id ?? process.pid}` } } });
+  const shared = new PrimaryBuckets();
+  gateway.decorate('sharedBuckets', shared);
   await gateway.ready();
   let synced: () => void = () => {};
   const snapshot = new Promise<void>((resolve, reject) => {
@@ -146,6 +162,9 @@ export async function runClusterWorker(config: GatewayConfigInput, baseDir: stri
     if (!message || typeof message !== 'object' || !('meshgate' in message)) return;
     const registry = gateway.registry;
     switch (message.meshgate) {
+      case 'took':
+        shared.answer(message.seq, message.result);
+        return;
       case 'synced':
         synced();
         return;
@@ -183,6 +202,39 @@ export async function runClusterWorker(config: GatewayConfigInput, baseDir: stri
     void gateway.close().then(() => process.exit(0));
   });
   return gateway;
+}
+
+/**
+ * A worker's view of the primary's token buckets: a draw is one IPC round trip. When the primary
+ * does not answer within {@link SHARED_BUCKET_TIMEOUT_MS} the draw rejects, and the caller's local
+ * bucket decides: a limit is a guard, not a dependency.
+ */
+class PrimaryBuckets implements SharedBuckets {
+  readonly #pending = new Map<number, { resolve: (result: BucketResult) => void; timer: NodeJS.Timeout }>();
+  #seq = 0;
+
+  take(key: string, rate: number, burst: number): Promise<BucketResult> {
+    if (!process.send || !process.connected) return Promise.reject(new Error('no primary to share buckets with'));
+    const seq = ++this.#seq;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pending.delete(seq);
+        reject(new Error('the primary did not answer in time'));
+      }, SHARED_BUCKET_TIMEOUT_MS);
+      timer.unref();
+      this.#pending.set(seq, { resolve, timer });
+      process.send!({ meshgate: 'take', seq, key, rate, burst } satisfies ToPrimary);
+    });
+  }
+
+  /** The primary's answer to draw `seq` (a late one, after the timeout, is dropped). */
+  answer(seq: number, result: BucketResult): void {
+    const pending = this.#pending.get(seq);
+    if (pending === undefined) return;
+    this.#pending.delete(seq);
+    clearTimeout(pending.timer);
+    pending.resolve(result);
+  }
 }
 
 function specOf(inst: Instance): InstanceSpec {

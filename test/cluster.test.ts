@@ -65,3 +65,32 @@ test('workers: 2 shares the listener; metrics on the primary add up across worke
   const { code } = await run.exited;
   assert.equal(code, 0, run.stderr());
 });
+
+test('workers: 2 keeps the rate limit the user wrote: the buckets are the primary\'s, shared by every worker', { timeout: 60_000 }, async (t) => {
+  const upstream = await startUpstream(t);
+  const port = await unusedPort();
+  const dir = await mkdtemp(join(tmpdir(), 'meshgate-cluster-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const file = join(dir, 'meshgate.yaml');
+  await writeFile(
+    file,
+    [
+      'workers: 2',
+      'logLevel: warn',
+      `listen: { host: 127.0.0.1, port: ${port} }`,
+      `services: { api: { instances: [ { url: "${upstream.url}" } ] } }`,
+      // A slow refill (one token every 5 s), so the count below is exact.
+      'routes: [ { prefix: /api, service: api, rateLimit: { rps: 0.2, burst: 4 } } ]',
+    ].join('\n'),
+  );
+  const run = await spawnNode(t, ['--import', 'tsx', 'lib/cli.ts', 'start', '--config', file], { cwd: process.cwd() });
+  await waitFor(() => accepts(port), 20_000, `the cluster to listen; stderr:\n${run.stderr()}`);
+  // New connections each: the primary hands them to the workers in turn.
+  const results = await Promise.all(Array.from({ length: 12 }, () => send(`http://127.0.0.1:${port}/api/x`, { headers: { connection: 'close' } })));
+  const admitted = results.filter((r) => r.status === 200).length;
+  assert.equal(admitted, 4, `admitted ${admitted} of 12 (per-worker buckets would admit up to 8)`);
+  assert.ok(results.filter((r) => r.status === 429).every((r) => r.headers['retry-after'] !== undefined));
+  assert.equal(upstream.seen.length, 4);
+  run.child.kill('SIGTERM');
+  assert.equal((await run.exited).code, 0, run.stderr());
+});

@@ -6,6 +6,7 @@ import type { GatewayConfig } from '../config/schema.js';
 import type { PluginSections } from '../config/sections.js';
 import { PluginDependencyError, PluginError } from '../errors.js';
 import type { Logger } from '../kit/logger.js';
+import type { SharedBuckets } from '../kit/token-bucket.js';
 import type { LeaseKeeper } from '../registry/leases.js';
 import type { Registrar } from '../registry/registrar.js';
 import type { Instance, Registry, Service } from '../registry/registry.js';
@@ -99,8 +100,13 @@ export type GatewayRole = 'standalone' | 'primary' | 'worker';
  * @example
  * declare module 'meshgate' { interface GatewayServices { myCache: Map<string, string> } }
  */
-// eslint-disable-next-line @typescript-eslint/no-empty-object-type
-export interface GatewayServices {}
+export interface GatewayServices {
+  /**
+   * Token buckets shared by every process of a cluster (the primary keeps them), set in cluster
+   * workers: a rate limit then holds for the whole gateway, not per worker.
+   */
+  sharedBuckets: SharedBuckets;
+}
 
 /**
  * A plugin's view of its own config: the prepared options of its sections, for the request at

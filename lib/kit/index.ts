@@ -2,8 +2,8 @@
  * `meshgate/kit`: small building blocks the core and plugins share: token buckets (local, and the
  * Redis script), millisecond formatting, a seeded random source, the logger type.
  */
-export { TokenBuckets, bucketResult, REDIS_TOKEN_BUCKET } from './token-bucket.js';
-export type { BucketResult } from './token-bucket.js';
+export { TokenBuckets, BucketKeeper, bucketResult, REDIS_TOKEN_BUCKET } from './token-bucket.js';
+export type { BucketResult, SharedBuckets } from './token-bucket.js';
 export { decimalMs } from './decimal.js';
 export { seededRandom } from './random.js';
 export { createLogger, defaultLogFormat } from './logger.js';

@@ -55,6 +55,42 @@ export class TokenBuckets {
   }
 }
 
+/**
+ * Token buckets kept elsewhere and shared (a cluster's primary holds them for its workers):
+ * `take` draws one token from the bucket `key` of a `rate`/`burst` limit, or rejects when the
+ * keeper cannot answer (the caller then decides with a local bucket).
+ */
+export interface SharedBuckets {
+  take(key: string, rate: number, burst: number): Promise<BucketResult>;
+}
+
+/**
+ * The keeper's side of {@link SharedBuckets}: one set of buckets per `rate`/`burst` pair, swept of
+ * full buckets every 10 s.
+ */
+export class BucketKeeper {
+  readonly #limits = new Map<string, TokenBuckets>();
+  readonly #sweep: NodeJS.Timeout;
+
+  constructor() {
+    this.#sweep = setInterval(() => {
+      for (const buckets of this.#limits.values()) buckets.sweep();
+    }, 10_000);
+    this.#sweep.unref();
+  }
+
+  take(key: string, rate: number, burst: number): BucketResult {
+    const limit = `${rate}/${burst}`;
+    let buckets = this.#limits.get(limit);
+    if (buckets === undefined) this.#limits.set(limit, (buckets = new TokenBuckets(rate, burst)));
+    return buckets.take(key);
+  }
+
+  close(): void {
+    clearInterval(this.#sweep);
+  }
+}
+
 /** Builds the result for `tokens` left after a check. */
 export function bucketResult(allowed: boolean, tokens: number, rate: number, burst: number): BucketResult {
   return {

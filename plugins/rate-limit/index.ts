@@ -61,6 +61,9 @@ export function rateLimit(options: RateLimitOptions = {}): GatewayPlugin<unknown
         for (const redis of connections.values()) redis.disconnect();
       });
 
+      // In a cluster worker, buckets without Redis are the primary's, shared by every worker.
+      const shared = gateway.has('sharedBuckets') ? gateway.get('sharedBuckets') : null;
+
       const check = async (limiter: RateLimitPolicy, key: string): Promise<BucketResult> => {
         const redis = limiter.redis === null ? null : redisFor(limiter.redis);
         if (redis !== null && redis.status === 'ready') {
@@ -69,6 +72,12 @@ export function rateLimit(options: RateLimitOptions = {}): GatewayPlugin<unknown
             return bucketResult(allowed === 1, Number(tokens), limiter.local.rate, limiter.local.burst);
           } catch {
             // Redis slow or gone: the local bucket decides; a limit is a guard, not a dependency.
+          }
+        } else if (limiter.redis === null && shared !== null) {
+          try {
+            return await shared.take(`${limiter.route}\u0000${key}`, limiter.local.rate, limiter.local.burst);
+          } catch {
+            // The primary is busy or gone: the local bucket decides, as for Redis.
           }
         }
         return limiter.local.take(key);
