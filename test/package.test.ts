@@ -107,3 +107,23 @@ test('the packed package installs into a fresh project and typechecks there what
   const { stdout } = await run(process.execPath, ['-e', script], { cwd: dir });
   assert.equal(stdout.trim(), 'function');
 });
+
+test('npm install on a fresh clone leaves package-lock.json as committed', { timeout: 120_000 }, async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'meshgate-lock-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const lock = await readFile(join(ROOT, 'package-lock.json'), 'utf8');
+  await writeFile(join(dir, 'package.json'), await readFile(join(ROOT, 'package.json'), 'utf8'));
+  await writeFile(join(dir, 'package-lock.json'), lock);
+  // What `npm install` would write, resolved against the lock (no download, no scripts).
+  await run('npm', ['install', '--package-lock-only', '--ignore-scripts', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error'], { cwd: dir, maxBuffer: 16 * 1024 * 1024 });
+  assert.equal(await readFile(join(dir, 'package-lock.json'), 'utf8'), lock, 'npm install rewrites package-lock.json: run npm install and commit the lock');
+});
+
+test('every package the install brings supports this Node version (no EBADENGINE warning)', async () => {
+  const { satisfies } = await import('semver');
+  const lock = JSON.parse(await readFile(join(ROOT, 'package-lock.json'), 'utf8')) as { packages: Record<string, { engines?: { node?: string } }> };
+  const unsupported = Object.entries(lock.packages)
+    .filter(([, pkg]) => typeof pkg.engines?.node === 'string' && !satisfies(process.version, pkg.engines.node, { includePrerelease: true }))
+    .map(([path, pkg]) => `${path.replace(/^node_modules\//, '')} wants node ${pkg.engines!.node}`);
+  assert.deepEqual(unsupported, []);
+});
