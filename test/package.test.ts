@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -68,8 +68,14 @@ export const buckets = new TokenBuckets(1, 1);
 test('the packed package installs into a fresh project and typechecks there whatever the file order', { timeout: 240_000 }, async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'meshgate-consumer-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
-  // prepare builds dist/ first, as `npm pack` and `npm install <git url>` do for a user.
-  await run('npm', ['pack', '--silent', '--pack-destination', dir], { cwd: ROOT, maxBuffer: 16 * 1024 * 1024 });
+  // prepare builds dist/ first, as `npm pack` and `npm install <git url>` do for a user. In a copy of
+  // the sources: the build starts by clearing dist/, which other tests (the bench smoke runs) use.
+  const source = join(dir, 'source');
+  for (const entry of ['lib', 'plugins', 'package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json', 'README.md', 'LICENSE']) {
+    await cp(join(ROOT, entry), join(source, entry), { recursive: true });
+  }
+  await symlink(join(ROOT, 'node_modules'), join(source, 'node_modules'), 'dir');
+  await run('npm', ['pack', '--silent', '--pack-destination', dir], { cwd: source, maxBuffer: 16 * 1024 * 1024 });
   const tarball = (await readdir(dir)).find((f) => f.endsWith('.tgz'));
   assert.ok(tarball, 'npm pack made a tarball');
   await writeFile(join(dir, 'package.json'), JSON.stringify({ name: 'consumer', private: true, type: 'module' }));
