@@ -29,6 +29,11 @@ export const ERROR_CODES = {
   MESH_ERR_BAD_PATH: { status: 400, flag: 'DI' },
   MESH_ERR_CLIENT_ABORTED: { status: 499, flag: 'DC', outcome: 'client_abort' },
   MESH_ERR_BAD_REQUEST: { status: 400 },
+  MESH_ERR_BAD_HOST: { status: 400 },
+  MESH_ERR_HEADERS_TOO_MANY: { status: 431 },
+  MESH_ERR_NOT_IMPLEMENTED: { status: 501 },
+  MESH_ERR_UPSTREAM_PROTOCOL: { status: 502, flag: 'UPE', outcome: 'protocol_error' },
+  MESH_ERR_LOOP: { status: 508, flag: 'LD' },
   MESH_ERR_PAYLOAD_TOO_LARGE: { status: 413 },
   MESH_ERR_UNAUTHORIZED: { status: 401 },
   MESH_ERR_METHOD_NOT_ALLOWED: { status: 405 },
@@ -130,6 +135,27 @@ export class CircuitOpenError extends MeshError {
 export class BadRequestError extends MeshError {
   constructor(message: string, code: MeshErrorCode | (string & {}) = 'MESH_ERR_BAD_REQUEST') {
     super(code, 400, message);
+  }
+}
+
+/** The request uses something the gateway does not implement (501), such as a transfer coding other than chunked. */
+export class NotImplementedError extends MeshError {
+  constructor(message: string) {
+    super('MESH_ERR_NOT_IMPLEMENTED', 501, message);
+  }
+}
+
+/** The instance answered something that is not valid HTTP for a proxy to pass on (502). */
+export class UpstreamProtocolError extends MeshError {
+  constructor(instanceUrl: string, detail: string) {
+    super('MESH_ERR_UPSTREAM_PROTOCOL', 502, `${instanceUrl} answered ${detail}`);
+  }
+}
+
+/** The request came back to the gateway that sent it (508): an instance URL points at the gateway. */
+export class LoopDetectedError extends MeshError {
+  constructor() {
+    super('MESH_ERR_LOOP', 508, 'the request passed this gateway before: an instance of the route points back at the gateway');
   }
 }
 

@@ -387,6 +387,8 @@ describe('config: defaults', () => {
       port: 8080,
       trustProxy: false,
       maxHeaderSize: 16 * 1024,
+      maxHeaders: 100,
+      pathParameters: 'reject',
       headersTimeout: 10_000,
       requestTimeout: 60_000,
       keepAliveTimeout: 5_000,

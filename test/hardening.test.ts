@@ -9,7 +9,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { describe, test, type TestContext } from 'node:test';
 import type { GatewayConfigInput } from '../lib/index.js';
-import { echo, send, sendPath, sleep, startGateway, startUpstream, type Upstream } from './helpers.js';
+import { echo, rawExchange, send, sendPath, sleep, startGateway, startUpstream, statusLines, type Upstream } from './helpers.js';
 
 /** Fails a test that hangs instead of stalling the run (not a speed limit). */
 const LIMIT = { timeout: 20_000 };
@@ -31,30 +31,6 @@ async function gatewayFor(t: TestContext, upstream: Upstream, extra: { listen?: 
   });
   return { url, gateway, port: Number(new URL(url).port) };
 }
-
-/**
- * Writes `data` on a fresh socket and collects everything the server sends until it closes the
- * connection (or `idleMs` pass without a byte, then the socket is destroyed).
- */
-function rawExchange(port: number, data: string | Buffer, idleMs = 1500): Promise<{ text: string; closedByServer: boolean }> {
-  return new Promise((resolve) => {
-    const socket = connect(port, '127.0.0.1');
-    const chunks: Buffer[] = [];
-    let closedByServer = true;
-    const idle = (): void => {
-      closedByServer = false;
-      socket.destroy();
-    };
-    socket.setTimeout(idleMs, idle);
-    socket.on('connect', () => socket.write(data));
-    socket.on('data', (c: Buffer) => chunks.push(c));
-    socket.on('error', () => {}); // a reset after the answer is an acceptable way to close
-    socket.on('close', () => resolve({ text: Buffer.concat(chunks).toString('latin1'), closedByServer }));
-  });
-}
-
-/** Status codes of every response in a raw byte stream. */
-const statusLines = (text: string): number[] => [...text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1]));
 
 /** A second server the attacker tries to reach through the gateway; counts connections. */
 async function otherServer(t: TestContext): Promise<Upstream & { connections: () => number }> {

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import { connect, type AddressInfo, type Socket } from 'node:net';
 import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { createGateway, type Gateway, type GatewayConfigInput, type GatewayOptions } from '../lib/index.js';
@@ -268,6 +268,30 @@ export async function scriptResult<T>(t: TestContext, script: string): Promise<T
   assert.equal(code, 0, run.stderr());
   return JSON.parse(run.stdout().trim().split('\n').pop()!) as T;
 }
+
+/**
+ * Writes `data` on a fresh socket and collects everything the server sends until it closes the
+ * connection (or `idleMs` pass without a byte, then the socket is destroyed).
+ */
+export function rawExchange(port: number, data: string | Buffer, idleMs = 1500): Promise<{ text: string; closedByServer: boolean }> {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    let closedByServer = true;
+    const idle = (): void => {
+      closedByServer = false;
+      socket.destroy();
+    };
+    socket.setTimeout(idleMs, idle);
+    socket.on('connect', () => socket.write(data));
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.on('error', () => {}); // a reset after the answer is an acceptable way to close
+    socket.on('close', () => resolve({ text: Buffer.concat(chunks).toString('latin1'), closedByServer }));
+  });
+}
+
+/** Status codes of every response in a raw byte stream. */
+export const statusLines = (text: string): number[] => [...text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1]));
 
 /** Whether something accepts TCP connections on 127.0.0.1:`port` (a probe that sends no request). */
 export async function accepts(port: number): Promise<boolean> {

@@ -30,5 +30,23 @@ export async function readJsonBody(ctx: Context, limit = ADMIN_BODY_LIMIT): Prom
   if (!value || typeof value !== 'object' || Array.isArray(value)) {
     throw new BadRequestError('body must be a JSON object', 'MESH_ERR_BAD_JSON');
   }
+  if (depthOf(value) > MAX_JSON_DEPTH) throw new BadRequestError(`body is nested more than ${MAX_JSON_DEPTH} levels deep`, 'MESH_ERR_BAD_JSON');
   return value as Record<string, unknown>;
+}
+
+/** Deepest nesting an admin body may have: deeper ones are refused before anything recurses into them. */
+export const MAX_JSON_DEPTH = 32;
+
+/** How deep a parsed JSON value nests, counted without recursion (a deep value would overflow the stack). */
+function depthOf(value: unknown): number {
+  let deepest = 0;
+  const stack: [unknown, number][] = [[value, 1]];
+  while (stack.length > 0) {
+    const [node, depth] = stack.pop()!;
+    if (node === null || typeof node !== 'object') continue;
+    deepest = Math.max(deepest, depth);
+    if (deepest > MAX_JSON_DEPTH) return deepest;
+    for (const child of Object.values(node)) stack.push([child, depth + 1]);
+  }
+  return deepest;
 }

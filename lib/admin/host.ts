@@ -1,7 +1,10 @@
+import type { Server } from 'node:http';
 import type { PluginHost } from '../core/plugin.js';
 
 /** What the admin server needs from its gateway: the plugin surface, and whether the gateway takes traffic. */
 export interface AdminHost extends PluginHost {
   /** True once plugins are set up and until close() begins (`GET /readyz`). */
   readonly isReady: boolean;
+  /** The proxy's listener, once listening: a registration must not point back at it. */
+  readonly server: Server | null;
 }

@@ -5,6 +5,7 @@ import { duration, httpUrl } from '../config/schema.js';
 import { BadRequestError } from '../errors.js';
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { MeshError } from '../errors.js';
 import type { AdminHost } from './host.js';
 import { cidrList, inList } from '../http/net.js';
@@ -19,6 +20,8 @@ const registration = z.strictObject({
   id: z
     .string()
     .regex(/^[A-Za-z0-9._:@-]{1,128}$/, 'expected 1-128 letters, digits or . _ : @ -')
+    // `.` and `..` are dot segments: a URL with them as the id could never reach the instance again.
+    .refine((id) => id !== '.' && id !== '..', { message: 'must not be "." or ".."' })
     .optional(),
   weight: z.number().int().min(1).max(10_000).optional(),
   zone: z.string().max(64).optional(),
@@ -61,6 +64,30 @@ async function checkNetwork(url: string, allowed: ReturnType<typeof cidrList>): 
 }
 
 /**
+ * Refuses an instance URL that reaches this gateway's own listener: every request to it would go
+ * round the loop until the gateway ran out of sockets. (A loop through another gateway is caught
+ * per request, by the gateway's entry in `Via`.)
+ */
+async function checkNotSelf(url: string, server: import('node:http').Server | null): Promise<void> {
+  const bound = server?.address();
+  if (!bound || typeof bound === 'string') return;
+  const target = new URL(url);
+  const port = Number(target.port || (target.protocol === 'https:' ? 443 : 80));
+  if (port !== bound.port) return;
+  const host = target.hostname.replace(/^\[|\]$/g, '');
+  let addresses: string[];
+  try {
+    addresses = isIP(host) ? [host] : (await lookup(host, { all: true })).map((a) => a.address);
+  } catch {
+    return; // does not resolve here: it cannot reach this listener either
+  }
+  const wildcard = bound.address === '0.0.0.0' || bound.address === '::';
+  const local = new Set(['127.0.0.1', '::1', '0.0.0.0', '::', ...Object.values(networkInterfaces()).flatMap((list) => (list ?? []).map((i) => i.address))]);
+  const self = addresses.find((a) => (wildcard ? local.has(a) || a.startsWith('127.') : a === bound.address || (bound.address.startsWith('127.') && a.startsWith('127.'))));
+  if (self !== undefined) throw new ValidationError([{ path: 'url', message: `${target.host} is this gateway's own listener: requests to it would loop` }]);
+}
+
+/**
  * The control-plane routes (see ARCHITECTURE.md): register, heartbeat, deregister, inspect.
  * Writes go through `gateway.registrar`, so a fleet-wide registrar (Redis) serves them unchanged.
  */
@@ -80,6 +107,7 @@ export function controlPlaneRoutes(router: Router, gateway: AdminHost): void {
     const parsed = registration.safeParse(await readJsonBody(ctx));
     if (!parsed.success) throw new ValidationError(zodIssues(parsed.error));
     if (allowed) await checkNetwork(parsed.data.url, allowed);
+    await checkNotSelf(parsed.data.url, gateway.server);
     const result = await gateway.registrar.register(name, { ...parsed.data, source: 'admin' });
     ctx.status = 201;
     ctx.set('location', `/services/${encodeURIComponent(name)}/instances/${encodeURIComponent(result.id)}`);

@@ -110,6 +110,13 @@ const configShape = {
       trustProxy: z.union([z.boolean(), z.number().int().min(0), z.array(z.string().min(1))]).default(false),
       /** Largest request head; bigger ones get 431. */
       maxHeaderSize: byteSize.default(16 * 1024),
+      /** Most request header lines (Envoy's default); more get 431, so the gateway's own headers always fit under an upstream's limit. */
+      maxHeaders: z.number().int().min(1).max(1000).default(100),
+      /**
+       * Path parameters (`;x` in a segment, which Tomcat, Jetty and Spring strip before routing):
+       * `reject` answers 400; `allow` routes on the path without them and forwards it as sent.
+       */
+      pathParameters: z.enum(['reject', 'allow']).default('reject'),
       /** Time to receive a request's headers (slowloris guard). */
       headersTimeout: duration.default(10_000),
       /** Time to receive a whole request. */
@@ -117,7 +124,7 @@ const configShape = {
       /** Idle time of a client keep-alive connection. */
       keepAliveTimeout: duration.default(5_000),
     })
-    .default({ host: '0.0.0.0', port: 8080, trustProxy: false, maxHeaderSize: 16 * 1024, headersTimeout: 10_000, requestTimeout: 60_000, keepAliveTimeout: 5_000 }),
+    .default({ host: '0.0.0.0', port: 8080, trustProxy: false, maxHeaderSize: 16 * 1024, maxHeaders: 100, pathParameters: 'reject', headersTimeout: 10_000, requestTimeout: 60_000, keepAliveTimeout: 5_000 }),
   admin: z
     .strictObject({
       host: z.string().default('127.0.0.1'),

@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { randomBytes } from 'node:crypto';
 import { accessSync, constants } from 'node:fs';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -84,6 +85,8 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
   /** Where admin registrations go; a fleet-wide discovery plugin replaces it in its setup. */
   registrar: Registrar;
   readonly leases: LeaseKeeper;
+  /** This gateway's name in the `Via` header it adds, random per gateway: a request that comes back with it is refused (508). */
+  readonly name = `meshgate-${randomBytes(4).toString('hex')}`;
 
   /** The config document as given (validated again, whole, once every plugin is known). */
   readonly #document: unknown;
@@ -331,6 +334,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
         pools: this.#instancePools,
         snapshot: () => this.#snapshot!,
         closing: () => this.#closing,
+        name: this.name,
       },
       this.#plugins.seal(),
       this.#deadlines,

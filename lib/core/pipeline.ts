@@ -1,15 +1,26 @@
 import type { EventEmitter } from 'node:events';
 import type { ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Context } from 'koa';
-import { GatewayClosingError, MeshError, NoHealthyInstanceError, NoRouteError, UpstreamResetError, UpstreamTimeoutError } from '../errors.js';
+import {
+  BadRequestError,
+  GatewayClosingError,
+  LoopDetectedError,
+  MeshError,
+  NoHealthyInstanceError,
+  NoRouteError,
+  NotImplementedError,
+  UpstreamResetError,
+  UpstreamTimeoutError,
+} from '../errors.js';
 import { upstreamRequestHeaders } from '../http/headers.js';
-import { clientAddress } from '../http/net.js';
-import { normalizeTarget } from '../http/path.js';
+import { clientAddress, peerTrusted } from '../http/net.js';
+import { PathParametersError, normalizeTarget, withoutPathParameters } from '../http/path.js';
 import { decimalMs } from '../kit/decimal.js';
 import type { Logger } from '../kit/logger.js';
 import type { Registry } from '../registry/registry.js';
 import type { Deadlines } from '../upstream/deadlines.js';
-import { dispatchUpstream, isTlsErrorCode, responseHeaders } from '../upstream/exchange.js';
+import { dispatchUpstream, isClientFault, isTlsErrorCode, responseHeaders } from '../upstream/exchange.js';
 import type { InstancePools } from '../upstream/pools.js';
 import type { BalancerRegistry } from './balancers.js';
 import { isReplayable, meterBody, requestBody } from '../upstream/request-body.js';
@@ -37,9 +48,13 @@ export interface PipelineParts {
   snapshot(): ConfigSnapshot;
   /** Whether close() began: new requests get 503, answers close their connection. */
   closing(): boolean;
+  /** This gateway's name in `Via` (`meshgate-1a2b3c4d`): a request that arrives with it went round a loop. */
+  readonly name: string;
 }
 
 const kMesh = Symbol('meshgate.state');
+/** Set on a client socket that sent a request with faulty framing: nothing more is read from it. */
+const kFaultyFraming = Symbol('meshgate.faultyFraming');
 
 /** The client went away before the response was complete: abort what is in flight. Shared, not a closure per request. */
 function onResponseClose(this: ServerResponse & { [kMesh]?: MeshState }): void {
@@ -93,11 +108,30 @@ export class Pipeline {
     const snapshot = parts.snapshot();
     const mesh = new MeshState(snapshot);
     ctx.state.mesh = mesh;
+    const socket = ctx.req.socket as Socket & { [kFaultyFraming]?: boolean };
+    if (socket[kFaultyFraming] === true) {
+      // Parsed from bytes that followed a request with faulty framing: possibly smuggled. Never run it.
+      socket.destroy();
+      return;
+    }
     try {
+      if (ctx.req.headers['transfer-encoding'] !== undefined && ctx.req.httpVersionMinor === 0) {
+        // HTTP/1.0 has no chunked coding: the framing is faulty (RFC 9112 6.1), and whatever follows
+        // the body on this connection may be a smuggled request. Refused, and the connection closed;
+        // marked now, before Node's parser hands over the requests behind it in the same read.
+        socket[kFaultyFraming] = true;
+        ctx.res.shouldKeepAlive = false;
+        throw new BadRequestError('Transfer-Encoding in an HTTP/1.0 request', 'MESH_ERR_BAD_REQUEST');
+      }
       const target = normalizeTarget(ctx.req.url ?? '/');
       mesh.path = target.path;
       mesh.query = target.query;
-      const route = snapshot.router.match(target.path);
+      let routed = target.path;
+      if (routed.includes(';')) {
+        if (snapshot.config.listen.pathParameters === 'reject') throw new PathParametersError();
+        routed = withoutPathParameters(routed);
+      }
+      const route = snapshot.router.match(routed);
       if (route !== undefined) {
         mesh.route = route;
         mesh.policy = route.policy;
@@ -131,9 +165,13 @@ export class Pipeline {
       if (!mesh.clientGone) {
         const exchange = mesh.exchange;
         const held = exchange !== null && exchange.state === 'headers';
-        if (held && ctx.body === bodyBefore && res.statusCode === statusBefore) {
+        const untouched = ctx.body === bodyBefore && res.statusCode === statusBefore;
+        if (held && untouched) {
           const committing = this.#commit(ctx, mesh);
           if (committing !== undefined) await committing;
+        } else if (exchange !== null && exchange.failure !== null && untouched) {
+          // The held answer broke before it could be sent (the instance reset the connection).
+          throw exchange.failure;
         } else {
           // A middleware answered instead of the upstream (or after it: its answer wins).
           if (held) exchange.discard();
@@ -208,12 +246,22 @@ export class Pipeline {
     mesh.deadline = mesh.startedAt + policy.config.timeout;
     const req = ctx.req;
     try {
+      const te = req.headers['transfer-encoding'];
+      if (te !== undefined) {
+        // Only chunked is understood: another coding (gzip, chunked) would be lost in forwarding (RFC 9112 6.1).
+        if (te.toLowerCase() !== 'chunked') throw new NotImplementedError(`Transfer-Encoding "${te}" is not supported`);
+      }
       mesh.body = requestBody(ctx);
       // A body without a declared length is counted as it streams (bytesIn), and cut at maxBodySize.
       if (mesh.body !== null) mesh.body = meterBody(req, mesh.body, route.config.maxBodySize, (total) => void (mesh.bytesIn = total));
+      const incomingVia = req.headers.via;
+      if (incomingVia !== undefined && incomingVia.includes(this.#parts.name)) throw new LoopDetectedError();
+      const socketAddress = req.socket.remoteAddress ?? '';
       mesh.upstreamHeaders = upstreamRequestHeaders(req, {
-        remoteAddress: req.socket.remoteAddress ?? '',
-        appendForwardedFor: mesh.snapshot!.trust !== false,
+        via: `${req.httpVersion} ${this.#parts.name}`,
+        remoteAddress: socketAddress,
+        appendForwardedFor: peerTrusted(mesh.snapshot!.trust, socketAddress),
+        maxHeaders: mesh.snapshot!.config.listen.maxHeaders,
         proto: ctx.protocol,
         bodyLength: typeof mesh.body === 'string' || Buffer.isBuffer(mesh.body) ? Buffer.byteLength(mesh.body) : undefined,
         overrides: mesh.headerOverrides,
@@ -297,6 +345,8 @@ export class Pipeline {
         // A keep-alive race: the upstream closed an idle socket just as the request went out on it.
         // Nothing was answered, so an idempotent request with a replayable body goes again, once.
         if (staleRetry && err instanceof UpstreamResetError && isReplayable(ctx.req.method!, mesh.body)) continue;
+        // What the client sent could not be forwarded: nothing left, and it says nothing of the instance.
+        if (isClientFault(err)) throw err;
         balancer.observe?.(instance, performance.now() - exchange.startedAt, true);
         if (isTlsFailure(err)) {
           // A certificate problem is a configuration error somebody must see, not just a 502.
@@ -330,7 +380,7 @@ export class Pipeline {
     for (let i = 0; i < mesh.responseHeaders.length; i++) extra.push(mesh.responseHeaders[i]!);
     extra.push('server-timing', `gateway;dur=${decimalMs(gatewayMs, 1)}, upstream;dur=${decimalMs(exchange.headersMs, 1)}`);
     if (this.#parts.closing()) res.shouldKeepAlive = false;
-    return exchange.commit(res, responseHeaders(exchange.rawHeaders, extra), headersWereSet);
+    return exchange.commit(res, responseHeaders(exchange.rawHeaders, extra, exchange.instance.url), headersWereSet);
   }
 }
 

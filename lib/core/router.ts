@@ -74,9 +74,22 @@ function firstSegment(path: string): string {
   return end === -1 ? path.slice(1) : path.slice(1, end);
 }
 
-/** The path the upstream sees for `path` on `route`: the prefix removed when `stripPrefix` is on. */
+/**
+ * The path the upstream sees for `path` on `route`: the prefix removed when `stripPrefix` is on.
+ * When the path carries path parameters (`/api/x;p/y`, routed without them), as many segments as
+ * the prefix has are removed, parameters and all.
+ */
 export function upstreamPath(route: Route, path: string): string {
   if (!route.stripPrefix || route.prefix === '/') return path;
+  if (!path.startsWith(route.prefix) || (path.length > route.prefix.length && path.charCodeAt(route.prefix.length) !== 47)) {
+    let end = 0;
+    for (let segments = route.prefix.split('/').length - 1; segments > 0; segments--) {
+      const next = path.indexOf('/', end + 1);
+      end = next === -1 ? path.length : next;
+    }
+    const rest = path.slice(end);
+    return rest === '' ? '/' : rest;
+  }
   const rest = path.slice(route.prefix.length);
   return rest === '' ? '/' : rest;
 }

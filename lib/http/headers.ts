@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { BadRequestError, MeshError } from '../errors.js';
 
 /**
  * Hop-by-hop headers (RFC 9110 7.6.1, plus the legacy `keep-alive`, `proxy-connection` and the
@@ -25,6 +26,12 @@ const GATEWAY_OWNED: ReadonlySet<string> = new Set([
   // The gateway answered `Expect: 100-continue` itself; the upstream gets the body right away.
   'expect',
 ]);
+
+/**
+ * Client addresses other frameworks read (Spring prefers `Forwarded`, nginx setups `X-Real-IP`):
+ * kept only from a peer `listen.trustProxy` trusts, like the client's `X-Forwarded-For` chain.
+ */
+const TRUSTED_ONLY: ReadonlySet<string> = new Set(['forwarded', 'x-real-ip']);
 
 /**
  * Writes the status line and a flat header list. Node's `writeHead(status, array)` keeps repeated
@@ -74,34 +81,85 @@ export interface ForwardedInfo {
   appendForwardedFor?: boolean;
   /** Headers set (string) or removed (null) by plugins, lower-case names: they win over the client's. */
   overrides?: readonly (string | null)[] | null;
+  /** Most header lines a request may have (`listen.maxHeaders`); more is 431. @default 100 */
+  maxHeaders?: number;
+  /** The gateway's own `Via` entry (`1.1 meshgate-1a2b3c4d`), appended to the client's: a request that comes back with it went round a loop. */
+  via?: string;
+}
+
+/** The request has more header lines than `listen.maxHeaders` (431). */
+export class TooManyHeadersError extends MeshError {
+  constructor(limit: number) {
+    super('MESH_ERR_HEADERS_TOO_MANY', 431, `more than ${limit} request headers`);
+  }
+}
+
+/**
+ * A Host value RFC 9112 3.2 accepts: an RFC 3986 authority without userinfo, `host[:port]`, where
+ * host is a DNS-style name (unreserved characters and percent-escapes), an IPv4 address or a
+ * bracketed IPv6 literal, and the port up to 5 digits.
+ */
+const HOST = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%]+)(?::(\d{1,5}))?$/;
+
+/** Checks a request's Host: exactly one, and a valid authority; else 400 (RFC 9112 3.2). */
+function checkHost(value: string, seen: boolean): void {
+  if (seen) throw new BadRequestError('more than one Host header', 'MESH_ERR_BAD_HOST');
+  const match = HOST.exec(value);
+  if (match === null || (match[1] !== undefined && Number(match[1]) > 65535)) {
+    throw new BadRequestError(`invalid Host header ${JSON.stringify(value)}`, 'MESH_ERR_BAD_HOST');
+  }
 }
 
 /**
  * The headers for the upstream request, as a flat `[name, value, ...]` list: the client's headers
  * without hop-by-hop headers (and those its `Connection` names), with `X-Forwarded-For` appended
- * and `X-Forwarded-Proto` / `X-Forwarded-Host` set. `Host` is kept, as Envoy does.
+ * and `X-Forwarded-Proto` / `X-Forwarded-Host` set. `Host` is kept, as Envoy does. On the way it
+ * refuses what cannot be forwarded safely: more than `maxHeaders` lines (431), a missing-in-effect
+ * or repeated or malformed Host (400). It drops what an upstream could mistake for the gateway's
+ * word: `Forwarded` and `X-Real-IP` from an untrusted peer, and underscore spellings of the headers
+ * the gateway sets or strips (`x_forwarded_for`, `x_user_id`), which Rack, WSGI and CGI read as
+ * the dashed names.
  */
 export function upstreamRequestHeaders(req: IncomingMessage, info: ForwardedInfo): string[] {
   const raw = req.rawHeaders;
+  const maxHeaders = info.maxHeaders ?? 100;
+  if (raw.length > maxHeaders * 2) throw new TooManyHeadersError(maxHeaders);
+  const trusted = info.appendForwardedFor === true;
   const out: string[] = [];
   let named: Set<string> | null = null;
   let forwardedFor = '';
   let host = '';
+  let hostSeen = false;
+  let via = '';
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
-    const lower = name.toLowerCase();
+    let lower = name.toLowerCase();
+    if (lower.includes('_')) {
+      // Only the underscore spellings of names the gateway owns are dropped; others pass as they are.
+      const dashed = lower.replace(/_/g, '-');
+      if (owned(dashed, info.overrides)) continue;
+    }
     if (lower === 'connection') {
       named = connectionTokens(raw[i + 1]!, named);
       continue;
     }
     if (HOP_BY_HOP.has(lower)) continue;
     if (GATEWAY_OWNED.has(lower)) {
-      if (lower === 'x-forwarded-for' && info.appendForwardedFor === true) {
+      if (lower === 'x-forwarded-for' && trusted) {
         forwardedFor = forwardedFor ? `${forwardedFor}, ${raw[i + 1]}` : raw[i + 1]!;
       }
       continue;
     }
-    if (lower === 'host') host = raw[i + 1]!;
+    if (TRUSTED_ONLY.has(lower) && !trusted) continue;
+    if (lower === 'host') {
+      checkHost(raw[i + 1]!, hostSeen);
+      hostSeen = true;
+      host = raw[i + 1]!;
+    }
+    if (lower === 'via' && info.via !== undefined) {
+      via = via ? `${via}, ${raw[i + 1]}` : raw[i + 1]!;
+      continue;
+    }
     if (info.bodyLength !== undefined && lower === 'content-length') continue;
     if (info.overrides != null && isOverridden(info.overrides, lower)) continue;
     // The gateway's own internal headers never come from outside.
@@ -119,12 +177,27 @@ export function upstreamRequestHeaders(req: IncomingMessage, info: ForwardedInfo
   out.push('x-forwarded-for', forwardedFor ? `${forwardedFor}, ${client}` : client);
   out.push('x-forwarded-proto', info.proto);
   if (host) out.push('x-forwarded-host', host);
+  // RFC 9110 7.6.3: a proxy adds itself to Via. It is also how a loop is seen (the request comes back with it).
+  if (info.via !== undefined) out.push('via', via ? `${via}, ${info.via}` : info.via);
   if (info.bodyLength !== undefined) out.push('content-length', String(info.bodyLength));
   if (info.overrides != null) {
     const overrides = info.overrides;
     for (let i = 0; i < overrides.length; i += 2) if (overrides[i + 1] !== null) out.push(overrides[i]!, overrides[i + 1]!);
   }
   return out;
+}
+
+/** Whether a header name (lower case, dashed) is one the gateway sets or strips. */
+function owned(lower: string, overrides: readonly (string | null)[] | null | undefined): boolean {
+  return (
+    HOP_BY_HOP.has(lower) ||
+    GATEWAY_OWNED.has(lower) ||
+    TRUSTED_ONLY.has(lower) ||
+    lower === 'host' ||
+    lower === 'content-length' ||
+    lower.startsWith('x-meshgate-') ||
+    (overrides != null && isOverridden(overrides, lower))
+  );
 }
 
 function isOverridden(overrides: readonly (string | null)[], lower: string): boolean {

@@ -59,3 +59,11 @@ export function clientAddress(socketAddress: string, forwardedFor: string | unde
   }
   return chain[0]!;
 }
+
+/** Whether the socket peer is a proxy `trust` believes, so the forwarding headers it sent are kept. */
+export function peerTrusted(trust: ProxyTrust, socketAddress: string): boolean {
+  if (trust === true) return true;
+  if (trust === false) return false;
+  if (typeof trust === 'number') return trust > 0;
+  return inList(trust, socketAddress);
+}

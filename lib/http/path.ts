@@ -77,3 +77,19 @@ function removeDotSegments(path: string): string {
   }
   return `/${out.join('/')}`;
 }
+
+/**
+ * The path without its path parameters (`/api/private;jsessionid=x/data` is `/api/private/data`),
+ * as Tomcat, Jetty and Spring read it before they route: the gateway routes on the same path, so a
+ * `;` cannot move a request from a protected route to a public one.
+ */
+export function withoutPathParameters(path: string): string {
+  return path.replace(/;[^/]*/g, '');
+}
+
+/** The path parameters of a request path are refused (`listen.pathParameters: reject`). */
+export class PathParametersError extends BadRequestError {
+  constructor() {
+    super('path parameters (";" in a path segment) are refused; set listen.pathParameters: allow to route on the path without them', 'MESH_ERR_BAD_PATH');
+  }
+}

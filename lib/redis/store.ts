@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { InstanceSpec } from '../registry/registry.js';
 
@@ -33,6 +34,8 @@ export interface StoredInstance {
   /** Lease in ms; absent for instances without one. */
   ttl?: number;
   registeredAt?: number;
+  /** Which registration wrote the key (random): lets a registration that was reported failed be taken back. */
+  nonce?: string;
 }
 
 /** A registry change message. */
@@ -60,6 +63,15 @@ local lease = tonumber(cjson.decode(value).ttl or 0)
 if lease > 0 then redis.call('PEXPIRE', KEYS[1], lease) end
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return lease`;
+
+// Takes back one registration, and only that one: a later registration of the same id stays.
+const TAKE_BACK = `
+local value = redis.call('GET', KEYS[1])
+if not value then return 0 end
+if cjson.decode(value).nonce ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1`;
 
 const DEREGISTER = `
 local removed = redis.call('DEL', KEYS[1])
@@ -110,6 +122,10 @@ export class RedisRegistryStore {
     this.prefix = prefix;
   }
 
+  /**
+   * Stores a registration. Rejects with the registration it tried (`err.stored`) when Redis did not
+   * answer, so the caller can take it back with {@link takeBack}.
+   */
   async register(service: string, spec: InstanceSpec & { id: string }): Promise<StoredInstance> {
     const stored: StoredInstance = {
       id: spec.id,
@@ -120,10 +136,25 @@ export class RedisRegistryStore {
       zone: spec.zone,
       ttl: spec.ttl,
       registeredAt: Date.now(),
+      nonce: randomBytes(8).toString('hex'),
     };
     const message: RegistryMessage = { op: 'register', service, id: spec.id, instance: stored };
-    await this.client.eval(REGISTER, 1, instanceKey(this.prefix, service, spec.id), JSON.stringify(stored), String(spec.ttl ?? 0), eventsChannel(this.prefix), JSON.stringify(message));
+    try {
+      await this.client.eval(REGISTER, 1, instanceKey(this.prefix, service, spec.id), JSON.stringify(stored), String(spec.ttl ?? 0), eventsChannel(this.prefix), JSON.stringify(message));
+    } catch (err) {
+      throw Object.assign(err as Error, { stored });
+    }
     return stored;
+  }
+
+  /**
+   * Takes back the registration `stored` (by its nonce): for a registration whose answer never
+   * came, which the registry was told did not happen. Sent on the same connection, it runs after
+   * the registration if Redis ever runs that, so the registration never takes effect.
+   */
+  async takeBack(stored: StoredInstance): Promise<boolean> {
+    const message: RegistryMessage = { op: 'deregister', service: stored.service, id: stored.id };
+    return Number(await this.client.eval(TAKE_BACK, 1, instanceKey(this.prefix, stored.service, stored.id), stored.nonce ?? '', eventsChannel(this.prefix), JSON.stringify(message))) === 1;
   }
 
   /** Renews a lease; resolves to the lease in ms (0 for none), or -1 when the instance is gone. */

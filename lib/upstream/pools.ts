@@ -3,7 +3,41 @@ import type { Pool as UndiciPool } from 'undici';
 import type { ServiceConfig } from '../config/schema.js';
 import { MeshError } from '../errors.js';
 import type { Instance } from '../registry/registry.js';
-import { Pool } from './undici.js';
+import { Pool, buildConnector, type Connector } from './undici.js';
+
+/**
+ * What a pool's sockets tell its exchanges: whether a socket is being reset right now. undici
+ * ends a response whose end is the connection's close (no length, not chunked) on a reset as on an
+ * orderly close, so a body cut by a reset would reach the client as complete. The pool's connector
+ * puts a listener on every socket ahead of undici's own, which sets this during the 'error' event
+ * of a reset (cleared as soon as the event is over): an exchange completed inside that event was cut.
+ */
+export interface ResetWatch {
+  resetting: boolean;
+}
+
+const kResetWatch = Symbol('meshgate.resetWatch');
+
+/** The reset watch of a pool made by {@link UpstreamPools}. */
+export function resetWatchOf(pool: UpstreamPool): ResetWatch | undefined {
+  return (pool as UpstreamPool & { [kResetWatch]?: ResetWatch })[kResetWatch];
+}
+
+/** A connector that watches its sockets for resets (see {@link ResetWatch}). */
+function watchingConnector(connector: Connector, watch: ResetWatch): Connector {
+  const onError = (err: NodeJS.ErrnoException): void => {
+    if (err?.code !== 'ECONNRESET') return;
+    watch.resetting = true;
+    queueMicrotask(() => {
+      watch.resetting = false;
+    });
+  };
+  return (options, callback) =>
+    connector(options, (err, socket) => {
+      socket?.on('error', onError);
+      callback(err, socket);
+    });
+}
 
 /** An undici Pool: what `gateway.poolFor(instance)` hands plugins (health checks use its `request()`). */
 export type UpstreamPool = UndiciPool;
@@ -44,15 +78,17 @@ export class UpstreamPools {
     if (pool) return pool;
     if (this.#closed) throw new MeshError('MESH_ERR_CLOSING', 503, 'gateway is shutting down');
     const opts = { ...this.#defaults, ...options };
+    const watch: ResetWatch = { resetting: false };
     pool = new Pool(origin, {
       connections: opts.connections ?? null,
       keepAliveTimeout: opts.keepAliveTimeout ?? 4000,
       // Never trust a server hint to keep a socket longer than our own limit.
       keepAliveMaxTimeout: opts.keepAliveTimeout ?? 4000,
-      connect: { timeout: opts.connectTimeout ?? 5000, ...opts.tls },
+      connect: watchingConnector(buildConnector({ timeout: opts.connectTimeout ?? 5000, ...opts.tls }), watch) as never,
       headersTimeout: 0,
       bodyTimeout: 0,
     });
+    (pool as UpstreamPool & { [kResetWatch]?: ResetWatch })[kResetWatch] = watch;
     this.#pools.set(key, pool);
     return pool;
   }

@@ -25,11 +25,16 @@ export const UNDICI_MODULES = {
   dispatcher: 'undici/lib/dispatcher/dispatcher.js',
   api: 'undici/lib/api/index.js',
   util: 'undici/lib/core/util.js',
+  connect: 'undici/lib/core/connect.js',
 } as const;
+
+/** undici's connector: opens a socket for a pool (`buildConnector(options)`). */
+export type Connector = (options: Record<string, unknown>, callback: (err: Error | null, socket: import('node:net').Socket | null) => void) => void;
 
 interface Parts {
   Pool: typeof UndiciPool;
   headerNameToString: (name: Buffer | string) => string;
+  buildConnector: (options: Record<string, unknown>) => Connector;
   /** Where the parts came from: undici's own modules, or its index (the fallback). */
   source: 'modules' | 'index';
 }
@@ -41,18 +46,25 @@ function load(): Parts {
     const Dispatcher = require(UNDICI_MODULES.dispatcher) as { prototype: object };
     const api = require(UNDICI_MODULES.api) as Record<string, unknown>;
     const { headerNameToString } = require(UNDICI_MODULES.util) as Pick<Parts, 'headerNameToString'>;
-    if (typeof Pool !== 'function' || !(Pool.prototype instanceof (Dispatcher as unknown as new () => object)) || typeof api.request !== 'function' || typeof headerNameToString !== 'function') {
+    const buildConnector = require(UNDICI_MODULES.connect) as Parts['buildConnector'];
+    if (
+      typeof Pool !== 'function' ||
+      !(Pool.prototype instanceof (Dispatcher as unknown as new () => object)) ||
+      typeof api.request !== 'function' ||
+      typeof headerNameToString !== 'function' ||
+      typeof buildConnector !== 'function'
+    ) {
       throw new Error('undici modules are not what they were');
     }
     // What undici's index does (its own copy of this line is idempotent if it is loaded later).
     Object.assign(Dispatcher.prototype, api);
-    return { Pool, headerNameToString, source: 'modules' };
+    return { Pool, headerNameToString, buildConnector, source: 'modules' };
   } catch (err) {
     process.emitWarning(`undici's modules are not where meshgate looks for them (${(err as Error).message}); loading all of undici instead, about 3 MB more heap`, {
       code: 'MESHGATE_UNDICI_INDEX',
     });
     const undici = require('undici') as typeof import('undici');
-    return { Pool: undici.Pool, headerNameToString: undici.util.headerNameToString, source: 'index' };
+    return { Pool: undici.Pool, headerNameToString: undici.util.headerNameToString, buildConnector: undici.buildConnector as unknown as Parts['buildConnector'], source: 'index' };
   }
 }
 
@@ -66,6 +78,9 @@ export const Pool = parts.Pool;
  * string, no allocation), others decoded and lower-cased.
  */
 export const headerNameToString = parts.headerNameToString;
+
+/** undici's `buildConnector`: the default way a pool opens its sockets. */
+export const buildConnector = parts.buildConnector;
 
 /** Whether the parts came from undici's own modules or, as the fallback, its index. */
 export const undiciSource = parts.source;

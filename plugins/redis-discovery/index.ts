@@ -157,7 +157,17 @@ export function redisDiscovery(given?: RedisDiscoveryOptions): GatewayPlugin<Red
         async register(service, spec): Promise<RegistrationResult> {
           gateway.registry.requireService(service);
           const id = spec.id ?? defaultInstanceId(new URL(spec.url));
-          const stored = await guard(() => store.register(service, { ...spec, id }));
+          let stored: StoredInstance;
+          try {
+            stored = await guard(() => store.register(service, { ...spec, id }));
+          } catch (err) {
+            // No answer (Redis paused, or gone mid-command): the caller hears "not registered", so
+            // make it true. The take-back goes on the same connection, after the registration, and
+            // is kept for the next connection if this one is lost.
+            const tried = ((err as MeshError).cause as { stored?: StoredInstance } | undefined)?.stored;
+            if (tried !== undefined) takeBack(tried);
+            throw err;
+          }
           apply(stored);
           return { id, ttl: stored.ttl };
         },
@@ -176,6 +186,18 @@ export function redisDiscovery(given?: RedisDiscoveryOptions): GatewayPlugin<Red
           return removed || local;
         },
       };
+      /** Registrations reported as failed that may still be in Redis: taken back now, or when Redis is back. */
+      const pendingTakeBacks = new Set<StoredInstance>();
+      const takeBack = (stored: StoredInstance): void => {
+        pendingTakeBacks.add(stored);
+        store.takeBack(stored).then(
+          () => pendingTakeBacks.delete(stored),
+          (err: Error) => log.debug({ err: err.message, id: stored.id }, 'take-back deferred until Redis is back'),
+        );
+      };
+      client.on('ready', () => {
+        for (const stored of [...pendingTakeBacks]) takeBack(stored);
+      });
       const guard = async <T>(op: () => Promise<T>): Promise<T> => {
         if (down) throw new RegistryUnavailableError();
         try {
