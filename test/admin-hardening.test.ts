@@ -187,3 +187,31 @@ describe('admin: what a registration may point at', () => {
     assert.equal(beat.status, 200, beat.body);
   });
 });
+
+describe('admin: input that cannot hurt it', () => {
+  test('metadata nested 5,000 deep in a small body is 400, not a stack overflow', LIMIT, async (t) => {
+    const { adminUrl, gateway } = await adminGateway(t);
+    const deep = '{"a":'.repeat(5000) + '1' + '}'.repeat(5000);
+    const res = await send(`${adminUrl}/services/a/instances`, { method: 'POST', headers: AUTH, body: `{"url":"http://127.0.0.1:1","metadata":${deep}}` });
+    assert.equal(res.status, 400);
+    assert.equal(res.json().error, 'MESH_ERR_BAD_JSON');
+    assert.match(res.json().message, /nested more than 32 levels/);
+    // Nesting that a metadata record can reasonably have still passes.
+    const fine = await register(adminUrl, { url: 'http://127.0.0.1:2', metadata: { a: { b: { c: { d: 1 } } } } });
+    assert.equal(fine.status, 201);
+    assert.equal(gateway.registry.getService('a')!.instances.size, 1);
+  });
+
+  test('instance ids "." and ".." are refused: an instance that could never be addressed again is never registered', LIMIT, async (t) => {
+    const { adminUrl, gateway } = await adminGateway(t);
+    for (const id of ['.', '..']) {
+      const res = await register(adminUrl, { url: 'http://127.0.0.1:1', id });
+      assert.equal(res.status, 400, id);
+      assert.match(res.json().message, /id: must not be "\." or "\.\."/);
+    }
+    // A dot inside an id is fine, and it can be deregistered at its URL.
+    assert.equal((await register(adminUrl, { url: 'http://127.0.0.1:1', id: 'a.b' })).status, 201);
+    assert.equal((await send(`${adminUrl}/services/a/instances/a.b`, { method: 'DELETE', headers: AUTH })).status, 204);
+    assert.equal(gateway.registry.getService('a')!.instances.size, 0);
+  });
+});

@@ -22,6 +22,10 @@ export interface RedisServerProcess {
   restart(): Promise<void>;
   /** Whether the server process is running. */
   readonly running: boolean;
+  /** Freezes the server (SIGSTOP): connections stay open, nothing is answered. */
+  pause(): void;
+  /** Lets a paused server run again (SIGCONT): it runs what it was sent meanwhile. */
+  resume(): void;
 }
 
 /** Starts `redis-server` on a free port and waits until it answers PING; killed in `t.after`. */
@@ -71,8 +75,18 @@ export async function startRedis(t: TestContext): Promise<RedisServerProcess> {
       await server.kill();
       await launch();
     },
+    pause() {
+      child?.kill('SIGSTOP');
+    },
+    resume() {
+      child?.kill('SIGCONT');
+    },
   };
-  t.after(() => server.kill());
+  // A paused server would not die of SIGKILL until it runs again on some systems: resume first.
+  t.after(() => {
+    server.resume();
+    return server.kill();
+  });
   await launch();
   return server;
 }

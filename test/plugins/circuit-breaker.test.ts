@@ -18,7 +18,7 @@ interface SwitchUpstream extends Upstream {
   held: ServerResponse[];
 }
 
-async function switchUpstream(t: TestContext, name: string, mode: 'fail' | 'ok'): Promise<SwitchUpstream> {
+async function switchUpstream(t: TestContext, name: string, mode: SwitchUpstream['state']['mode']): Promise<SwitchUpstream> {
   const state: SwitchUpstream['state'] = { mode };
   const held: ServerResponse[] = [];
   const serve = echo(name);
@@ -433,5 +433,39 @@ describe('circuit-breaker plugin: the counting window', () => {
     await waitFor(() => window.window[0] !== first, 5000, 'a turn');
     for (const fail of [false, true, true, true]) await breaker.fire(fail).catch(() => {});
     assert.equal(breaker.opened, true);
+  });
+});
+
+describe('circuit breaker: what is not a failure', () => {
+  test('4xx answers are the client\'s: an instance answering 404 to everything keeps its circuit closed', LIMIT, async (t) => {
+    const notFound = await startUpstream(t, (_req, res) => void res.writeHead(404).end('no such thing'));
+    const { gateway, url } = await startGateway(t, config([notFound.url], { volumeThreshold: 3 }));
+    const events = recordCircuitEvents(gateway);
+    const answers = await sendMany(url, 20);
+    assert.ok(answers.every((a) => a.status === 404));
+    assert.deepEqual(events, []);
+    assert.equal(instanceAt(gateway, notFound.url).circuit, 'closed');
+    assert.equal(notFound.seen.length, 20);
+  });
+
+  test('clients hanging up before a slow answer say nothing of the instance: eight of them leave the circuit closed', LIMIT, async (t) => {
+    const slow = await switchUpstream(t, 'slow', 'hold');
+    const { gateway, url } = await startGateway(t, config([slow.url], { volumeThreshold: 3 }));
+    const events = recordCircuitEvents(gateway);
+    await Promise.all(
+      Array.from({ length: 8 }, async (_, i) => {
+        const controller = new AbortController();
+        const pending = fetch(`${url}/api/slow/${i}`, { signal: controller.signal }).catch(() => undefined);
+        await waitFor(() => slow.held.length > i, 5000, 'the request to reach the instance');
+        controller.abort();
+        await pending;
+      }),
+    );
+    await waitFor(() => gateway.inflight === 0, 5000, 'the aborted requests to end');
+    for (const res of slow.held) res.end('too late');
+    slow.state.mode = 'ok';
+    assert.deepEqual(events, []);
+    assert.equal(instanceAt(gateway, slow.url).circuit, 'closed');
+    assert.equal((await send(`${url}/api/after`)).status, 200);
   });
 });

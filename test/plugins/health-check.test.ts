@@ -168,7 +168,7 @@ describe('health-check plugin: failing checks', () => {
     assert.ok(statuses.every((s) => s === 200), `statuses: ${statuses.join(',')}`);
   });
 
-  for (const status of [302, 404]) {
+  for (const status of [302, 404, 503]) {
     test(`only 2xx counts: a ${status} health answer is a failure`, LIMIT, async (t) => {
       const odd = await checkedUpstream(t, 'odd', status);
       const good1 = await checkedUpstream(t, 'good1');
@@ -243,6 +243,29 @@ describe('health-check plugin: recovery', () => {
     await waitFor(() => n >= 8, INTERVAL * 8 + SLACK * 2, 'eight checks');
     assert.deepEqual(events, []);
     assert.equal(instanceAt(gateway, alternating.url).health, 'healthy');
+  });
+});
+
+describe('health-check plugin: streaks', () => {
+  test('a failed check resets the success streak: with healthyThreshold 3, pass pass fail pass pass pass brings it back only at the last pass', LIMIT, async (t) => {
+    // The instance is unhealthy from the start (two failures), then answers the script below.
+    const script = [500, 500, 200, 200, 500, 200, 200, 200];
+    let n = 0;
+    const scripted = await startUpstream(t, (req, res) => {
+      if (req.url !== '/health') return void res.end('ok');
+      res.writeHead(script[Math.min(n, script.length - 1)]!);
+      n++;
+      res.end();
+    });
+    const good = await checkedUpstream(t, 'good');
+    const { gateway } = await startGateway(t, config([scripted.url, good.url], { unhealthyThreshold: 2, healthyThreshold: 3 }));
+    const inst = instanceAt(gateway, scripted.url);
+    let backAtCheck = -1;
+    gateway.on('instance:health', (i) => {
+      if (i === inst && i.health === 'healthy') backAtCheck = n;
+    });
+    await waitFor(() => backAtCheck !== -1, INTERVAL * 12 + SLACK * 2, 'the instance to come back');
+    assert.equal(backAtCheck, 8, `back after check ${backAtCheck}: the failure at check 5 must restart the streak`);
   });
 });
 

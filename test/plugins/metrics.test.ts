@@ -325,6 +325,25 @@ describe('metrics: upstream, retries, health, circuits, instances', () => {
     assert.equal(m.types.get('meshgate_retries_total'), 'counter');
   });
 
+  test('meshgate_retries_total counts one per retry, also when a request retries twice', LIMIT, async (t) => {
+    const live = await startUpstream(t, echo('live'));
+    const dead = [`http://127.0.0.1:${await unusedPort()}`, `http://127.0.0.1:${await unusedPort()}`];
+    const retries: number[] = [];
+    const { url, adminUrl } = await startMetricsGateway(
+      t,
+      {
+        // Round-robin from the first: the first request tries dead, dead, then live.
+        services: { flaky: { instances: [{ url: dead[0]!, id: 'dead1' }, { url: dead[1]!, id: 'dead2' }, { url: live.url, id: 'live' }], retries: { attempts: 2 } } },
+        routes: [{ prefix: '/flaky', service: 'flaky' }],
+      },
+      (gw) => gw.on('request:retry', (_service, info) => retries.push(info.attempt)),
+    );
+    for (let i = 0; i < 3; i++) assert.equal((await send(`${url}/flaky/${i}`)).status, 200);
+    assert.ok(retries.includes(3), `a request retried twice (attempts seen: ${retries.join(',')})`);
+    const m = await scrape(adminUrl!);
+    assert.equal(requireValue(m, 'meshgate_retries_total', { service: 'flaky' }), retries.length);
+  });
+
   test('meshgate_instance_healthy goes to 0 when health checks fail and back to 1 when they pass', LIMIT, async (t) => {
     const health = { status: 200 };
     const serve = echo('checked');

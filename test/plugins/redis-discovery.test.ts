@@ -498,3 +498,23 @@ describe('redis discovery: no leaks', () => {
     assert.equal(run.child.exitCode, 0, run.stderr());
   });
 });
+
+describe('redis discovery: a registration answered 503 did not happen', () => {
+  test('Redis paused: the registration times out with 503, and when Redis runs again it does not take effect', { timeout: 30_000 }, async (t) => {
+    const redis = await startRedis(t);
+    const fleet = await fleetGateway(t, redis.url);
+    const reader = redisClient(t, redis.url);
+    redis.pause();
+    const res = await adminRegister(fleet, { url: 'http://127.0.0.1:9', id: 'ghost' });
+    assert.equal(res.status, 503);
+    assert.equal(res.json().error, 'MESH_ERR_REGISTRY_UNAVAILABLE');
+    redis.resume();
+    // Redis runs the registration it was sent, then the take-back sent behind it.
+    await sleep(1500);
+    assert.equal(await reader.exists('meshgate:svc:{api}:inst:ghost'), 0, 'the registration is in Redis');
+    assert.equal(has(fleet, 'ghost'), false, 'the gateway routes to an instance it said was not registered');
+    // A registration after that works as usual.
+    assert.equal((await adminRegister(fleet, { url: 'http://127.0.0.1:9', id: 'real', ttl: '5s' })).status, 201);
+    await waitFor(() => has(fleet, 'real'), 5000, 'the new registration');
+  });
+});
