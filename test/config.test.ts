@@ -389,6 +389,7 @@ describe('config: defaults', () => {
       maxHeaderSize: 16 * 1024,
       maxHeaders: 100,
       pathParameters: 'reject',
+      via: false,
       headersTimeout: 10_000,
       requestTimeout: 60_000,
       keepAliveTimeout: 5_000,

@@ -85,7 +85,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
   /** Where admin registrations go; a fleet-wide discovery plugin replaces it in its setup. */
   registrar: Registrar;
   readonly leases: LeaseKeeper;
-  /** This gateway's name in the `Via` header it adds, random per gateway: a request that comes back with it is refused (508). */
+  /** This gateway's name in the `Via` header it adds with `listen.via`, random per gateway: a request that comes back with it is refused (508). */
   readonly name = `meshgate-${randomBytes(4).toString('hex')}`;
 
   /** The config document as given (validated again, whole, once every plugin is known). */
@@ -335,6 +335,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
         snapshot: () => this.#snapshot!,
         closing: () => this.#closing,
         name: this.name,
+        connections: this.pools.connections,
       },
       this.#plugins.seal(),
       this.#deadlines,

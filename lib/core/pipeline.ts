@@ -21,7 +21,7 @@ import type { Logger } from '../kit/logger.js';
 import type { Registry } from '../registry/registry.js';
 import type { Deadlines } from '../upstream/deadlines.js';
 import { dispatchUpstream, isClientFault, isTlsErrorCode, responseHeaders } from '../upstream/exchange.js';
-import type { InstancePools } from '../upstream/pools.js';
+import { connectionKey, type InstancePools } from '../upstream/pools.js';
 import type { BalancerRegistry } from './balancers.js';
 import { isReplayable, meterBody, requestBody } from '../upstream/request-body.js';
 import type { Next } from './compose.js';
@@ -50,9 +50,13 @@ export interface PipelineParts {
   closing(): boolean;
   /** This gateway's name in `Via` (`meshgate-1a2b3c4d`): a request that arrives with it went round a loop. */
   readonly name: string;
+  /** The gateway's open upstream connections (see `UpstreamPools.connections`). */
+  readonly connections: ReadonlySet<string>;
 }
 
 const kMesh = Symbol('meshgate.state');
+/** On a client socket: the key its connection has as an upstream connection when the peer is on this host (it may be the gateway itself), else null. */
+const kOwnConnection = Symbol('meshgate.ownConnection');
 /** Set on a client socket that sent a request with faulty framing: nothing more is read from it. */
 const kFaultyFraming = Symbol('meshgate.faultyFraming');
 
@@ -254,11 +258,21 @@ export class Pipeline {
       mesh.body = requestBody(ctx);
       // A body without a declared length is counted as it streams (bytesIn), and cut at maxBodySize.
       if (mesh.body !== null) mesh.body = meterBody(req, mesh.body, route.config.maxBodySize, (total) => void (mesh.bytesIn = total));
-      const incomingVia = req.headers.via;
-      if (incomingVia !== undefined && incomingVia.includes(this.#parts.name)) throw new LoopDetectedError();
-      const socketAddress = req.socket.remoteAddress ?? '';
+      const socket = req.socket as Socket & { [kOwnConnection]?: string | null };
+      const socketAddress = socket.remoteAddress ?? '';
+      // The gateway calling itself: the request arrives on one of its own upstream connections, so
+      // an instance URL points back at this listener. The connection's key as the gateway's
+      // upstream side would see it is worked out once per connection (null: the peer is elsewhere).
+      let own = socket[kOwnConnection];
+      if (own === undefined) own = socket[kOwnConnection] = socketAddress === socket.localAddress ? connectionKey(socketAddress, socket.remotePort, socket.localAddress, socket.localPort) : null;
+      if (own !== null && this.#parts.connections.has(own)) throw new LoopDetectedError();
+      const via = mesh.snapshot!.config.listen.via;
+      if (via) {
+        const incomingVia = req.headers.via;
+        if (incomingVia !== undefined && incomingVia.includes(this.#parts.name)) throw new LoopDetectedError();
+      }
       mesh.upstreamHeaders = upstreamRequestHeaders(req, {
-        via: `${req.httpVersion} ${this.#parts.name}`,
+        via: via ? `${req.httpVersion} ${this.#parts.name}` : undefined,
         remoteAddress: socketAddress,
         appendForwardedFor: peerTrusted(mesh.snapshot!.trust, socketAddress),
         maxHeaders: mesh.snapshot!.config.listen.maxHeaders,

@@ -23,8 +23,21 @@ export function resetWatchOf(pool: UpstreamPool): ResetWatch | undefined {
   return (pool as UpstreamPool & { [kResetWatch]?: ResetWatch })[kResetWatch];
 }
 
-/** A connector that watches its sockets for resets (see {@link ResetWatch}). */
-function watchingConnector(connector: Connector, watch: ResetWatch): Connector {
+/**
+ * The key of a TCP connection seen from one end: `local address|local port|remote address|remote port`.
+ * The same connection seen from its other end has the two halves swapped.
+ */
+export function connectionKey(localAddress: string | undefined, localPort: number | undefined, remoteAddress: string | undefined, remotePort: number | undefined): string {
+  return `${localAddress}|${localPort}|${remoteAddress}|${remotePort}`;
+}
+
+/**
+ * A connector that watches its sockets for resets (see {@link ResetWatch}) and keeps the open
+ * ones in `connections` (by {@link connectionKey}): a request arriving on one of them came from
+ * this gateway. (A local port alone would not do: Linux shares an ephemeral port between
+ * connections to different destinations.)
+ */
+function watchingConnector(connector: Connector, watch: ResetWatch, connections: Set<string>): Connector {
   const onError = (err: NodeJS.ErrnoException): void => {
     if (err?.code !== 'ECONNRESET') return;
     watch.resetting = true;
@@ -34,7 +47,12 @@ function watchingConnector(connector: Connector, watch: ResetWatch): Connector {
   };
   return (options, callback) =>
     connector(options, (err, socket) => {
-      socket?.on('error', onError);
+      if (socket) {
+        socket.on('error', onError);
+        const key = connectionKey(socket.localAddress, socket.localPort, socket.remoteAddress, socket.remotePort);
+        connections.add(key);
+        socket.once('close', () => connections.delete(key));
+      }
       callback(err, socket);
     });
 }
@@ -66,6 +84,8 @@ export class UpstreamPools {
   readonly #pools = new Map<string, UndiciPool>();
   readonly #defaults: PoolOptions;
   #closed = false;
+  /** This gateway's open upstream connections, by {@link connectionKey}: a request on one of them is the gateway calling itself. */
+  readonly connections = new Set<string>();
 
   constructor(defaults: PoolOptions = {}) {
     this.#defaults = defaults;
@@ -84,7 +104,7 @@ export class UpstreamPools {
       keepAliveTimeout: opts.keepAliveTimeout ?? 4000,
       // Never trust a server hint to keep a socket longer than our own limit.
       keepAliveMaxTimeout: opts.keepAliveTimeout ?? 4000,
-      connect: watchingConnector(buildConnector({ timeout: opts.connectTimeout ?? 5000, ...opts.tls }), watch) as never,
+      connect: watchingConnector(buildConnector({ timeout: opts.connectTimeout ?? 5000, ...opts.tls }), watch, this.connections) as never,
       headersTimeout: 0,
       bodyTimeout: 0,
     });
