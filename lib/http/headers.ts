@@ -185,7 +185,7 @@ export function upstreamRequestHeaders(req: IncomingMessage, info: ForwardedInfo
       }
       continue;
     }
-    if (TRUSTED_ONLY.has(lower) && !trusted) continue;
+    if (!trusted && (lower === 'forwarded' || lower === 'x-real-ip')) continue;
     if (lower === 'host') {
       checkHost(req, raw[i + 1]!, hostSeen);
       hostSeen = true;
