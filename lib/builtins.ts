@@ -6,11 +6,14 @@ import { authSections } from '../plugins/auth/config.js';
 import { circuitBreakerSections } from '../plugins/circuit-breaker/config.js';
 import { dnsDiscoverySections } from '../plugins/dns-discovery/config.js';
 import { healthCheckSections } from '../plugins/health-check/config.js';
+import { loadSheddingSections } from '../plugins/load-shedding/config.js';
 import { metricsSections } from '../plugins/metrics/config.js';
+import { outlierDetectionSections } from '../plugins/outlier-detection/config.js';
 import { rateLimitSections } from '../plugins/rate-limit/config.js';
 import { redisDiscoverySections } from '../plugins/redis-discovery/config.js';
 import { retriesSections } from '../plugins/retries/config.js';
 import { traceContextSections } from '../plugins/trace-context/config.js';
+import { zoneAwareSections } from '../plugins/zone-aware/config.js';
 
 /** A built-in plugin as the catalogue knows it, before its module is loaded. */
 interface Builtin<O> extends SectionOwner {
@@ -19,6 +22,7 @@ interface Builtin<O> extends SectionOwner {
 }
 
 const STATIC_DISCOVERY: Builtin<object> = { name: 'static-discovery', load: async () => (await import('../plugins/static-discovery/index.js')).staticDiscovery };
+const LOAD_SHEDDING: Builtin<object> = { name: 'load-shedding', config: loadSheddingSections, load: async () => (await import('../plugins/load-shedding/index.js')).loadShedding };
 const REDIS_DISCOVERY: Builtin<undefined> = { name: 'redis-discovery', config: redisDiscoverySections, load: async () => (await import('../plugins/redis-discovery/index.js')).redisDiscovery };
 const DNS_DISCOVERY: Builtin<object> = { name: 'dns-discovery', config: dnsDiscoverySections, load: async () => (await import('../plugins/dns-discovery/index.js')).dnsDiscovery };
 const TRACE_CONTEXT: Builtin<undefined> = { name: 'trace-context', config: traceContextSections, load: async () => (await import('../plugins/trace-context/index.js')).traceContext };
@@ -28,13 +32,15 @@ const AUTH: Builtin<object> = { name: 'auth', config: authSections, load: async 
 const RATE_LIMIT: Builtin<object> = { name: 'rate-limit', config: rateLimitSections, load: async () => (await import('../plugins/rate-limit/index.js')).rateLimit };
 const HEALTH_CHECK: Builtin<object> = { name: 'health-check', config: healthCheckSections, load: async () => (await import('../plugins/health-check/index.js')).healthChecks };
 const CIRCUIT_BREAKER: Builtin<object> = { name: 'circuit-breaker', config: circuitBreakerSections, load: async () => (await import('../plugins/circuit-breaker/index.js')).circuitBreaker };
+const OUTLIER_DETECTION: Builtin<object> = { name: 'outlier-detection', config: outlierDetectionSections, load: async () => (await import('../plugins/outlier-detection/index.js')).outlierDetection };
+const ZONE_AWARE: Builtin<object> = { name: 'zone-aware', config: zoneAwareSections, load: async () => (await import('../plugins/zone-aware/index.js')).zoneAware };
 const RETRIES: Builtin<object> = { name: 'retries', config: retriesSections, load: async () => (await import('../plugins/retries/index.js')).retries };
 
 /**
  * The config sections of every built-in plugin, whether or not a config turns it on: the config
  * schema is the core's fields plus these plus the registered plugins' own.
  */
-export const BUILTIN_SECTIONS: readonly SectionOwner[] = [REDIS_DISCOVERY, DNS_DISCOVERY, TRACE_CONTEXT, METRICS, ACCESS_LOG, AUTH, RATE_LIMIT, HEALTH_CHECK, CIRCUIT_BREAKER, RETRIES];
+export const BUILTIN_SECTIONS: readonly SectionOwner[] = [LOAD_SHEDDING, REDIS_DISCOVERY, DNS_DISCOVERY, TRACE_CONTEXT, METRICS, ACCESS_LOG, AUTH, RATE_LIMIT, HEALTH_CHECK, CIRCUIT_BREAKER, OUTLIER_DETECTION, ZONE_AWARE, RETRIES];
 
 /**
  * A built-in plugin whose module loads when the gateway starts, not when meshgate is imported:
@@ -66,6 +72,8 @@ export function builtinPlugins(config: GatewayConfig, role: GatewayRole = 'stand
   const controlPlane = role !== 'worker';
   if (controlPlane && config.discovery?.redis) plugins.push(lazy(REDIS_DISCOVERY, undefined));
   if (controlPlane && anyService('dns')) plugins.push(lazy(DNS_DISCOVERY, {}));
+  // Shedding before anything else: a shed request must cost as little as possible.
+  if (config.overload !== undefined) plugins.push(lazy(LOAD_SHEDDING, {}));
   // Observability first: its onRequest middleware then wraps everything the others do.
   if (config.tracing !== false) plugins.push(lazy(TRACE_CONTEXT, undefined));
   if (config.metrics !== false && (config.metrics !== undefined || config.admin !== undefined)) {
@@ -77,6 +85,8 @@ export function builtinPlugins(config: GatewayConfig, role: GatewayRole = 'stand
   if (anyRoute('rateLimit')) plugins.push(lazy(RATE_LIMIT, {}));
   if (controlPlane && anyService('healthCheck')) plugins.push(lazy(HEALTH_CHECK, {}));
   if (anyService('circuitBreaker')) plugins.push(lazy(CIRCUIT_BREAKER, {}));
+  if (anyService('outlierDetection')) plugins.push(lazy(OUTLIER_DETECTION, {}));
+  if (services.some((s) => s.zoneAware !== undefined && s.zoneAware !== false)) plugins.push(lazy(ZONE_AWARE, {}));
   if (anyService('retries')) plugins.push(lazy(RETRIES, {}));
   return plugins;
 }

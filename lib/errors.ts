@@ -25,6 +25,7 @@ export const ERROR_CODES = {
   MESH_ERR_UPSTREAM_RESET: { status: 502, flag: 'UC', outcome: 'reset' },
   MESH_ERR_UPSTREAM_TIMEOUT: { status: 504, flag: 'UT', outcome: 'timeout' },
   MESH_ERR_CIRCUIT_OPEN: { status: 503, flag: 'UO' },
+  MESH_ERR_OVERLOADED: { status: 503, flag: 'UO' },
   MESH_ERR_RATE_LIMITED: { status: 429, flag: 'RL' },
   MESH_ERR_BAD_PATH: { status: 400, flag: 'DI' },
   MESH_ERR_CLIENT_ABORTED: { status: 499, flag: 'DC', outcome: 'client_abort' },
@@ -130,6 +131,22 @@ export class CircuitOpenError extends MeshError {
     super('MESH_ERR_CIRCUIT_OPEN', 503, `circuit for ${instanceUrl} is open`);
   }
 }
+
+/** A limit that protects the service or the gateway is reached (503): the request is refused at once. */
+export class OverloadedError extends MeshError {
+  /** Which limit refused it: a service's `maxRequests` or `maxPendingRequests`, or the gateway's `overload`. */
+  readonly limit: OverloadLimit;
+  /** Seconds the client should wait before trying again. */
+  readonly retryAfter: number;
+  constructor(limit: OverloadLimit, message: string, retryAfter = 1) {
+    super('MESH_ERR_OVERLOADED', 503, message);
+    this.limit = limit;
+    this.retryAfter = retryAfter;
+  }
+}
+
+/** The limits behind an {@link OverloadedError}. */
+export type OverloadLimit = 'maxRequests' | 'maxPendingRequests' | 'gateway';
 
 /** The request is malformed (400). */
 export class BadRequestError extends MeshError {

@@ -30,7 +30,10 @@ export class AdminServer {
     this.router.get('/readyz', (ctx) => {
       const ready = gateway.isReady;
       ctx.status = ready ? 200 : 503;
-      ctx.body = { status: ready ? 'ready' : 'not ready' };
+      const body: Record<string, unknown> = { status: ready ? 'ready' : 'not ready' };
+      // Still ready: the gateway serves its last view of these services, which is the point.
+      if (gateway.leases.preserved.size > 0) body.selfPreservation = Object.fromEntries(gateway.leases.preserved);
+      ctx.body = body;
     });
     controlPlaneRoutes(this.router, gateway);
     eventStreamRoute(this.router, gateway);

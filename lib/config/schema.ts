@@ -45,6 +45,12 @@ const serviceShape = {
     instances: z.array(instance).default([]),
     timeout: duration.default(15_000),
     slowStart: duration.optional(),
+    /** Most connections the gateway opens to one instance; more requests wait for one (Envoy's max_connections). @default unlimited */
+    maxConnections: positiveInt.optional(),
+    /** Most requests waiting for a connection across the service (with `maxConnections`); more get 503 at once. @default unlimited */
+    maxPendingRequests: z.number().int().min(0).optional(),
+    /** Most requests in flight to the service; more get 503 at once (Envoy's max_requests). @default unlimited */
+    maxRequests: positiveInt.optional(),
     panicThreshold: z.number().min(0).max(100).default(50),
     tls: z
       .strictObject({
@@ -124,6 +130,8 @@ const configShape = {
        * costs about 1.5% of a request's CPU.
        */
       via: z.boolean().default(false),
+      /** The gateway's zone, for zone-aware routing (`services.<name>.zoneAware`). @default $MESHGATE_ZONE */
+      zone: z.string().min(1).optional(),
       /** Time to receive a request's headers (slowloris guard). */
       headersTimeout: duration.default(10_000),
       /** Time to receive a whole request. */
@@ -155,6 +163,24 @@ const configShape = {
    * health checks, aggregated metrics) and the workers proxy.
    */
   workers: z.union([z.number().int().min(1).max(256), z.literal('auto')]).default(1),
+  /**
+   * Lease self-preservation (Eureka): when more than `threshold` percent of a service's leased
+   * instances have gone silent at once, the gateway has more likely lost the network than the
+   * service its instances, and stops expiring that service's leases until heartbeats come back.
+   * `false` (the default) expires every lease on time; `true` takes the defaults.
+   */
+  selfPreservation: z
+    .union([
+      z.boolean(),
+      z.strictObject({
+        /** Percent of a service's leased instances that must be silent together. @default 50 */
+        threshold: z.number().min(0).max(100).default(50),
+        /** Services with fewer leased instances are not preserved: one silent instance is a third of three. @default 2 */
+        minInstances: positiveInt.default(2),
+      }),
+    ])
+    .transform((value) => (value === false ? false : value === true ? { threshold: 50, minInstances: 2 } : value))
+    .default(false),
   /** pino level for the gateway's own log lines. */
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** How long close() waits for in-flight requests before it cuts them off. */

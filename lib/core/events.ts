@@ -17,6 +17,8 @@ export interface GatewayEvents extends RegistryEvents {
    * metrics and the access log count here. Listeners must be synchronous and cheap.
    */
   'request:end': [ctx: Context, status: number];
+  /** An active health check of an instance passed (`ok`) or failed, whether or not its health changed. */
+  'instance:probe': [instance: Instance, ok: boolean];
   /** The retry stage is about to make another attempt. */
   'request:retry': [service: Service, info: { attempt: number; reason: string }];
   /** The gateway is draining and takes no new requests. */

@@ -123,19 +123,19 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     this.pools = new UpstreamPools(options.pool);
     this.#instancePools = new InstancePools(this.pools, (path) => this.resolvePath(path));
     this.registrar = new LocalRegistrar(this.registry);
-    this.leases = new LeaseKeeper(this.registry, this.log);
+    this.leases = new LeaseKeeper(this.registry, this.log, this, () => this.config.selfPreservation);
     this.admin = new AdminServer(this);
     this.random = options.random ?? Math.random;
     this.role = options.role ?? 'standalone';
     this.#balancers = new BalancerRegistry(this.random);
     for (const [name, policy] of Object.entries(this.#config.services)) this.registry.addService(name, policy);
     this.on('instance:added', (inst) => {
-      this.#instancePools.ref(inst.origin, 1, inst.service, false);
+      this.#instancePools.ref(inst.origin, 1);
       this.leases.track(inst);
     });
     this.on('instance:updated', (inst) => this.leases.track(inst));
     this.on('instance:removed', (inst) => {
-      this.#instancePools.ref(inst.origin, -1, inst.service, this.registry.getService(inst.service)?.policy.tls !== undefined);
+      this.#instancePools.ref(inst.origin, -1);
       this.leases.untrack(inst);
     });
     // EventEmitter throws on an unhandled 'error'; ours is a plain event that always has a listener.
@@ -248,7 +248,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
 
   /** The connection pool for an instance (its service's TLS profile included). */
   poolFor(instance: Instance, service: Service = this.registry.requireService(instance.service)): UpstreamPool {
-    return this.#instancePools.poolFor(instance, service.name, service.policy.tls);
+    return this.#instancePools.poolFor(instance, service.name, service.policy.tls, service.policy.maxConnections);
   }
 
   /**

@@ -10,6 +10,7 @@ import {
   NoHealthyInstanceError,
   NoRouteError,
   NotImplementedError,
+  OverloadedError,
   UpstreamResetError,
   UpstreamTimeoutError,
 } from '../errors.js';
@@ -192,6 +193,7 @@ export class Pipeline {
       if (!(err instanceof MeshError)) parts.events.emit('gateway:error', err instanceof Error ? err : new Error(String(err)));
       answerError(ctx, mesh, error, parts.closing());
     } finally {
+      if (mesh.admitted) mesh.service!.active--;
       res.off('close', onResponseClose);
       if (--this.#inflight === 0 && this.#drained) this.#drained();
       if (parts.events.listenerCount('request:end') > 0) this.#requestEnd(ctx, failed ? finalStatus(ctx, failure) : finalStatus(ctx));
@@ -246,6 +248,12 @@ export class Pipeline {
     const service = this.#parts.registry.getService(route.service);
     if (service === undefined) return Promise.reject(new NoRouteError(mesh.path));
     mesh.service = service;
+    const maxRequests = policy.config.maxRequests;
+    if (maxRequests !== undefined && service.active >= maxRequests) {
+      return Promise.reject(new OverloadedError('maxRequests', `service "${service.name}" has ${service.active} requests in flight (maxRequests ${maxRequests})`));
+    }
+    service.active++;
+    mesh.admitted = true;
     mesh.upstreamPath = upstreamPath(route, mesh.path) + mesh.query;
     mesh.deadline = mesh.startedAt + policy.config.timeout;
     const req = ctx.req;
@@ -341,8 +349,11 @@ export class Pipeline {
     for (let staleRetry = true; ; staleRetry = false) {
       const left = mesh.deadline - performance.now();
       if (left <= 0) throw new UpstreamTimeoutError(instance.url, policy.config.timeout);
+      const maxConnections = policy.config.maxConnections;
+      // Every connection to the instance is busy: the request would wait for one, if the service's queue has room.
+      if (maxConnections !== undefined && instance.inflight >= maxConnections) checkPending(service, maxConnections, policy.config.maxPendingRequests);
       const timeout = mesh.tryTimeout > 0 ? Math.min(mesh.tryTimeout, left) : left;
-      const exchange = dispatchUpstream(pools.poolFor(instance, service.name, policy.config.tls), {
+      const exchange = dispatchUpstream(pools.poolFor(instance, service.name, policy.config.tls, policy.config.maxConnections), {
         instance,
         method: ctx.req.method!,
         path: instance.basePath + mesh.upstreamPath,
@@ -396,6 +407,14 @@ export class Pipeline {
     if (this.#parts.closing()) res.shouldKeepAlive = false;
     return exchange.commit(res, responseHeaders(exchange.rawHeaders, extra, exchange.instance.url), headersWereSet);
   }
+}
+
+/** Refuses a request that would wait for a connection when the service already has `maxPending` waiting. */
+function checkPending(service: import('../registry/registry.js').Service, maxConnections: number, maxPending: number | undefined): void {
+  if (maxPending === undefined) return;
+  let pending = 0;
+  for (const inst of service.instances.values()) if (inst.inflight > maxConnections) pending += inst.inflight - maxConnections;
+  if (pending >= maxPending) throw new OverloadedError('maxPendingRequests', `service "${service.name}" has ${pending} requests waiting for a connection (maxPendingRequests ${maxPending})`);
 }
 
 function isTlsFailure(err: unknown): boolean {

@@ -51,6 +51,9 @@ export function answerError(ctx: Context, mesh: MeshState, error: MeshError, clo
   const head = takeSetHeaders(res);
   const headersWereSet = head.length > 0;
   for (let i = 0; i < mesh.responseHeaders.length; i++) head.push(mesh.responseHeaders[i]!);
+  // A refusal that says when to come back (overload, a rate limit's own header aside).
+  const retryAfter = (error as MeshError & { retryAfter?: number }).retryAfter;
+  if (typeof retryAfter === 'number') head.push('retry-after', String(retryAfter));
   head.push('content-type', 'application/json; charset=utf-8', 'content-length', String(Buffer.byteLength(body)));
   keepAlive(ctx, closing);
   writeHead(res, error.status, head, headersWereSet);

@@ -43,6 +43,8 @@ export class MeshState {
   policy: ServicePolicy | null = null;
   /** The route's service in the registry (its instances), from the `resolve` stage on. */
   service: Service | null = null;
+  /** Whether the request counts in `service.active` (it was admitted under `maxRequests`). */
+  admitted = false;
   /** Instances the balancer may pick from for this attempt; select-stage middleware may narrow it. */
   candidates: readonly Instance[] = [];
   /** The instance of the current attempt, set by the select stage. */

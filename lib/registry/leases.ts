@@ -1,13 +1,24 @@
 import type { Logger } from '../kit/logger.js';
-import type { Instance, Registry } from './registry.js';
+import type { Instance, PreservedService, Registry, RegistryEmitter } from './registry.js';
 
 /** How often leases are checked, ms. Small next to any sensible TTL, cheap (leased instances only). */
 export const LEASE_SWEEP_INTERVAL = 250;
+
+/** `selfPreservation` in the config: `false`, or when to stop expiring a service's leases. */
+export type SelfPreservationPolicy = false | { threshold: number; minInstances: number };
 
 /**
  * Heartbeat leases (Eureka-style): an instance registered with a `ttl` stays while heartbeats
  * renew it, and is removed with reason `expired` once `ttl` passes without one. Expiry is decided
  * by the lease's age on this gateway's clock, never by a notification that could be lost.
+ *
+ * Self-preservation (`selfPreservation`, off by default): an instance is *silent* once half its
+ * TTL has passed without a heartbeat (clients beat every TTL/3, so a live one never is). When more
+ * than `threshold` percent of a service's leased instances (and at least `minInstances` are
+ * leased) are silent together, the likelier story is that this gateway lost the network, not that
+ * the service lost its instances: the service's leases stop expiring, and the gateway keeps
+ * routing to its last view. When enough heartbeats are back, the instances still silent get one
+ * fresh TTL to show up, then expire as usual. One instance stopping alone is never preserved.
  */
 export class LeaseKeeper {
   readonly #registry: Registry;
@@ -16,11 +27,21 @@ export class LeaseKeeper {
   readonly #held = new Set<string>();
   readonly #verifiers = new Map<string, LeaseVerifier>();
   readonly #verifying = new Set<Instance>();
+  readonly #events: RegistryEmitter;
+  readonly #policy: () => SelfPreservationPolicy;
+  readonly #preserved = new Map<string, PreservedService>();
   #timer: NodeJS.Timeout | null = null;
 
-  constructor(registry: Registry, log: Logger) {
+  constructor(registry: Registry, log: Logger, events: RegistryEmitter, policy: () => SelfPreservationPolicy = () => false) {
     this.#registry = registry;
     this.#log = log;
+    this.#events = events;
+    this.#policy = policy;
+  }
+
+  /** The services whose leases self-preservation holds right now, by name. */
+  get preserved(): ReadonlyMap<string, PreservedService> {
+    return this.#preserved;
   }
 
   /** Follows an instance that joined or changed: it is leased when it has a `ttl`. The gateway calls it on `instance:added` and `instance:updated`. */
@@ -70,13 +91,57 @@ export class LeaseKeeper {
 
   /** Removes every instance whose lease ran out. */
   sweep(now = Date.now()): void {
+    const policy = this.#policy();
+    if (policy !== false || this.#preserved.size > 0) this.#preserve(policy, now);
     for (const inst of this.#leased) {
       if (inst.ttl === undefined || inst.lastHeartbeat === undefined) continue;
       if (this.#held.size > 0 && this.#held.has(inst.source)) continue;
       if (now - inst.lastHeartbeat <= inst.ttl) continue;
+      if (this.#preserved.size > 0 && this.#preserved.has(inst.service)) continue;
       const verifier = this.#verifiers.get(inst.source);
       if (verifier === undefined) this.#expire(inst);
       else if (!this.#verifying.has(inst)) void this.#verify(inst, verifier);
+    }
+  }
+
+  /** Counts each service's silent leases and starts or ends its preservation. */
+  #preserve(policy: SelfPreservationPolicy, now: number): void {
+    const counts = new Map<string, { silent: number; leased: number }>();
+    if (policy !== false) {
+      for (const inst of this.#leased) {
+        if (inst.ttl === undefined || inst.lastHeartbeat === undefined) continue;
+        if (this.#held.size > 0 && this.#held.has(inst.source)) continue;
+        let count = counts.get(inst.service);
+        if (count === undefined) counts.set(inst.service, (count = { silent: 0, leased: 0 }));
+        count.leased++;
+        if (now - inst.lastHeartbeat > inst.ttl / 2) count.silent++;
+      }
+    }
+    for (const [service, preserved] of this.#preserved) {
+      const count = counts.get(service);
+      if (policy !== false && count !== undefined && count.silent * 100 > policy.threshold * count.leased) {
+        preserved.silent = count.silent;
+        preserved.leased = count.leased;
+        continue;
+      }
+      this.#preserved.delete(service);
+      // Heartbeats are back (or the policy is off): the instances still silent get one TTL to show up.
+      for (const inst of this.#leased) {
+        if (inst.service === service && inst.ttl !== undefined && inst.lastHeartbeat !== undefined && now - inst.lastHeartbeat > inst.ttl / 2) inst.lastHeartbeat = now;
+      }
+      this.#log.warn({ service, silent: count?.silent ?? 0, leased: count?.leased ?? 0 }, 'self-preservation over: heartbeats are back, leases expire again');
+      this.#events.emit('service:preserved', service, null);
+    }
+    if (policy === false) return;
+    for (const [service, count] of counts) {
+      if (this.#preserved.has(service) || count.leased < policy.minInstances || count.silent * 100 <= policy.threshold * count.leased) continue;
+      const preserved = { ...count, since: now };
+      this.#preserved.set(service, preserved);
+      this.#log.warn(
+        { service, silent: count.silent, leased: count.leased, threshold: policy.threshold },
+        'self-preservation: most of this service\'s instances went silent together, likelier a network problem on this side; their leases do not expire until heartbeats come back',
+      );
+      this.#events.emit('service:preserved', service, preserved);
     }
   }
 

@@ -12,7 +12,21 @@ export interface RegistryEvents {
   'instance:updated': [instance: Instance];
   'instance:health': [instance: Instance, previous: Health, reason: string];
   'circuit:state': [instance: Instance, previous: CircuitState];
+  /** Outlier detection took the instance out of the candidates until `instance.ejectedUntil`. */
+  'instance:ejected': [instance: Instance, reason: string];
+  /** An ejected instance is a candidate again. */
+  'instance:returned': [instance: Instance];
   'instance:heartbeat': [instance: Instance];
+  /** Self-preservation began holding the service's leases (`preserved`), or stopped (`null`). */
+  'service:preserved': [service: string, preserved: PreservedService | null];
+}
+
+/** A service whose leases are held by self-preservation: how many of its leased instances are silent. */
+export interface PreservedService {
+  silent: number;
+  leased: number;
+  /** When preservation began, ms since the epoch. */
+  since: number;
 }
 
 /** Where the registry's events go: the gateway. */
@@ -56,6 +70,8 @@ export class Instance {
   source: string;
   health: Health = 'healthy';
   circuit: CircuitState = 'closed';
+  /** While outlier detection has ejected it: when it comes back (epoch ms); 0 when it is not ejected. */
+  ejectedUntil = 0;
   /** When a heartbeat last renewed the lease (epoch ms). */
   lastHeartbeat: number | undefined;
   /** When this gateway learnt of the instance (epoch ms). */
@@ -91,6 +107,7 @@ export class Instance {
       metadata: this.metadata,
       health: this.health,
       circuit: this.circuit,
+      ejectedUntil: this.ejectedUntil === 0 ? undefined : new Date(this.ejectedUntil).toISOString(),
       inflight: this.inflight,
       source: this.source,
       ttl: this.ttl,
@@ -112,6 +129,8 @@ export class Service {
   /** The service's config in force; a new config snapshot replaces it (requests read their own snapshot's). */
   policy: ServiceConfig;
   readonly instances = new Map<string, Instance>();
+  /** Requests in flight to the service (from the resolve stage to their end): what `maxRequests` limits. */
+  active = 0;
   /** Bumped whenever an instance joins, leaves or changes weight: balancers that precompute (rings) rebuild on change. */
   membershipVersion = 0;
   #candidates: Instance[] | null = null;
@@ -122,7 +141,7 @@ export class Service {
   }
 
   /**
-   * The instances a request may go to: healthy and not behind an open circuit. When fewer than
+   * The instances a request may go to: healthy, not behind an open circuit, not ejected. When fewer than
    * `panicThreshold` percent of the instances are usable, all instances but draining ones are
    * candidates (Envoy's panic mode): better a chance of success than a certain 503.
    * Cached; the registry invalidates it on every change.
@@ -145,7 +164,7 @@ export class Service {
     for (const inst of this.instances.values()) {
       if (inst.health === 'draining') continue;
       all.push(inst);
-      if (inst.health === 'healthy' && inst.circuit !== 'open') usable.push(inst);
+      if (inst.health === 'healthy' && inst.circuit !== 'open' && inst.ejectedUntil === 0) usable.push(inst);
     }
     this.panic = all.length > 0 && usable.length * 100 < all.length * this.policy.panicThreshold;
     return this.panic ? all : usable;
@@ -275,6 +294,16 @@ export class Registry {
     if (health === 'healthy') instance.readySince = Date.now();
     this.#services.get(instance.service)?.invalidate();
     this.#events.emit('instance:health', instance, previous, reason);
+  }
+
+  /** Ejects an instance until `until` (epoch ms), or returns it (`until` 0). Events fire on changes. */
+  setEjected(instance: Instance, until: number, reason = ''): void {
+    const was = instance.ejectedUntil !== 0;
+    instance.ejectedUntil = until;
+    if (was === (until !== 0)) return;
+    this.#services.get(instance.service)?.invalidate();
+    if (until !== 0) this.#events.emit('instance:ejected', instance, reason);
+    else this.#events.emit('instance:returned', instance);
   }
 
   setCircuit(instance: Instance, circuit: CircuitState): void {

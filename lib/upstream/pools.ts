@@ -128,6 +128,13 @@ export class UpstreamPools {
     return this.#pools.size;
   }
 
+  /** Releases every pool of `origin` whose profile starts with `prefix` ('' for all: the TLS and limit profiles of every service). */
+  releaseProfiles(origin: string, prefix: string): void {
+    for (const key of [...this.#pools.keys()]) {
+      if (key.startsWith(prefix) && key.endsWith(`|${origin}`)) this.release(origin, key.slice(0, key.length - origin.length - 1));
+    }
+  }
+
   /** Closes every pool: waits for running requests, then destroys what is left after `graceMs`. */
   async close(graceMs = 1000): Promise<void> {
     this.#closed = true;
@@ -150,6 +157,11 @@ export class UpstreamPools {
 }
 
 
+/** The pool profile of a service's own pools: its TLS settings and connection limit make them its own. */
+function profileOf(service: string, tls: boolean, connections: number | undefined): string {
+  return `${service}|${tls ? 'tls' : ''}|${connections ?? ''}`;
+}
+
 /** The TLS settings of a service toward its instances (`services.<name>.tls`). */
 export type UpstreamTls = NonNullable<ServiceConfig['tls']>;
 
@@ -170,14 +182,17 @@ export class InstancePools {
     this.#resolvePath = resolvePath;
   }
 
-  /** The pool for an instance of `service`, whose TLS settings are `tls`. */
-  poolFor(instance: Instance, service: string, tls: UpstreamTls | undefined): UpstreamPool {
-    if (!tls) return this.#pools.get(instance.origin);
-    return this.#pools.get(instance.origin, `tls:${service}`, { tls: this.#tlsOptions(service, tls) });
+  /** The pool for an instance of `service`, whose TLS settings are `tls` and connection limit `connections`. */
+  poolFor(instance: Instance, service: string, tls: UpstreamTls | undefined, connections?: number): UpstreamPool {
+    if (!tls && connections === undefined) return this.#pools.get(instance.origin);
+    const options: PoolOptions = {};
+    if (tls) options.tls = this.#tlsOptions(service, tls);
+    if (connections !== undefined) options.connections = connections;
+    return this.#pools.get(instance.origin, profileOf(service, tls !== undefined, connections), options);
   }
 
-  /** Counts an instance of `origin` in (`1`) or out (`-1`); the last one out releases the origin's pools. */
-  ref(origin: string, delta: 1 | -1, service: string, tls: boolean): void {
+  /** Counts an instance of `origin` in (`1`) or out (`-1`); the last one out, of any service, releases the origin's pools. */
+  ref(origin: string, delta: 1 | -1): void {
     const count = (this.#refs.get(origin) ?? 0) + delta;
     if (count > 0) {
       this.#refs.set(origin, count);
@@ -186,7 +201,7 @@ export class InstancePools {
     this.#refs.delete(origin);
     if (delta < 0) {
       this.#pools.release(origin);
-      if (tls) this.#pools.release(origin, `tls:${service}`);
+      this.#pools.releaseProfiles(origin, '');
     }
   }
 

@@ -18,14 +18,17 @@ export interface AccessLogOptions {
 /**
  * Envoy-style response flags, from the catalogue entry of the error a request was answered with
  * (`ERROR_CODES`): NR no route, UH no healthy upstream, UF upstream connect failure, UT upstream
- * timeout, UC upstream connection reset, UO overflow (circuit open), RL rate limited, DC
- * downstream (client) went away, DI path rejected; `-` for none.
+ * timeout, UC upstream connection reset, UO overflow (circuit open, limits), RL rate limited, DC
+ * downstream (client) went away, DI path rejected; plus OE when the request's answer got its
+ * instance ejected by outlier detection; `-` for none.
  */
 export function responseFlags(mesh: MeshState, status: number): string {
   if (mesh.clientGone) return 'DC';
   const error = mesh.error;
-  if (error === null) return status === 429 ? 'RL' : '-';
-  return errorCodeInfo(error.code)?.flag ?? '-';
+  const flag = error === null ? (status === 429 ? 'RL' : '-') : (errorCodeInfo(error.code)?.flag ?? '-');
+  // OE: this request's answer got its instance ejected by outlier detection.
+  if (mesh.get('outlierEjected') === true) return flag === '-' ? 'OE' : `${flag},OE`;
+  return flag;
 }
 
 /**

@@ -70,6 +70,7 @@ export function healthChecks(options: HealthCheckOptions = {}): GatewayPlugin<un
           checker.abort = null;
         }
         if (checker.stopped) return;
+        gateway.emit('instance:probe', instance, failure === null);
         if (failure === null) {
           checker.failures = 0;
           checker.successes++;

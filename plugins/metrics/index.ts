@@ -1,5 +1,5 @@
 import { AggregatorRegistry, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import { definePlugin, errorCodeInfo, type CircuitState, type GatewayPlugin, type Instance, type Route, type Service } from '../../lib/index.js';
+import { definePlugin, errorCodeInfo, OverloadedError, type CircuitState, type GatewayPlugin, type Instance, type Route, type Service } from '../../lib/index.js';
 import { metricsSections } from './config.js';
 import { FastCounter, FastHistogram, HistogramSeries, type CounterSeries } from './series.js';
 
@@ -59,12 +59,23 @@ export function metrics(given: MetricsOptions = {}): GatewayPlugin<boolean | { d
       const buckets = options.buckets ?? DEFAULT_BUCKETS;
       const registry = new Registry();
       gateway.decorate('metricsRegistry', registry);
+      // Leases are kept where the control plane runs: a standalone gateway, or a cluster's primary.
+      if (options.cluster !== 'worker') {
+        const preserved = new Gauge({
+          name: 'meshgate_self_preservation',
+          help: '1 while self-preservation holds the service\'s leases (most of its instances went silent together), else 0.',
+          labelNames: ['service'] as const,
+          registers: [registry],
+        });
+        for (const service of gateway.leases.preserved.keys()) preserved.set({ service }, 1);
+        gateway.on('service:preserved', (service, state) => preserved.set({ service }, state ? 1 : 0));
+      }
       if (options.cluster === 'primary') {
-        // The primary proxies nothing: its /metrics is the workers' registries, added up.
+        // The primary proxies nothing: its /metrics is the workers' registries added up, and its own control-plane gauges.
         const aggregator = new AggregatorRegistry();
         gateway.admin.router.get('/metrics', async (ctx) => {
           ctx.set('content-type', aggregator.contentType);
-          ctx.body = await aggregator.clusterMetrics();
+          ctx.body = (await aggregator.clusterMetrics()) + (await registry.metrics());
         });
         return;
       }
@@ -105,7 +116,12 @@ export function metrics(given: MetricsOptions = {}): GatewayPlugin<boolean | { d
         buckets,
       );
       const retries = new FastCounter('meshgate_retries_total', 'Retries made by the retry stage.', ['service'] as const);
-      for (const metric of [requests, requestDuration, upstreamRequests, upstreamDuration, retries]) {
+      const overloaded = new FastCounter(
+        'meshgate_overloaded_total',
+        'Requests refused at once by a limit: a service\'s maxRequests or maxPendingRequests, or the gateway\'s overload protection.',
+        ['service', 'limit'] as const,
+      );
+      for (const metric of [requests, requestDuration, upstreamRequests, upstreamDuration, retries, overloaded]) {
         registry.registerMetric(metric as unknown as Parameters<Registry['registerMetric']>[0]);
       }
       // Across cluster workers: health and instance counts are the same everywhere (first),
@@ -157,6 +173,7 @@ export function metrics(given: MetricsOptions = {}): GatewayPlugin<boolean | { d
         const series = seriesFor(mesh.route, ctx.req.method!, code);
         series.count.value++;
         series.duration.observe((mesh.endedAt - mesh.startedAt) / 1000);
+        if (mesh.error instanceof OverloadedError) overloaded.series({ service: mesh.route?.service ?? '', limit: mesh.error.limit }).value++;
       });
 
       gateway.on('upstream:response', (instance, info) => {
@@ -201,6 +218,19 @@ export function metrics(given: MetricsOptions = {}): GatewayPlugin<boolean | { d
       gateway.on('instance:added', added);
       gateway.on('instance:health', (inst) => healthy.set({ service: inst.service, instance: inst.id }, inst.health === 'healthy' ? 1 : 0));
       gateway.on('circuit:state', (inst) => circuit.set({ service: inst.service, instance: inst.id }, CIRCUIT_VALUE[inst.circuit]));
+      const ejections = new FastCounter('meshgate_outlier_ejections_total', 'Instances ejected by outlier detection.', ['service', 'instance'] as const);
+      const ejected = new Gauge({ name: 'meshgate_outlier_ejected', help: 'Instances ejected by outlier detection right now, per service.', labelNames: ['service'] as const, registers: [registry], aggregator: 'max' });
+      registry.registerMetric(ejections as unknown as Parameters<Registry['registerMetric']>[0]);
+      const countEjected = (service: string): void => {
+        let n = 0;
+        for (const inst of gateway.registry.getService(service)?.instances.values() ?? []) if (inst.ejectedUntil !== 0) n++;
+        ejected.set({ service }, n);
+      };
+      gateway.on('instance:ejected', (inst) => {
+        ejections.series({ service: inst.service, instance: inst.id }).value++;
+        countEjected(inst.service);
+      });
+      gateway.on('instance:returned', (inst) => countEjected(inst.service));
       gateway.on('instance:removed', (inst) => {
         const labels = { service: inst.service, instance: inst.id };
         // Another instance object may carry the same id (re-registered): only drop series it does not use.

@@ -69,7 +69,8 @@ export function retries(options: RetriesOptions = {}): GatewayPlugin<unknown, Re
         const mesh = ctx.state.mesh;
         const service = mesh.service;
         const policy = scope.service(ctx);
-        if (!policy || policy.attempts === 0) return next();
+        // attempts: 0 still retries what reached no instance (see retryLoop).
+        if (!policy) return next();
         if (policy.perTryTimeout) mesh.tryTimeout = policy.perTryTimeout;
         const idempotent = (policy.methods ?? IDEMPOTENT_METHODS).includes(ctx.req.method!);
         let budget = budgets.get(service);
@@ -109,28 +110,35 @@ export function retries(options: RetriesOptions = {}): GatewayPlugin<unknown, Re
         const service = mesh.service;
         let failure = firstFailure;
         let holdsRetrySlot = false;
+        // Retries of attempts that reached an instance; those that reached nothing are free.
+        let retries = 0;
         try {
-          for (let retry = 0; ; retry++) {
+          for (;;) {
             // 0 when a later stage's middleware answered itself: nothing to retry.
             const status = failure === null ? (mesh.exchange?.statusCode ?? 0) : 0;
             const wanted =
               failure === null
                 ? idempotent && policy.retryOn.includes(status)
                 : retryableError(failure, idempotent, mesh);
+            // Nothing of the request reached the instance (refused, unreachable, a failed handshake,
+            // an open circuit): trying another one cannot repeat anything, so neither `attempts` nor
+            // the budget holds it back; only running out of untried instances does.
+            const free = failure !== null && nothingSent(failure);
             // A body that streams once can still go again if it never left: nothing read, nothing sent.
-            const canReplay = replayable || (failure !== null && nothingSent(failure) && untouched(mesh.body));
-            if (!wanted || retry >= policy.attempts || mesh.clientGone || !canReplay || !hasUntried(mesh)) {
+            const canReplay = replayable || (free && untouched(mesh.body));
+            if (!wanted || (!free && retries >= policy.attempts) || mesh.clientGone || !canReplay || !hasUntried(mesh)) {
               if (failure !== null) throw failure;
               return;
             }
             const allowed = Math.max(policy.minRetryConcurrency, Math.floor((budget.active * policy.budgetPercent) / 100));
-            if (budget.retrying >= allowed) {
+            if (!free && budget.retrying >= allowed) {
               if (failure !== null) throw failure;
               return;
             }
+            if (!free) retries++;
             // Backoff spares an instance that is struggling. After a refused connection the next try
             // goes to another instance and the failed one got nothing: waiting would only add latency.
-            const delay = failure !== null && nothingSent(failure) ? 0 : gateway.random() * Math.min(cap, base * 2 ** retry);
+            const delay = free ? 0 : gateway.random() * Math.min(cap, base * 2 ** (retries - 1));
             if (performance.now() + delay >= mesh.deadline) {
               if (failure !== null) throw failure;
               return;
