@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { Agent, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { describe, test, type TestContext } from 'node:test';
-import type { Gateway, Instance } from '../lib/index.js';
+import type { Gateway, GatewayConfigInput, Instance } from '../lib/index.js';
 import { echo, send, sleep, startGateway, startUpstream, waitFor, type Upstream } from './helpers.js';
 
 /** Fails a test that hangs (a regression to catch, not a speed limit). */
@@ -28,6 +28,27 @@ function instanceAt(gateway: Gateway, url: string): Instance {
   return inst;
 }
 
+/** `request:retry` events as `{ attempt, reason }`. */
+function recordRetries(gateway: Gateway): { attempt: number; reason: string }[] {
+  const events: { attempt: number; reason: string }[] = [];
+  gateway.on('request:retry', (_service, info) => events.push(info));
+  return events;
+}
+
+/** One POST with `body` over a keep-alive agent; never rejects (status 0 on a failure). */
+function post(url: string, body: string, agent: Agent): Promise<{ status: number; body: string }> {
+  return new Promise((resolve) => {
+    const req = httpRequest(url, { agent, method: 'POST', headers: { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body) } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode!, body: Buffer.concat(chunks).toString() }));
+      res.on('error', () => resolve({ status: 0, body: 'response cut' }));
+    });
+    req.on('error', (err: NodeJS.ErrnoException) => resolve({ status: 0, body: err.code ?? err.message }));
+    req.end(body);
+  });
+}
+
 /** One GET over a keep-alive agent; never rejects: a failure resolves with status 0 and the error. */
 function get(url: string, agent: Agent): Promise<{ status: number; body: string; complete: boolean; error?: string }> {
   return new Promise((resolve) => {
@@ -45,61 +66,89 @@ function get(url: string, agent: Agent): Promise<{ status: number; body: string;
 }
 
 describe('failover', () => {
-  test('an instance killed under concurrent load costs zero failed GETs', LIMIT, async (t) => {
-    const CLIENTS = 8;
-    const RUN_MS = 2000;
-    const a = await serviceInstance(t, 'a');
-    const b = await serviceInstance(t, 'b');
-    const victim = await serviceInstance(t, 'victim');
-    const { gateway, url } = await startGateway(t, {
-      services: {
-        api: {
-          instances: [{ url: a.url }, { url: b.url }, { url: victim.url }],
-          // The default retry budget (20% of active requests, floor 3 concurrent): retries after a
-          // refused connection go at once, so they hold a budget slot only for a moment.
-          retries: { attempts: 2 },
-          circuitBreaker: { errorThresholdPercentage: 50, volumeThreshold: 5, resetTimeout: 10_000 },
-          healthCheck: { path: '/health', interval: 100, timeout: 200, unhealthyThreshold: 2, healthyThreshold: 1 },
-          timeout: 5000,
-        },
+  /** The scenario of issue 16: five instances, checks every 300 ms, a breaker, two attempts, the default retry budget. */
+  const resilient = (urls: string[]): GatewayConfigInput => ({
+    services: {
+      api: {
+        instances: urls.map((url) => ({ url })),
+        retries: { attempts: 2 },
+        circuitBreaker: { errorThresholdPercentage: 50, volumeThreshold: 5, resetTimeout: 1500 },
+        healthCheck: { path: '/health', interval: 300, timeout: 200, unhealthyThreshold: 2, healthyThreshold: 1 },
+        timeout: 5000,
       },
-      routes: [{ prefix: '/api', service: 'api' }],
-    });
-    const agent = new Agent({ keepAlive: true, maxSockets: 8 });
-    t.after(() => agent.destroy());
-
-    const failures: string[] = [];
-    let ok = 0;
-    let killedAt = Infinity;
-    let afterKill = 0;
-    const started = Date.now();
-    const client = async (c: number): Promise<void> => {
-      for (let i = 0; Date.now() - started < RUN_MS; i++) {
-        const res = await get(`${url}/api/c${c}/${i}`, agent);
-        if (res.status !== 200 || !res.complete) failures.push(`client ${c} request ${i}: ${res.status} ${res.error ?? res.body}`);
-        else {
-          ok++;
-          if (Date.now() > killedAt) afterKill++;
-        }
-      }
-    };
-    const load = Promise.all(Array.from({ length: CLIENTS }, (_, c) => client(c)));
-
-    await sleep(RUN_MS / 3);
-    const victimBefore = victim.traffic();
-    assert.ok(victimBefore > 0, 'the victim took its share before it died');
-    // Gone without a goodbye: its open sockets are destroyed and its port closes.
-    killedAt = Date.now();
-    await victim.close();
-    await load;
-
-    assert.deepEqual(failures.slice(0, 10), [], `${failures.length} failed GETs out of ${failures.length + ok}`);
-    assert.ok(afterKill > 0, 'requests kept flowing after the kill');
-    assert.ok(a.traffic() > 0 && b.traffic() > 0);
-    // The dead instance is out of the rotation: marked unhealthy by its checks (or its circuit opened).
-    const inst = instanceAt(gateway, victim.url);
-    await waitFor(() => inst.health === 'unhealthy', 2000, 'the killed instance to be marked unhealthy');
+    },
+    routes: [{ prefix: '/api', service: 'api' }],
   });
+
+  for (const CLIENTS of [16, 64]) {
+    test(`one of five instances killed under ${CLIENTS} concurrent GET clients: every answer is a 200`, LIMIT, async (t) => {
+      const RUN_MS = 2000;
+      const ups = await Promise.all(['a', 'b', 'c', 'd', 'victim'].map((name) => serviceInstance(t, name)));
+      const victim = ups[4]!;
+      const { gateway, url } = await startGateway(t, resilient(ups.map((u) => u.url)));
+      const agent = new Agent({ keepAlive: true, maxSockets: CLIENTS });
+      t.after(() => agent.destroy());
+
+      const failures: string[] = [];
+      let ok = 0;
+      let killedAt = Infinity;
+      let afterKill = 0;
+      const started = Date.now();
+      const client = async (c: number): Promise<void> => {
+        for (let i = 0; Date.now() - started < RUN_MS; i++) {
+          const res = await get(`${url}/api/c${c}/${i}`, agent);
+          if (res.status !== 200 || !res.complete) failures.push(`client ${c} request ${i}: ${res.status} ${res.error ?? res.body}`);
+          else {
+            ok++;
+            if (Date.now() > killedAt) afterKill++;
+          }
+        }
+      };
+      const load = Promise.all(Array.from({ length: CLIENTS }, (_, c) => client(c)));
+
+      await sleep(RUN_MS / 3);
+      assert.ok(victim.traffic() > 0, 'the victim took its share before it died');
+      // Gone without a goodbye: its open sockets are destroyed and its port closes.
+      killedAt = Date.now();
+      await victim.close();
+      await load;
+
+      assert.deepEqual(failures.slice(0, 10), [], `${failures.length} failed GETs out of ${failures.length + ok}`);
+      assert.ok(afterKill > 0, 'requests kept flowing after the kill');
+      for (const up of ups.slice(0, 4)) assert.ok(up.traffic() > 0);
+      // The dead instance is out of the rotation: marked unhealthy by its checks (or its circuit opened).
+      const inst = instanceAt(gateway, victim.url);
+      await waitFor(() => inst.health === 'unhealthy', 2000, 'the killed instance to be marked unhealthy');
+    });
+
+    test(`POSTs to a dead instance the gateway still lists, ${CLIENTS} concurrent clients: each goes to another instance, whatever the budget`, LIMIT, async (t) => {
+      const ups = await Promise.all(['a', 'b', 'c', 'd', 'victim'].map((name) => serviceInstance(t, name)));
+      const victim = ups[4]!;
+      const { gateway, url } = await startGateway(t, resilient(ups.map((u) => u.url)));
+      const retried = recordRetries(gateway);
+      // Dead before anyone noticed: the next health check is up to 300 ms away, so for now the
+      // victim is still a candidate, and every POST sent its way meets a refused connection.
+      await victim.close();
+      const agent = new Agent({ keepAlive: true, maxSockets: CLIENTS });
+      t.after(() => agent.destroy());
+      const failures: string[] = [];
+      const bodies = new Set<string>();
+      await Promise.all(
+        Array.from({ length: CLIENTS }, async (_, c) => {
+          for (let i = 0; i < 5; i++) {
+            const body = `order ${c}-${i}`;
+            const res = await post(`${url}/api/orders`, body, agent);
+            if (res.status !== 200) failures.push(`client ${c} request ${i}: ${res.status} ${res.body}`);
+            else bodies.add(JSON.parse(res.body).body);
+          }
+        }),
+      );
+      assert.deepEqual(failures.slice(0, 10), [], `${failures.length} failed POSTs out of ${CLIENTS * 5}`);
+      assert.equal(bodies.size, CLIENTS * 5, 'each POST reached an instance with its body');
+      assert.ok(retried.some((r) => r.reason === 'MESH_ERR_UPSTREAM_CONNECT'), `POSTs met the dead instance and went elsewhere (retries: ${JSON.stringify(retried.slice(0, 3))})`);
+      assert.equal(victim.traffic(), 0);
+    });
+  }
 
   test('keep-alive race: an upstream that closes idle sockets after 50 ms, hit every ~50 ms, gives no 502', LIMIT, async (t) => {
     // Like nginx: `Connection: keep-alive` without a Keep-Alive timeout hint, and idle sockets
