@@ -63,3 +63,12 @@ test('the standard stack without each of its plugins runs exactly the rest (what
     }
   }
 });
+
+test('bench/overload.ts in smoke mode measures the gateway with shedding off and on, and the admin port answers throughout', { timeout: 60_000 }, async (t) => {
+  const stdout = await smokeRun(t, 'bench/overload.ts');
+  for (const run of ['shedding off', 'shedding on']) {
+    // Admitted answers, no socket errors, every /healthz probe answered.
+    assert.match(stdout, new RegExp(`^\\| ${run} \\| [1-9]\\d* \\| \\d+ \\| [\\d.]+ \\| [\\d.]+ \\| [-\\d.]+ \\| 0 \\| [\\d.]+ \\|$`, 'm'), `no clean row for ${run} in:\n${stdout}`);
+  }
+  assert.match(stdout, /^admitted p99 with shedding \/ without: \d+\.\d\dx/m);
+});
