@@ -19,7 +19,7 @@ import { clientAddress, peerTrusted } from '../http/net.js';
 import { PathParametersError, normalizeTarget, withoutPathParameters } from '../http/path.js';
 import { decimalMs } from '../kit/decimal.js';
 import type { Logger } from '../kit/logger.js';
-import type { Registry } from '../registry/registry.js';
+import type { Registry, Service } from '../registry/registry.js';
 import type { Deadlines } from '../upstream/deadlines.js';
 import { dispatchUpstream, isClientFault, isTlsErrorCode, responseHeaders } from '../upstream/exchange.js';
 import { connectionKey, type InstancePools } from '../upstream/pools.js';
@@ -410,7 +410,7 @@ export class Pipeline {
 }
 
 /** Refuses a request that would wait for a connection when the service already has `maxPending` waiting. */
-function checkPending(service: import('../registry/registry.js').Service, maxConnections: number, maxPending: number | undefined): void {
+function checkPending(service: Service, maxConnections: number, maxPending: number | undefined): void {
   if (maxPending === undefined) return;
   let pending = 0;
   for (const inst of service.instances.values()) if (inst.inflight > maxConnections) pending += inst.inflight - maxConnections;

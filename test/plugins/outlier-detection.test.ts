@@ -112,7 +112,7 @@ describe('outlier detection', () => {
     await waitFor(() => flaggedLines().length > 0, 2000, 'an access-log line with the OE flag');
     const flagged = flaggedLines();
     assert.equal(flagged.length, 1, 'the answer that ejected it carries the OE flag');
-    assert.equal(flagged[0].status, 500);
+    assert.equal(flagged[0]!.status, 500);
 
     const during = bad.traffic();
     for (let i = 0; i < 20; i++) assert.equal((await send(`${url}/api/during/${i}`)).status, 200);

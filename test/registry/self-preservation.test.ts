@@ -31,7 +31,7 @@ async function leased(t: TestContext, adminUrl: string, name: string): Promise<L
   return Object.assign(upstream, { id, silence: () => void (beating = false), resume: () => void (beating = true) });
 }
 
-async function fleet(t: TestContext, selfPreservation: unknown): Promise<{ gateway: Gateway; url: string; adminUrl: string; instances: Leased[] }> {
+async function fleet(t: TestContext, selfPreservation: boolean | { threshold?: number } | undefined): Promise<{ gateway: Gateway; url: string; adminUrl: string; instances: Leased[] }> {
   const { gateway, url, adminUrl } = await startGateway(t, {
     admin: { port: 0 },
     metrics: true,
