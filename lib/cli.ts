@@ -164,39 +164,45 @@ async function validate(file: string): Promise<number> {
 }
 
 async function start(file: string, port: string | undefined): Promise<number> {
+  // Listen for the signals first: a SIGTERM that arrives while the gateway starts (its listening
+  // line may already be out) must still drain and exit 0, not kill the process mid-start.
+  let onSignal: ((signal: string) => void) | null = null;
+  const stopped = new Promise<string>((resolve) => (onSignal = resolve));
+  const onTerm = (): void => onSignal!('SIGTERM');
+  const onInt = (): void => onSignal!('SIGINT');
+  process.once('SIGTERM', onTerm);
+  process.once('SIGINT', onInt);
+  const unlisten = (): void => {
+    process.off('SIGTERM', onTerm);
+    process.off('SIGINT', onInt);
+  };
   let gateway;
   try {
     const { document, baseDir, source } = await readConfigFile(file);
     const config = document as GatewayConfigInput;
     if (cluster.isWorker && process.env.MESHGATE_CLUSTER_WORKER === '1') {
+      unlisten();
       await runClusterWorker(config, baseDir, source);
       return new Promise<number>(() => {}); // the worker exits on SIGTERM or when the primary goes
     }
     gateway = createGateway(config, { baseDir, source });
     if (workerCount(gateway.config.workers) > 1) {
       gateway = undefined;
+      unlisten();
       return await startCluster(config, baseDir, source, port);
     }
     // The gateway logs where it listens; one format on stderr, no plain-text copy of that line.
     await gateway.listen(port === undefined ? {} : { port: Number(port) });
   } catch (err) {
+    unlisten();
     process.stderr.write(`${describe(err)}\n`);
     await gateway?.close();
     return 1;
   }
   const gw = gateway;
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string): void => {
-      gw.log.info({ signal, inflight: gw.inflight }, `${signal}: draining`);
-      process.off('SIGTERM', onTerm);
-      process.off('SIGINT', onInt);
-      resolve();
-    };
-    const onTerm = (): void => stop('SIGTERM');
-    const onInt = (): void => stop('SIGINT');
-    process.on('SIGTERM', onTerm);
-    process.on('SIGINT', onInt);
-  });
+  const signal = await stopped;
+  unlisten();
+  gw.log.info({ signal, inflight: gw.inflight }, `${signal}: draining`);
   await gw.close();
   gw.log.info('stopped');
   return 0;
