@@ -5,9 +5,11 @@ import { accessLogSections } from '../plugins/access-log/config.js';
 import { authSections } from '../plugins/auth/config.js';
 import { circuitBreakerSections } from '../plugins/circuit-breaker/config.js';
 import { dnsDiscoverySections } from '../plugins/dns-discovery/config.js';
+import { faultSections } from '../plugins/fault-injection/config.js';
 import { healthCheckSections } from '../plugins/health-check/config.js';
 import { loadSheddingSections } from '../plugins/load-shedding/config.js';
 import { metricsSections } from '../plugins/metrics/config.js';
+import { mirrorSections } from '../plugins/mirror/config.js';
 import { outlierDetectionSections } from '../plugins/outlier-detection/config.js';
 import { rateLimitSections } from '../plugins/rate-limit/config.js';
 import { redisDiscoverySections } from '../plugins/redis-discovery/config.js';
@@ -34,13 +36,15 @@ const HEALTH_CHECK: Builtin<object> = { name: 'health-check', config: healthChec
 const CIRCUIT_BREAKER: Builtin<object> = { name: 'circuit-breaker', config: circuitBreakerSections, load: async () => (await import('../plugins/circuit-breaker/index.js')).circuitBreaker };
 const OUTLIER_DETECTION: Builtin<object> = { name: 'outlier-detection', config: outlierDetectionSections, load: async () => (await import('../plugins/outlier-detection/index.js')).outlierDetection };
 const ZONE_AWARE: Builtin<object> = { name: 'zone-aware', config: zoneAwareSections, load: async () => (await import('../plugins/zone-aware/index.js')).zoneAware };
+const FAULT_INJECTION: Builtin<object> = { name: 'fault-injection', config: faultSections, load: async () => (await import('../plugins/fault-injection/index.js')).faultInjection };
+const MIRROR: Builtin<object> = { name: 'mirror', config: mirrorSections, load: async () => (await import('../plugins/mirror/index.js')).mirror };
 const RETRIES: Builtin<object> = { name: 'retries', config: retriesSections, load: async () => (await import('../plugins/retries/index.js')).retries };
 
 /**
  * The config sections of every built-in plugin, whether or not a config turns it on: the config
  * schema is the core's fields plus these plus the registered plugins' own.
  */
-export const BUILTIN_SECTIONS: readonly SectionOwner[] = [LOAD_SHEDDING, REDIS_DISCOVERY, DNS_DISCOVERY, TRACE_CONTEXT, METRICS, ACCESS_LOG, AUTH, RATE_LIMIT, HEALTH_CHECK, CIRCUIT_BREAKER, OUTLIER_DETECTION, ZONE_AWARE, RETRIES];
+export const BUILTIN_SECTIONS: readonly SectionOwner[] = [LOAD_SHEDDING, REDIS_DISCOVERY, DNS_DISCOVERY, TRACE_CONTEXT, METRICS, ACCESS_LOG, AUTH, RATE_LIMIT, HEALTH_CHECK, CIRCUIT_BREAKER, OUTLIER_DETECTION, ZONE_AWARE, FAULT_INJECTION, MIRROR, RETRIES];
 
 /**
  * A built-in plugin whose module loads when the gateway starts, not when meshgate is imported:
@@ -83,6 +87,9 @@ export function builtinPlugins(config: GatewayConfig, role: GatewayRole = 'stand
   // Who is asking, then how often: rate limits may key on the authenticated subject.
   if (anyRoute('auth')) plugins.push(lazy(AUTH, {}));
   if (anyRoute('rateLimit')) plugins.push(lazy(RATE_LIMIT, {}));
+  // resolve stage, in this order: faults first (an aborted request is not mirrored), then the copy.
+  if (anyRoute('fault')) plugins.push(lazy(FAULT_INJECTION, {}));
+  if (anyRoute('mirror')) plugins.push(lazy(MIRROR, {}));
   if (controlPlane && anyService('healthCheck')) plugins.push(lazy(HEALTH_CHECK, {}));
   if (anyService('circuitBreaker')) plugins.push(lazy(CIRCUIT_BREAKER, {}));
   if (anyService('outlierDetection')) plugins.push(lazy(OUTLIER_DETECTION, {}));

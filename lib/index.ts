@@ -39,10 +39,11 @@ export type { LeaseKeeper, LeaseVerifier, SelfPreservationPolicy } from './regis
 export type { GatewayEvents, RemovalReason } from './core/events.js';
 export { MeshState } from './core/state.js';
 export type { Principal, RequestVariables } from './core/state.js';
-export type { Route } from './core/router.js';
+export type { Route, Backend, RouteMatch, Subset, HeaderEdits, ValueCondition } from './core/router.js';
 export { finalStatus, observeOutcome } from './core/outcome.js';
 export type { UpstreamExchange } from './upstream/exchange.js';
 export type { UpstreamPool } from './upstream/pools.js';
+export { teeBody, type RequestBody } from './upstream/request-body.js';
 export * from './errors.js';
 export { parseDuration, defineSections } from './config/index.js';
 export type {

@@ -1,3 +1,4 @@
+import { matchSignature, routeIssues, routeShape as routeFields } from './route-schema.js';
 import { z } from 'zod';
 import { cidrList } from '../http/net.js';
 import { normalizeTarget } from '../http/path.js';
@@ -81,9 +82,7 @@ export const byteSize = z.union([z.number().int().min(0), z.string()]).transform
 });
 
 const routeShape = {
-  prefix: z.string().startsWith('/', 'expected a path starting with "/"'),
-  service: z.string().min(1),
-  stripPrefix: z.boolean().default(false),
+  ...routeFields,
   /** Largest request body; bigger ones get 413 before the upstream is dialed. */
   maxBodySize: byteSize.optional(),
 };
@@ -208,16 +207,21 @@ export function crossCheck(raw: unknown): { path: PropertyKey[]; message: string
   const services = isRecord(raw.services) ? raw.services : {};
   if (Array.isArray(raw.routes)) {
     const seen = new Map<string, number>();
+    const names = new Map<string, number>();
     raw.routes.forEach((r: unknown, i: number) => {
       if (!isRecord(r)) return;
-      if (typeof r.service === 'string' && !Object.hasOwn(services, r.service)) {
-        issues.push({ path: ['routes', i, 'service'], message: `unknown service "${r.service}"` });
+      for (const issue of routeIssues(r, services)) issues.push({ path: ['routes', i, ...issue.path], message: issue.message });
+      if (typeof r.name === 'string') {
+        const first = names.get(r.name);
+        if (first !== undefined) issues.push({ path: ['routes', i, 'name'], message: `duplicate name "${r.name}" (also routes[${first}])` });
+        else names.set(r.name, i);
       }
-      if (typeof r.prefix !== 'string') return;
-      const prefix = routePrefix(r.prefix);
-      const first = seen.get(prefix);
-      if (first !== undefined) issues.push({ path: ['routes', i, 'prefix'], message: `duplicate prefix "${r.prefix}" (also routes[${first}])` });
-      else seen.set(prefix, i);
+      const signature = matchSignature(r, routePrefix);
+      const first = seen.get(signature);
+      const prefixOnly = typeof r.prefix === 'string' && ['path', 'pathRegex', 'methods', 'hosts', 'headers', 'query'].every((key) => r[key] === undefined);
+      if (first !== undefined && prefixOnly) issues.push({ path: ['routes', i, 'prefix'], message: `duplicate prefix "${r.prefix}" (also routes[${first}])` });
+      else if (first !== undefined) issues.push({ path: ['routes', i], message: `duplicate route: it matches exactly the requests routes[${first}] matches` });
+      else seen.set(signature, i);
     });
   }
   const cidrs = (list: unknown, path: PropertyKey[]): void => {

@@ -336,6 +336,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
         closing: () => this.#closing,
         name: this.name,
         connections: this.pools.connections,
+        random: this.random,
       },
       this.#plugins.seal(),
       this.#deadlines,

@@ -30,7 +30,8 @@ import type { GatewayEvents } from './events.js';
 import { finalStatus } from './outcome.js';
 import type { Stage } from './plugin.js';
 import { answerError, applyResponseHeaders, asMeshError, respondLikeKoa, takeSetHeaders } from './respond.js';
-import { upstreamPath } from './router.js';
+import { backendCandidates, chooseBackend } from './backends.js';
+import { upstreamPath, type HeaderEdits, type Route } from './router.js';
 import type { ConfigSnapshot } from './snapshot.js';
 import { MeshState } from './state.js';
 
@@ -53,6 +54,8 @@ export interface PipelineParts {
   readonly name: string;
   /** The gateway's open upstream connections (see `UpstreamPools.connections`). */
   readonly connections: ReadonlySet<string>;
+  /** The random source of weighted splits (seedable, as the balancers'). */
+  readonly random: () => number;
 }
 
 const kMesh = Symbol('meshgate.state');
@@ -136,10 +139,18 @@ export class Pipeline {
         if (snapshot.config.listen.pathParameters === 'reject') throw new PathParametersError();
         routed = withoutPathParameters(routed);
       }
-      const route = snapshot.router.match(routed);
+      const req = ctx.req;
+      const route = snapshot.router.match(routed, req.method!, req.headers, target.query);
       if (route !== undefined) {
         mesh.route = route;
-        mesh.policy = route.policy;
+        if (route.backends.length > 0) {
+          const backend = route.backends.length === 1 ? route.backends[0]! : chooseBackend(route, ctx, parts.random);
+          mesh.backend = backend;
+          mesh.policy = backend === null ? null : backend.policy;
+        }
+        // The route's header edits first: plugins that set the same headers (auth's claims) win.
+        if (route.requestHeaders !== null) requestHeaderEdits(mesh, route.requestHeaders);
+        if (route.hostRewrite !== null) mesh.setUpstreamHeader('host', route.hostRewrite);
       }
     } catch (err) {
       // A malformed path is answered by the gateway in both modes: letting it reach the host
@@ -193,7 +204,7 @@ export class Pipeline {
       if (!(err instanceof MeshError)) parts.events.emit('gateway:error', err instanceof Error ? err : new Error(String(err)));
       answerError(ctx, mesh, error, parts.closing());
     } finally {
-      if (mesh.admitted) mesh.service!.active--;
+      if (mesh.admittedTo !== null) mesh.admittedTo.active--;
       res.off('close', onResponseClose);
       if (--this.#inflight === 0 && this.#drained) this.#drained();
       if (parts.events.listenerCount('request:end') > 0) this.#requestEnd(ctx, failed ? finalStatus(ctx, failure) : finalStatus(ctx));
@@ -243,9 +254,12 @@ export class Pipeline {
   #proxy(ctx: Context, mesh: MeshState): Promise<void> {
     if (mesh.error) return Promise.reject(mesh.error);
     const route = mesh.route;
+    if (route === null) return Promise.reject(new NoRouteError(mesh.path));
+    if (route.redirect !== null) return redirect(ctx, mesh, route);
     const policy = mesh.policy;
-    if (route === null || policy === null) return Promise.reject(new NoRouteError(mesh.path));
-    const service = this.#parts.registry.getService(route.service);
+    const backend = mesh.backend;
+    if (policy === null || backend === null) return Promise.reject(new NoRouteError(mesh.path));
+    const service = this.#parts.registry.getService(backend.service);
     if (service === undefined) return Promise.reject(new NoRouteError(mesh.path));
     mesh.service = service;
     const maxRequests = policy.config.maxRequests;
@@ -253,7 +267,7 @@ export class Pipeline {
       return Promise.reject(new OverloadedError('maxRequests', `service "${service.name}" has ${service.active} requests in flight (maxRequests ${maxRequests})`));
     }
     service.active++;
-    mesh.admitted = true;
+    mesh.admittedTo = service;
     mesh.upstreamPath = upstreamPath(route, mesh.path) + mesh.query;
     mesh.deadline = mesh.startedAt + policy.config.timeout;
     const req = ctx.req;
@@ -279,7 +293,7 @@ export class Pipeline {
         const incomingVia = req.headers.via;
         if (incomingVia !== undefined && incomingVia.includes(this.#parts.name)) throw new LoopDetectedError();
       }
-      mesh.upstreamHeaders = upstreamRequestHeaders(req, {
+      const headers = (mesh.upstreamHeaders = upstreamRequestHeaders(req, {
         via: via ? `${req.httpVersion} ${this.#parts.name}` : undefined,
         remoteAddress: socketAddress,
         appendForwardedFor: peerTrusted(mesh.snapshot!.trust, socketAddress),
@@ -287,7 +301,9 @@ export class Pipeline {
         proto: ctx.protocol,
         bodyLength: typeof mesh.body === 'string' || Buffer.isBuffer(mesh.body) ? Buffer.byteLength(mesh.body) : undefined,
         overrides: mesh.headerOverrides,
-      });
+      }));
+      const added = route.requestHeaders?.add;
+      if (added !== undefined) for (const [name, value] of added) headers.push(name, value);
     } catch (err) {
       // This is onRequest's next(): it rejects, never throws.
       return Promise.reject(err);
@@ -313,7 +329,9 @@ export class Pipeline {
     // The set of tried instances exists only once there is a second attempt: most requests never need it.
     if (mesh.instance !== null) (mesh.tried ??= new Set()).add(mesh.instance);
     mesh.instance = null;
-    mesh.candidates = mesh.service!.candidates();
+    const route = mesh.route!;
+    if (mesh.attempt > 1 && route.retryOtherBackends) this.#nextBackend(ctx, mesh, route);
+    mesh.candidates = backendCandidates(mesh.service!, mesh.backend);
     const select = this.#chains.select;
     return select === null ? this.#pick(ctx, mesh) : select(ctx, () => this.#pick(ctx, mesh));
   }
@@ -323,11 +341,25 @@ export class Pipeline {
    * select stage's `next()`, so it never throws: every failure is a rejected promise, which a
    * middleware's `next().catch(...)` or `.then(..., onError)` sees.
    */
+  /** With `retryOtherBackends`: a retry goes to a backend the request has not tried, while one is left. */
+  #nextBackend(ctx: Context, mesh: MeshState, route: Route): void {
+    const tried = (mesh.triedBackends ??= new Set());
+    tried.add(mesh.backend!);
+    const next = chooseBackend(route, ctx, this.#parts.random, tried);
+    const service = next === null ? undefined : this.#parts.registry.getService(next.service);
+    if (next === null || service === undefined || next.policy === null) return;
+    mesh.backend = next;
+    mesh.service = service;
+    mesh.policy = next.policy;
+  }
+
   #pick(ctx: Context, mesh: MeshState): Promise<void> {
     if (mesh.instance === null) {
       const service = mesh.service!;
       if (mesh.candidates.length === 0) {
-        return Promise.reject(new NoHealthyInstanceError(service.name, service.instances.size === 0 ? 'no instances registered' : 'no healthy instance'));
+        const subset = mesh.backend?.subset;
+        const what = subset ? `no healthy instance in subset ${subset.key}` : service.instances.size === 0 ? 'no instances registered' : 'no healthy instance';
+        return Promise.reject(new NoHealthyInstanceError(service.name, what));
       }
       try {
         mesh.instance = this.#parts.balancers.for(service, mesh.policy!).pick(mesh.candidates, ctx, mesh.tried ?? undefined);
@@ -405,8 +437,48 @@ export class Pipeline {
     for (let i = 0; i < mesh.responseHeaders.length; i++) extra.push(mesh.responseHeaders[i]!);
     extra.push('server-timing', `gateway;dur=${decimalMs(gatewayMs, 1)}, upstream;dur=${decimalMs(exchange.headersMs, 1)}`);
     if (this.#parts.closing()) res.shouldKeepAlive = false;
-    return exchange.commit(res, responseHeaders(exchange.rawHeaders, extra, exchange.instance.url), headersWereSet);
+    const head = responseHeaders(exchange.rawHeaders, extra, exchange.instance.url);
+    const edits = mesh.route?.responseHeaders;
+    if (edits != null) responseHeaderEdits(head, edits);
+    return exchange.commit(res, head, headersWereSet);
   }
+}
+
+/** Applies a route's `requestHeaders` set and remove (before the upstream headers are built; `add` goes on after). */
+function requestHeaderEdits(mesh: MeshState, edits: HeaderEdits): void {
+  for (const name of edits.remove) mesh.removeUpstreamHeader(name);
+  for (const [name, value] of edits.set) mesh.setUpstreamHeader(name, value);
+}
+
+/** Applies a route's `responseHeaders` to a flat response head: remove, then set (replacing), then add. */
+function responseHeaderEdits(head: string[], edits: HeaderEdits): void {
+  const drop = (name: string): void => {
+    for (let i = head.length - 2; i >= 0; i -= 2) if (head[i]!.toLowerCase() === name) head.splice(i, 2);
+  };
+  for (const name of edits.remove) drop(name);
+  for (const [name, value] of edits.set) {
+    drop(name);
+    head.push(name, value);
+  }
+  for (const [name, value] of edits.add) head.push(name, value);
+}
+
+/** Answers a redirect route: its status and `Location` (scheme, host and path from the route, else the request's; the query kept). */
+function redirect(ctx: Context, mesh: MeshState, route: Route): Promise<void> {
+  const spec = route.redirect!;
+  const scheme = spec.scheme ?? ctx.protocol;
+  const host = spec.host ?? ctx.req.headers.host ?? '';
+  let path = mesh.path;
+  if (spec.path !== undefined) path = spec.path;
+  else if (spec.prefix !== undefined) {
+    const rest = path.slice(route.prefix === '/' ? 0 : route.prefix.length);
+    path = spec.prefix.endsWith('/') && rest.startsWith('/') ? spec.prefix + rest.slice(1) : spec.prefix + rest;
+  }
+  const location = `${scheme}://${host}${path}${mesh.query}`;
+  ctx.status = spec.status;
+  ctx.set('location', location);
+  ctx.body = '';
+  return Promise.resolve();
 }
 
 /** Refuses a request that would wait for a connection when the service already has `maxPending` waiting. */

@@ -116,8 +116,8 @@ export function buildSnapshot(config: GatewayConfig, options: SnapshotOptions): 
   }
   const router = new Router();
   config.routes.forEach((route, i) => {
-    const sections = sectionsAt('route', `route:${route.prefix}`, (key) => (route as Record<string, unknown>)[key], (key) => `routes[${i}].${key}`, { route });
-    router.add(route, { policy: services.get(route.service) ?? null, sections });
+    const sections = sectionsAt('route', `route:${route.name ?? i}`, (key) => (route as Record<string, unknown>)[key], (key) => `routes[${i}].${key}`, { route });
+    router.add(route, { policyOf: (service) => services.get(service) ?? null, sections });
   });
   if (issues.length > 0) throw new ConfigError(issues);
   return new ConfigSnapshot({ config, router, services, global, prepared });

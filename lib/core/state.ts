@@ -3,7 +3,8 @@ import type { MeshError } from '../errors.js';
 import type { Instance, Service } from '../registry/registry.js';
 import type { UpstreamExchange } from '../upstream/exchange.js';
 import type { ServicePolicy } from './policy.js';
-import type { Route } from './router.js';
+import { backendCandidates } from './backends.js';
+import type { Backend, Route } from './router.js';
 import type { ConfigSnapshot } from './snapshot.js';
 
 /** Who a request is from, as authentication established it. Policies, rate limits and logs read it. */
@@ -41,10 +42,14 @@ export class MeshState {
   route: Route | null = null;
   /** The route's service policy in {@link snapshot}, or null when no route matched. */
   policy: ServicePolicy | null = null;
+  /** The route's backend this request goes to (its service, weight, subset), chosen with the route; null for none (a redirect, no route). */
+  backend: Backend | null = null;
+  /** Backends tried already, with `retryOtherBackends`; null until a retry changes backend. */
+  triedBackends: Set<Backend> | null = null;
+  /** The service whose `active` count holds this request (it was admitted under `maxRequests`); null when none does. */
+  admittedTo: Service | null = null;
   /** The route's service in the registry (its instances), from the `resolve` stage on. */
   service: Service | null = null;
-  /** Whether the request counts in `service.active` (it was admitted under `maxRequests`). */
-  admitted = false;
   /** Instances the balancer may pick from for this attempt; select-stage middleware may narrow it. */
   candidates: readonly Instance[] = [];
   /** The instance of the current attempt, set by the select stage. */
@@ -96,11 +101,41 @@ export class MeshState {
    * or two entries per request, and a Map costs far more to create.)
    */
   headerOverrides: (string | null)[] | null = null;
+  /**
+   * Response flags plugins add for the access log (Envoy's: `OE` outlier ejection, `FI` fault
+   * abort, `DI` fault delay), after the flag of the error the request was answered with. Null
+   * until one is added.
+   */
+  flags: string[] | null = null;
   /** The variables plugins set; made on the first `set`. */
   #variables: Map<keyof RequestVariables, unknown> | null = null;
 
   constructor(snapshot: ConfigSnapshot | null = null) {
     this.snapshot = snapshot;
+  }
+
+  /**
+   * Whether a retry has somewhere left to go: a candidate of the current backend the request has
+   * not tried (the current instance counts as tried), or, with `retryOtherBackends`, a backend it
+   * has not tried.
+   */
+  hasUntried(): boolean {
+    const route = this.route;
+    const backend = this.backend;
+    if (route !== null && route.retryOtherBackends) {
+      for (const other of route.backends) if (other !== backend && other.weight > 0 && !this.triedBackends?.has(other)) return true;
+    }
+    const service = this.service;
+    if (service === null) return false;
+    const tried = this.tried;
+    for (const inst of backendCandidates(service, backend)) if (inst !== this.instance && (tried === null || !tried.has(inst))) return true;
+    return false;
+  }
+
+  /** Adds a response flag (see {@link flags}), once. */
+  addFlag(flag: string): void {
+    const flags = (this.flags ??= []);
+    if (!flags.includes(flag)) flags.push(flag);
   }
 
   /** A per-request variable a plugin set (see {@link RequestVariables}), or undefined. */

@@ -134,6 +134,7 @@ export class Service {
   /** Bumped whenever an instance joins, leaves or changes weight: balancers that precompute (rings) rebuild on change. */
   membershipVersion = 0;
   #candidates: Instance[] | null = null;
+  #subsets: Map<InstanceSubset, Instance[]> | null = null;
 
   constructor(name: string, policy: ServiceConfig) {
     this.name = name;
@@ -147,7 +148,25 @@ export class Service {
    * Cached; the registry invalidates it on every change.
    */
   candidates(): readonly Instance[] {
-    return (this.#candidates ??= this.#computeCandidates());
+    if (this.#candidates === null) {
+      const [candidates, panic] = this.#computeCandidates(null);
+      this.#candidates = candidates;
+      this.panic = panic;
+    }
+    return this.#candidates;
+  }
+
+  /**
+   * The candidates among the instances whose metadata carries every label of `subset` (a route
+   * backend's subset), with panic mode judged within the subset. Cached per subset until the next change.
+   */
+  subsetCandidates(subset: InstanceSubset): readonly Instance[] {
+    let candidates = this.#subsets?.get(subset);
+    if (candidates === undefined) {
+      candidates = this.#computeCandidates(subset)[0];
+      (this.#subsets ??= new Map()).set(subset, candidates);
+    }
+    return candidates;
   }
 
   /** Whether the last {@link candidates} computation fell into panic mode. */
@@ -156,18 +175,19 @@ export class Service {
   /** @internal called by the registry whenever an instance, its health or its circuit changes. */
   invalidate(): void {
     this.#candidates = null;
+    this.#subsets = null;
   }
 
-  #computeCandidates(): Instance[] {
+  #computeCandidates(subset: InstanceSubset | null): [Instance[], boolean] {
     const all: Instance[] = [];
     const usable: Instance[] = [];
     for (const inst of this.instances.values()) {
-      if (inst.health === 'draining') continue;
+      if (inst.health === 'draining' || (subset !== null && !inSubset(inst, subset))) continue;
       all.push(inst);
       if (inst.health === 'healthy' && inst.circuit !== 'open' && inst.ejectedUntil === 0) usable.push(inst);
     }
-    this.panic = all.length > 0 && usable.length * 100 < all.length * this.policy.panicThreshold;
-    return this.panic ? all : usable;
+    const panic = all.length > 0 && usable.length * 100 < all.length * this.policy.panicThreshold;
+    return [panic ? all : usable, panic];
   }
 
   toJSON(): Record<string, unknown> {
@@ -177,6 +197,20 @@ export class Service {
       instances: [...this.instances.values()].map((i) => i.toJSON()),
     };
   }
+}
+
+/** Instances whose metadata has all these label values (a route backend's `subset`). */
+export interface InstanceSubset {
+  readonly labels: readonly (readonly [string, string])[];
+}
+
+function inSubset(instance: Instance, subset: InstanceSubset): boolean {
+  const metadata = instance.metadata;
+  for (const [key, value] of subset.labels) {
+    const actual = metadata[key];
+    if (actual === undefined || String(actual) !== value) return false;
+  }
+  return true;
 }
 
 /** The instance asked for is not known (404 from the admin API). */

@@ -68,3 +68,55 @@ const SAFE_TO_REPEAT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
 export function isReplayable(method: string, body: RequestBody): boolean {
   return SAFE_TO_REPEAT.has(method) && (body === null || typeof body === 'string' || Buffer.isBuffer(body));
 }
+
+/**
+ * Copies a body as it streams to the upstream, up to `limit` bytes, without holding it back:
+ * `done` gets the whole body once it has passed, or null when it was larger than `limit` or
+ * failed. A buffered body is handed over at once. Returns the body to send in its place.
+ */
+export function teeBody(body: RequestBody, limit: number, done: (copy: Buffer | null) => void): RequestBody {
+  if (body === null) {
+    done(Buffer.alloc(0));
+    return null;
+  }
+  if (typeof body === 'string' || Buffer.isBuffer(body)) {
+    const copy = Buffer.isBuffer(body) ? body : Buffer.from(body);
+    done(copy.length > limit ? null : copy);
+    return body;
+  }
+  const declared = body.headers['content-length'];
+  if (declared !== undefined && Number(declared) > limit) {
+    done(null);
+    return body;
+  }
+  const chunks: Buffer[] = [];
+  let seen = 0;
+  let settled = false;
+  const settle = (copy: Buffer | null): void => {
+    if (settled) return;
+    settled = true;
+    chunks.length = 0;
+    done(copy);
+  };
+  const tee = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      if (!settled) {
+        seen += chunk.length;
+        if (seen > limit) settle(null);
+        else chunks.push(chunk);
+      }
+      callback(null, chunk);
+    },
+    flush(callback) {
+      if (!settled) settle(Buffer.concat(chunks, seen));
+      callback();
+    },
+  });
+  body.on('error', (err) => {
+    settle(null);
+    tee.destroy(err);
+  });
+  tee.on('close', () => settle(null));
+  body.pipe(tee);
+  return Object.assign(tee, { headers: body.headers }) as unknown as IncomingMessage;
+}

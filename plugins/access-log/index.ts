@@ -19,16 +19,16 @@ export interface AccessLogOptions {
  * Envoy-style response flags, from the catalogue entry of the error a request was answered with
  * (`ERROR_CODES`): NR no route, UH no healthy upstream, UF upstream connect failure, UT upstream
  * timeout, UC upstream connection reset, UO overflow (circuit open, limits), RL rate limited, DC
- * downstream (client) went away, DI path rejected; plus OE when the request's answer got its
- * instance ejected by outlier detection; `-` for none.
+ * downstream (client) went away, DPE path rejected; then the flags plugins added (`mesh.flags`:
+ * OE outlier ejection, FI fault abort, DI fault delay); `-` for none.
  */
 export function responseFlags(mesh: MeshState, status: number): string {
   if (mesh.clientGone) return 'DC';
   const error = mesh.error;
   const flag = error === null ? (status === 429 ? 'RL' : '-') : (errorCodeInfo(error.code)?.flag ?? '-');
-  // OE: this request's answer got its instance ejected by outlier detection.
-  if (mesh.get('outlierEjected') === true) return flag === '-' ? 'OE' : `${flag},OE`;
-  return flag;
+  const added = mesh.flags;
+  if (added === null) return flag;
+  return flag === '-' ? added.join(',') : `${flag},${added.join(',')}`;
 }
 
 /**
@@ -126,13 +126,15 @@ function formatLine(ctx: Context, status: number, time: string, quoted: QuotedNa
   const route = mesh.route;
   const service = mesh.service;
   const instance = mesh.instance;
+  const backend = mesh.backend;
   // What crossed the wire: a declared length, else what was counted as it streamed.
   const bytesIn = Number(ctx.req.headers['content-length'] ?? 0) || mesh.bytesIn;
   const requestId = mesh.get('requestId');
   const traceId = mesh.get('traceId');
   return (
     `{"time":"${time}","method":${jsonString(ctx.req.method!)},"path":${jsonString(mesh.path || ctx.path)},` +
-    `"route":${route === null ? 'null' : quoted.of(route, route.prefix)},"service":${service === null ? 'null' : quoted.of(service, service.name)},` +
+    `"route":${route === null ? 'null' : quoted.of(route, route.name)},"service":${service === null ? 'null' : quoted.of(service, service.name)},` +
+    `"backend":${backend === null ? 'null' : quoted.of(backend, backend.name)},` +
     `"instance":${instance === null ? 'null' : quoted.of(instance, instance.id)},"status":${status},` +
     `"durationMs":${decimalMs(mesh.endedAt - mesh.startedAt, 2)},"upstreamMs":${exchange ? decimalMs(exchange.headersMs, 2) : 'null'},` +
     `"retries":${mesh.attempt > 1 ? mesh.attempt - 1 : 0},"bytesIn":${bytesIn},"bytesOut":${mesh.bytesOut + (exchange?.bytesReceived ?? 0)},` +

@@ -21,11 +21,17 @@ export function loadShedding(): GatewayPlugin<OverloadPolicy, unknown, unknown> 
       histogram.enable();
       let shedding = false;
       let policy = scope.global();
+      // The first window holds the gateway's own start (module loading, setup): not load.
+      let first = true;
       const check = (): void => {
         policy = scope.global();
         if (policy === undefined) return;
         const p99 = histogram.percentile(99) / 1e6;
         histogram.reset();
+        if (first) {
+          first = false;
+          return;
+        }
         const before = shedding;
         // Some slack on the way back, so one quiet window does not let the whole backlog in.
         shedding = shedding ? p99 > policy.maxEventLoopDelay * 0.8 : p99 > policy.maxEventLoopDelay;

@@ -1,5 +1,5 @@
 import { AggregatorRegistry, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import { definePlugin, errorCodeInfo, OverloadedError, type CircuitState, type GatewayPlugin, type Instance, type Route, type Service } from '../../lib/index.js';
+import { definePlugin, errorCodeInfo, OverloadedError, type Backend, type CircuitState, type GatewayPlugin, type Instance, type Route, type Service } from '../../lib/index.js';
 import { metricsSections } from './config.js';
 import { FastCounter, FastHistogram, HistogramSeries, type CounterSeries } from './series.js';
 
@@ -29,6 +29,9 @@ declare module '../../lib/index.js' {
     metricsRegistry: Registry;
   }
 }
+
+/** The access-log flags fault injection adds, and the `kind` label they count under. */
+const FAULT_FLAGS: Readonly<Record<string, string>> = { FI: 'abort', DI: 'delay' };
 
 const CIRCUIT_VALUE: Record<CircuitState, number> = { closed: 0, 'half-open': 1, open: 2 };
 /** Outcome labels by status class, so counting an attempt builds no string. */
@@ -95,7 +98,7 @@ export function metrics(given: MetricsOptions = {}): GatewayPlugin<boolean | { d
       // The per-request metrics count in plain numbers (./series.ts); prom-client formats them on scrape.
       const requests = new FastCounter(
         'meshgate_requests_total',
-        'Requests answered by the gateway, by route prefix, service, method and status code.',
+        'Requests answered by the gateway, by route name, service (the backend\'s), method and status code.',
         ['route', 'service', 'method', 'code'] as const,
       );
       const requestDuration = new FastHistogram(
@@ -121,7 +124,15 @@ export function metrics(given: MetricsOptions = {}): GatewayPlugin<boolean | { d
         'Requests refused at once by a limit: a service\'s maxRequests or maxPendingRequests, or the gateway\'s overload protection.',
         ['service', 'limit'] as const,
       );
-      for (const metric of [requests, requestDuration, upstreamRequests, upstreamDuration, retries, overloaded]) {
+      const backends = new FastCounter('meshgate_backend_requests_total', 'Requests of routes with a split or a subset, by the backend that took them.', ['route', 'backend'] as const);
+      const backendSeriesOf = new WeakMap<Backend, CounterSeries>();
+      const backendSeries = (route: Route, backend: Backend): CounterSeries => {
+        let series = backendSeriesOf.get(backend);
+        if (series === undefined) backendSeriesOf.set(backend, (series = backends.series({ route: route.name, backend: backend.name })));
+        return series;
+      };
+      const faults = new FastCounter('meshgate_faults_injected_total', 'Requests a route\'s fault injection delayed or aborted.', ['route', 'kind'] as const);
+      for (const metric of [requests, requestDuration, upstreamRequests, upstreamDuration, retries, overloaded, backends, faults]) {
         registry.registerMetric(metric as unknown as Parameters<Registry['registerMetric']>[0]);
       }
       // Across cluster workers: health and instance counts are the same everywhere (first),
@@ -151,17 +162,19 @@ export function metrics(given: MetricsOptions = {}): GatewayPlugin<boolean | { d
       // Hot-path caches: one entry per (route, method, code) and per (instance, outcome).
       // route -> method -> status code -> series; no key string built per request. Weak: a new
       // config makes new route objects (the series, found by their labels, stay the same).
-      const requestSeries = new WeakMap<Route | typeof UNMATCHED, Map<string, Map<number, RequestSeries>>>();
+      const requestSeries = new WeakMap<Backend | Route | typeof UNMATCHED, Map<string, Map<number, RequestSeries>>>();
       const upstreamSeries = new Map<Instance, { outcomes: Map<string, CounterSeries>; duration: HistogramSeries }>();
 
-      const seriesFor = (route: Route | null, method: string, code: number): RequestSeries => {
-        let byMethod = requestSeries.get(route ?? UNMATCHED);
-        if (!byMethod) requestSeries.set(route ?? UNMATCHED, (byMethod = new Map()));
+      // Keyed by the backend (each belongs to one route), else the route: a split's backends count apart.
+      const seriesFor = (route: Route | null, backend: Backend | null, method: string, code: number): RequestSeries => {
+        const key = backend ?? route ?? UNMATCHED;
+        let byMethod = requestSeries.get(key);
+        if (!byMethod) requestSeries.set(key, (byMethod = new Map()));
         let byCode = byMethod.get(method);
         if (!byCode) byMethod.set(method, (byCode = new Map()));
         let series = byCode.get(code);
         if (!series) {
-          const labels = { route: route?.prefix ?? '', service: route?.service ?? '', method, code: String(code) };
+          const labels = { route: route?.name ?? '', service: backend?.service ?? '', method, code: String(code) };
           series = { count: requests.series(labels), duration: requestDuration.series(labels) };
           byCode.set(code, series);
         }
@@ -170,10 +183,21 @@ export function metrics(given: MetricsOptions = {}): GatewayPlugin<boolean | { d
 
       gateway.on('request:end', (ctx, code) => {
         const mesh = ctx.state.mesh;
-        const series = seriesFor(mesh.route, ctx.req.method!, code);
+        const route = mesh.route;
+        const backend = mesh.backend;
+        const series = seriesFor(route, backend, ctx.req.method!, code);
         series.count.value++;
         series.duration.observe((mesh.endedAt - mesh.startedAt) / 1000);
-        if (mesh.error instanceof OverloadedError) overloaded.series({ service: mesh.route?.service ?? '', limit: mesh.error.limit }).value++;
+        // A split or a subset: which backend took it.
+        if (backend !== null && (backend.subset !== null || route!.backends.length > 1)) backendSeries(route!, backend).value++;
+        if (mesh.error instanceof OverloadedError) overloaded.series({ service: backend?.service ?? '', limit: mesh.error.limit }).value++;
+        const flags = mesh.flags;
+        if (flags !== null) {
+          for (const flag of flags) {
+            const kind = FAULT_FLAGS[flag];
+            if (kind !== undefined) faults.series({ route: route?.name ?? '', kind }).value++;
+          }
+        }
       });
 
       gateway.on('upstream:response', (instance, info) => {

@@ -3,13 +3,6 @@ import { outlierDetectionSections, type OutlierDetectionPolicy } from './config.
 
 export { outlierDetectionSchema, type OutlierDetectionPolicy } from './config.js';
 
-declare module '../../lib/index.js' {
-  interface RequestVariables {
-    /** The request's answer got its instance ejected (the access log's `OE` flag). */
-    outlierEjected: boolean;
-  }
-}
-
 /** What outlier detection knows of one instance. */
 interface Record {
   /** 5xx answers (and failures) in a row. */
@@ -116,7 +109,7 @@ export function outlierDetection(): GatewayPlugin<unknown, OutlierDetectionPolic
         const instance = mesh.instance;
         if (instance.ejectedUntil !== 0) return next();
         const mark = (): void => {
-          if (instance.ejectedUntil !== 0) mesh.set('outlierEjected', true);
+          if (instance.ejectedUntil !== 0) mesh.addFlag('OE');
         };
         return next().then(mark, (err: unknown) => {
           mark();

@@ -41,7 +41,7 @@ export function prepareRateLimit(config: RateLimitConfig, context: SectionContex
   }
   return {
     key: config.key,
-    route: context.route?.prefix ?? context.path,
+    route: context.route?.name ?? context.route?.prefix ?? context.path,
     local: new TokenBuckets(config.rps, burst),
     redis,
     policy: `${burst};w=${Math.round((burst / config.rps) * 1000) / 1000}`,

@@ -126,7 +126,7 @@ export function retries(options: RetriesOptions = {}): GatewayPlugin<unknown, Re
             const free = failure !== null && nothingSent(failure);
             // A body that streams once can still go again if it never left: nothing read, nothing sent.
             const canReplay = replayable || (free && untouched(mesh.body));
-            if (!wanted || (!free && retries >= policy.attempts) || mesh.clientGone || !canReplay || !hasUntried(mesh)) {
+            if (!wanted || (!free && retries >= policy.attempts) || mesh.clientGone || !canReplay || !mesh.hasUntried()) {
               if (failure !== null) throw failure;
               return;
             }
@@ -190,12 +190,6 @@ function retryableError(err: unknown, idempotent: boolean, mesh: MeshState): boo
   if (err instanceof UpstreamResetError) return mesh.exchange === null || mesh.exchange.statusCode === 0;
   // A per-try timeout leaves time for another try; the total deadline does not (checked by the caller).
   if (err instanceof UpstreamTimeoutError) return performance.now() < mesh.deadline;
-  return false;
-}
-
-function hasUntried(mesh: StageMesh<'retry'>): boolean {
-  // The instance that just failed joins mesh.tried when the next attempt starts; count it already.
-  for (const inst of mesh.service.candidates()) if (inst !== mesh.instance && (mesh.tried === null || !mesh.tried.has(inst))) return true;
   return false;
 }
 

@@ -100,10 +100,10 @@ function startSpan(otel: OpenTelemetry, ctx: Context, parent: ReturnType<typeof 
       : otel.trace.setSpanContext(otel.ROOT_CONTEXT, { traceId: parent.traceId, spanId: parent.parentId, traceFlags: parseInt(parent.flags, 16), isRemote: true });
   const mesh = ctx.state.mesh;
   const span = otel.trace.getTracer('meshgate').startSpan(
-    `${ctx.method} ${mesh.route?.prefix ?? 'unmatched'}`,
+    `${ctx.method} ${mesh.route?.name ?? 'unmatched'}`,
     {
       kind: otel.SpanKind.SERVER,
-      attributes: { 'http.request.method': ctx.method, 'url.path': mesh.path, 'http.route': mesh.route?.prefix ?? '', 'meshgate.service': mesh.route?.service ?? '' },
+      attributes: { 'http.request.method': ctx.method, 'url.path': mesh.path, 'http.route': mesh.route?.name ?? '', 'meshgate.service': mesh.backend?.service ?? '', 'meshgate.backend': mesh.backend?.name ?? '' },
     },
     parentContext,
   );

@@ -24,7 +24,8 @@ describe('load shedding (overload)', () => {
       services: { api: { instances: [{ url: upstream.url }] } },
       routes: [{ prefix: '/api', service: 'api' }],
     });
-    assert.equal((await send(`${url}/api/calm`)).status, 200);
+    // Calm first (the process's own start may lag the loop for a window).
+    await waitFor(async () => (await send(`${url}/api/calm`)).status === 200, 5000, 'a calm gateway');
 
     const unblock = blockEventLoop(80, 100);
     t.after(unblock);
