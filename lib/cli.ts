@@ -153,7 +153,9 @@ async function validate(file: string): Promise<number> {
     const { document, baseDir, source } = await readConfigFile(file);
     // A gateway that never starts: its check() loads the plugin modules and validates every section.
     const gateway = createGateway(document as GatewayConfigInput, { baseDir, source, logger: pino({ level: 'silent' }) });
-    const { config } = await gateway.validate();
+    const snapshot = await gateway.validate();
+    const config = snapshot.config;
+    for (const warning of snapshot.warnings()) process.stderr.write(`${file}: warning: ${warning}\n`);
     const services = Object.keys(config.services).length;
     process.stdout.write(`${file}: valid (${services} service${services === 1 ? '' : 's'}, ${config.routes.length} route${config.routes.length === 1 ? '' : 's'})\n`);
     return 0;

@@ -315,6 +315,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     const snapshot = await this.check();
     const plugins = this.#plugins.plugins;
     this.#apply(snapshot);
+    for (const warning of snapshot.warnings()) this.log.warn(warning);
     const registered = new Set<string>();
     for (const [slot, plugin] of plugins.entries()) {
       checkPlugin(plugin, registered);

@@ -44,6 +44,13 @@ export class ConfigSnapshot {
     this.trust = compileTrust(parts.config.listen.trustProxy);
     this.prepared = parts.prepared;
   }
+
+  /** What is valid but probably not meant: routes that can never match. `meshgate validate` prints these; the gateway logs them at start. */
+  warnings(): string[] {
+    return this.router
+      .unreachable()
+      .map(({ route, shadowedBy }) => `routes[${route.index}] ("${route.name}") can never match: routes[${shadowedBy.index}] ("${shadowedBy.name}") ranks before it and matches every request it would`);
+  }
 }
 
 /** What {@link buildSnapshot} needs besides the config. */

@@ -157,8 +157,10 @@ export class Service {
   }
 
   /**
-   * The candidates among the instances whose metadata carries every label of `subset` (a route
-   * backend's subset), with panic mode judged within the subset. Cached per subset until the next change.
+   * The usable instances among those whose metadata carries every label of `subset` (a route
+   * backend's subset). No panic mode here: a subset pins a version, and an empty one answers 503
+   * (or falls back to the whole service, if the backend says so) rather than send to instances
+   * known to be down. Cached per subset until the next change.
    */
   subsetCandidates(subset: InstanceSubset): readonly Instance[] {
     let candidates = this.#subsets?.get(subset);
@@ -186,7 +188,7 @@ export class Service {
       all.push(inst);
       if (inst.health === 'healthy' && inst.circuit !== 'open' && inst.ejectedUntil === 0) usable.push(inst);
     }
-    const panic = all.length > 0 && usable.length * 100 < all.length * this.policy.panicThreshold;
+    const panic = subset === null && all.length > 0 && usable.length * 100 < all.length * this.policy.panicThreshold;
     return [panic ? all : usable, panic];
   }
 
