@@ -7,8 +7,8 @@ import { fencedBlocks, send, spawnNode, unusedPort, waitFor } from './helpers.js
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
 test('the `npm start` demo proxies to its instances and stops on SIGTERM', async (t) => {
-  const [port, adminPort, a, b, c] = [await unusedPort(), await unusedPort(), await unusedPort(), await unusedPort(), await unusedPort()];
-  assert.equal(new Set([port, adminPort, a, b, c]).size, 5, 'picked the same port twice');
+  const [port, adminPort, a, b, c, v2] = [await unusedPort(), await unusedPort(), await unusedPort(), await unusedPort(), await unusedPort(), await unusedPort()];
+  assert.equal(new Set([port, adminPort, a, b, c, v2]).size, 6, 'picked the same port twice');
   const run = await spawnNode(t, ['--import', 'tsx', 'examples/standalone/demo.ts'], {
     cwd: ROOT,
     env: {
@@ -17,6 +17,7 @@ test('the `npm start` demo proxies to its instances and stops on SIGTERM', async
       DEMO_PORT_A: String(a),
       DEMO_PORT_B: String(b),
       DEMO_PORT_C: String(c),
+      DEMO_PORT_V2: String(v2),
       MESHGATE_ADMIN_TOKEN: undefined,
     },
   });
@@ -73,10 +74,10 @@ test('the `npm start` demo proxies to its instances and stops on SIGTERM', async
 });
 
 test('stopping `npm start` (SIGTERM to npm) stops the gateway and the demo instances: no orphans', async (t) => {
-  const ports = await Promise.all([0, 1, 2, 3, 4].map(() => unusedPort()));
-  const [port, adminPort, a, b, c] = ports as [number, number, number, number, number];
+  const ports = await Promise.all([0, 1, 2, 3, 4, 5].map(() => unusedPort()));
+  const [port, adminPort, a, b, c, v2] = ports as [number, number, number, number, number, number];
   const { spawn } = await import('node:child_process');
-  const env: NodeJS.ProcessEnv = { ...process.env, PORT: String(port), ADMIN_PORT: String(adminPort), DEMO_PORT_A: String(a), DEMO_PORT_B: String(b), DEMO_PORT_C: String(c) };
+  const env: NodeJS.ProcessEnv = { ...process.env, PORT: String(port), ADMIN_PORT: String(adminPort), DEMO_PORT_A: String(a), DEMO_PORT_B: String(b), DEMO_PORT_C: String(c), DEMO_PORT_V2: String(v2) };
   delete env.NODE_TEST_CONTEXT;
   delete env.MESHGATE_ADMIN_TOKEN;
   const npm = spawn('npm', ['start', '--silent'], { cwd: ROOT, env, stdio: 'ignore' });
@@ -93,8 +94,67 @@ test('stopping `npm start` (SIGTERM to npm) stops the gateway and the demo insta
     }
   };
   await waitFor(() => listening(port), 20_000, 'npm start to serve');
-  for (const p of [a, b, c]) assert.equal(await listening(p), true, `demo instance on ${p}`);
+  for (const p of [a, b, c, v2]) assert.equal(await listening(p), true, `demo instance on ${p}`);
   npm.kill('SIGTERM');
   await exited;
   await waitFor(async () => !(await Promise.all(ports.map(listening))).some(Boolean), 10_000, 'every port of the demo to close');
+});
+
+test("README's canary release walkthrough, step by step with the demo: header for testers, 0 to 5 to 100 percent", { timeout: 90_000 }, async (t) => {
+  const readme = await import('node:fs/promises').then((fs) => fs.readFile(new URL('../README.md', import.meta.url), 'utf8'));
+  const walkthrough = readme.slice(readme.indexOf('### Canary release'));
+  // The steps README tells a newcomer to take, in its words.
+  for (const step of ['npm start', "curl -H 'x-canary: 1' localhost:8080/shop/hello", 'SHOP_V1_WEIGHT=95 SHOP_V2_WEIGHT=5 npm start', 'SHOP_V1_WEIGHT=0 SHOP_V2_WEIGHT=100 npm start', 'curl localhost:9901/routes']) {
+    assert.ok(walkthrough.includes(step), `the walkthrough says ${step}`);
+  }
+  const demo = async (weights: Record<string, string>): Promise<{ url: string; adminUrl: string; stop: () => Promise<void> }> => {
+    const [port, adminPort, a, b, c, v2] = await Promise.all([0, 1, 2, 3, 4, 5].map(() => unusedPort()));
+    const run = await spawnNode(t, ['--import', 'tsx', 'examples/standalone/demo.ts'], {
+      cwd: ROOT,
+      env: { PORT: String(port), ADMIN_PORT: String(adminPort), DEMO_PORT_A: String(a), DEMO_PORT_B: String(b), DEMO_PORT_C: String(c), DEMO_PORT_V2: String(v2), MESHGATE_ADMIN_TOKEN: undefined, ...weights },
+    });
+    const url = `http://127.0.0.1:${port}`;
+    await waitFor(async () => (await send(`${url}/demo/hello`).catch(() => ({ status: 0 }))).status === 200, 15_000, `the demo; stderr:\n${run.stderr()}`);
+    return {
+      url,
+      adminUrl: `http://127.0.0.1:${adminPort}`,
+      stop: async () => {
+        run.child.kill('SIGTERM');
+        await run.exited;
+      },
+    };
+  };
+  const versionOf = async (url: string, headers: Record<string, string> = {}): Promise<string> => {
+    const res = await send(`${url}/shop/hello`, { headers });
+    assert.equal(res.status, 200, res.body);
+    return res.json().instance === 'demo-v2' ? 'v2' : 'v1';
+  };
+  const share = async (url: string): Promise<number> => {
+    let v2 = 0;
+    for (let user = 0; user < 400; user++) if ((await versionOf(url, { cookie: `user=${user}` })) === 'v2') v2++;
+    return v2 / 400;
+  };
+
+  // Step 1: v2 is deployed at weight 0; only testers with the header reach it.
+  let gw = await demo({});
+  assert.equal(await share(gw.url), 0);
+  assert.equal(await versionOf(gw.url, { 'x-canary': '1' }), 'v2');
+  await gw.stop();
+
+  // Step 2: 5% of the users, each always on the same version.
+  gw = await demo({ SHOP_V1_WEIGHT: '95', SHOP_V2_WEIGHT: '5' });
+  const five = await share(gw.url);
+  assert.ok(five > 0.01 && five < 0.1, `about 5% of users on v2: ${five}`);
+  for (let user = 0; user < 20; user++) {
+    const first = await versionOf(gw.url, { cookie: `user=${user}` });
+    assert.equal(await versionOf(gw.url, { cookie: `user=${user}` }), first, 'a user stays on one version');
+  }
+  const routes = (await send(`${gw.adminUrl}/routes`)).json().routes;
+  assert.deepEqual(routes.find((r: { name: string }) => r.name === 'shop').backends.map((b: { percent: number }) => b.percent), [95, 5]);
+  await gw.stop();
+
+  // Step 3: everyone on v2.
+  gw = await demo({ SHOP_V1_WEIGHT: '0', SHOP_V2_WEIGHT: '100' });
+  assert.equal(await share(gw.url), 1);
+  await gw.stop();
 });

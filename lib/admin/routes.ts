@@ -1,7 +1,8 @@
 import type Router from '@koa/router';
 import { z } from 'zod';
 import { zodIssues } from '../config/issues.js';
-import { duration, httpUrl } from '../config/schema.js';
+import { CORE_KEYS, duration, httpUrl } from '../config/schema.js';
+import type { Route, ValueCondition } from '../core/router.js';
 import { BadRequestError } from '../errors.js';
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
@@ -142,4 +143,43 @@ export function controlPlaneRoutes(router: Router, gateway: AdminHost): void {
   router.get('/services/:name', (ctx) => {
     ctx.body = gateway.registry.requireService(ctx.params.name!).toJSON();
   });
+
+  router.get('/routes', (ctx) => {
+    const snapshot = gateway.snapshot;
+    ctx.body = { version: snapshot.version, routes: snapshot.router.routes().map(describeRoute), warnings: snapshot.warnings() };
+  });
+}
+
+/** A compiled route as `GET /routes` shows it: what it matches, where it sends, what it changes. */
+function describeRoute(route: Route): Record<string, unknown> {
+  const match = route.match;
+  const condition = (c: ValueCondition): unknown => (c.kind === 'exact' ? c.value : c.kind === 'regex' ? { regex: c.value } : { present: c.kind === 'present' });
+  const total = route.totalWeight;
+  return {
+    index: route.index,
+    name: route.name,
+    match: {
+      [match.kind === 'exact' ? 'path' : match.kind === 'regex' ? 'pathRegex' : 'prefix']: match.path,
+      ...(match.methods === null ? {} : { methods: [...match.methods] }),
+      ...(match.hosts === null ? {} : { hosts: match.hosts }),
+      ...(match.headers.length === 0 ? {} : { headers: Object.fromEntries(match.headers.map((c) => [c.name, condition(c)])) }),
+      ...(match.query.length === 0 ? {} : { query: Object.fromEntries(match.query.map((c) => [c.name, condition(c)])) }),
+    },
+    backends: route.backends.map((b) => ({
+      name: b.name,
+      service: b.service,
+      weight: b.weight,
+      percent: total === 0 ? 0 : Math.round((b.weight / total) * 10_000) / 100,
+      ...(b.subset === null ? {} : { subset: Object.fromEntries(b.subset.labels), fallback: b.fallback }),
+    })),
+    ...(route.config.stickyOn === undefined ? {} : { stickyOn: route.config.stickyOn }),
+    ...(route.retryOtherBackends ? { retryOtherBackends: true } : {}),
+    ...(route.stripPrefix ? { stripPrefix: true } : {}),
+    ...(route.config.rewrite === undefined ? {} : { rewrite: route.config.rewrite }),
+    ...(route.hostRewrite === null ? {} : { hostRewrite: route.hostRewrite }),
+    ...(route.config.requestHeaders === undefined ? {} : { requestHeaders: route.config.requestHeaders }),
+    ...(route.config.responseHeaders === undefined ? {} : { responseHeaders: route.config.responseHeaders }),
+    ...(route.redirect === null ? {} : { redirect: route.redirect }),
+    plugins: Object.keys(route.config).filter((key) => !CORE_KEYS.route.has(key)),
+  };
 }

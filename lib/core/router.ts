@@ -223,6 +223,9 @@ function meets(condition: ValueCondition, value: string | undefined): boolean {
  */
 class RouteTable {
   readonly exact = new Map<string, Route[]>();
+  /** Regexes whose first path segment is a literal (`^/users/[0-9]+$`), by that segment. */
+  readonly regexBySegment = new Map<string, Route[]>();
+  /** Regexes that may match any first segment. */
   readonly regex: Route[] = [];
   readonly bySegment = new Map<string, Route[]>();
   readonly root: Route[] = [];
@@ -230,7 +233,11 @@ class RouteTable {
   add(route: Route): void {
     const match = route.match;
     if (match.kind === 'exact') insert(this.exact, match.path, route);
-    else if (match.kind === 'regex') place(this.regex, route);
+    else if (match.kind === 'regex') {
+      const segment = literalFirstSegment(match.path);
+      if (segment === null) place(this.regex, route);
+      else insert(this.regexBySegment, segment, route);
+    }
     else if (match.path === '/') place(this.root, route);
     else insert(this.bySegment, firstSegment(match.path), route);
   }
@@ -241,11 +248,18 @@ class RouteTable {
       const list = this.exact.get(path);
       if (list !== undefined) for (let i = 0; i < list.length; i++) if (accepts(list[i]!.match, method, headers, query)) return list[i];
     }
-    for (let i = 0; i < this.regex.length; i++) {
-      const route = this.regex[i]!;
-      if (route.match.regex!.test(path) && accepts(route.match, method, headers, query)) return route;
+    const segment = firstSegment(path);
+    let regexMatch: Route | undefined;
+    if (this.regexBySegment.size > 0) {
+      const list = this.regexBySegment.get(segment);
+      if (list !== undefined) regexMatch = firstRegex(list, path, method, headers, query);
     }
-    const list = this.bySegment.get(firstSegment(path));
+    if (this.regex.length > 0) {
+      const other = firstRegex(this.regex, path, method, headers, query);
+      if (other !== undefined && (regexMatch === undefined || ranksBefore(other, regexMatch))) regexMatch = other;
+    }
+    if (regexMatch !== undefined) return regexMatch;
+    const list = this.bySegment.get(segment);
     if (list !== undefined) {
       for (let i = 0; i < list.length; i++) {
         const route = list[i]!;
@@ -258,9 +272,30 @@ class RouteTable {
     return undefined;
   }
 
-  all(): Route[] {
-    return [...[...this.exact.values()].flat(), ...this.regex, ...[...this.bySegment.values()].flat(), ...this.root];
+}
+
+function firstRegex(list: readonly Route[], path: string, method: string, headers: IncomingHttpHeaders, query: string): Route | undefined {
+  for (let i = 0; i < list.length; i++) {
+    const route = list[i]!;
+    if (route.match.regex!.test(path) && accepts(route.match, method, headers, query)) return route;
   }
+  return undefined;
+}
+
+/**
+ * The first path segment every path a regex matches must have, when the regex spells it out
+ * (`^/users/...`: `users`), else null: then the regex is tried for every path. Conservative: any
+ * `|`, escape or metacharacter before the segment ends gives null.
+ */
+function literalFirstSegment(source: string): string | null {
+  if (!source.startsWith('^/') || source.includes('|')) return null;
+  let i = 2;
+  while (i < source.length && /[A-Za-z0-9_~%-]/.test(source[i]!)) i++;
+  if (i === 2) return null;
+  const next = source[i];
+  // The segment ends at a literal "/" or at the end of the path ("$"), and no quantifier touched its last character.
+  if (next === '/' || (next === '$' && i === source.length - 1)) return source.slice(2, i);
+  return null;
 }
 
 function insert(map: Map<string, Route[]>, key: string, route: Route): void {

@@ -6,7 +6,7 @@ import { describe, test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { GatewayConfigInput } from '../../lib/index.js';
 import { validateConfig } from '../../lib/index.js';
-import { echo, sendPath, spawnNode, startGateway, startUpstream, type Upstream } from '../helpers.js';
+import { echo, send, sendPath, spawnNode, startGateway, startUpstream, type Upstream } from '../helpers.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -135,5 +135,28 @@ describe('route matching', () => {
     assert.equal(code, 0, run.stderr());
     assert.match(run.stderr(), /warning: routes\[1\] \("beta-1"\) can never match: routes\[0\] \("any-beta"\) ranks before it/);
     assert.doesNotMatch(run.stderr(), /routes\[2\]/, 'a route with other conditions is reachable');
+  });
+
+  test('GET /routes lists the compiled table: conditions, backends with their weights and shares, edits, plugins', async (t) => {
+    const { adminUrl } = await startGateway(t, {
+      admin: { port: 0 },
+      services: { 'users-v1': {}, 'users-v2': {} },
+      routes: [
+        { prefix: '/users', hosts: ['*.example.com'], methods: ['get'], headers: { 'x-canary': { present: false } }, backends: [{ service: 'users-v1', weight: 95 }, { service: 'users-v2', weight: 5, subset: { version: 'v2' } }], stickyOn: 'cookie:uid', fault: { abort: { percent: 1 } } },
+        { name: 'old', path: '/legacy', redirect: { path: '/users', status: 301 } },
+      ],
+    });
+    const res = await send(`${adminUrl}/routes`);
+    assert.equal(res.status, 200);
+    const [users, old] = res.json().routes;
+    assert.deepEqual(users.match, { prefix: '/users', methods: ['GET'], hosts: ['*.example.com'], headers: { 'x-canary': { present: false } } });
+    assert.equal(users.name, '/users host=*.example.com method=GET header=x-canary');
+    assert.deepEqual(users.backends, [
+      { name: 'users-v1', service: 'users-v1', weight: 95, percent: 95 },
+      { name: 'users-v2{version=v2}', service: 'users-v2', weight: 5, percent: 5, subset: { version: 'v2' }, fallback: false },
+    ]);
+    assert.equal(users.stickyOn, 'cookie:uid');
+    assert.deepEqual(users.plugins, ['fault']);
+    assert.deepEqual(old, { index: 1, name: 'old', match: { path: '/legacy' }, backends: [], redirect: { path: '/users', status: 301 }, plugins: [] });
   });
 });
