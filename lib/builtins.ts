@@ -53,7 +53,7 @@ export const BUILTIN_SECTIONS: readonly SectionOwner[] = [LOAD_SHEDDING, REDIS_D
  * config validation hold before its module is loaded.
  */
 function lazy<O>(builtin: Builtin<O>, options: O): GatewayPlugin {
-  return {
+  const stub: GatewayPlugin = {
     name: builtin.name,
     ...(builtin.config ? { config: builtin.config } : {}),
     async setup(gateway, scope) {
@@ -61,6 +61,18 @@ function lazy<O>(builtin: Builtin<O>, options: O): GatewayPlugin {
       await factory(options).setup(gateway, scope);
     },
   };
+  STUBS.add(stub);
+  return stub;
+}
+
+const STUBS = new WeakSet<GatewayPlugin>();
+
+/** The order of the built-ins in every stage chain: the order {@link builtinPlugins} lists them in. */
+const ORDER = ['static-discovery', 'redis-discovery', 'dns-discovery', 'load-shedding', 'trace-context', 'metrics', 'access-log', 'auth', 'rate-limit', 'fault-injection', 'mirror', 'health-check', 'circuit-breaker', 'outlier-detection', 'zone-aware', 'retries'];
+
+/** A built-in plugin's place in the stage chains, so one a reload turns on runs where it would have at boot; undefined for other plugins. */
+export function builtinRank(plugin: GatewayPlugin): number | undefined {
+  return STUBS.has(plugin) ? ORDER.indexOf(plugin.name) : undefined;
 }
 
 /**

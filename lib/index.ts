@@ -7,7 +7,7 @@
  * const gateway = createGateway({ services: { users: { instances: [{ url: 'http://127.0.0.1:3001' }] } }, routes: [{ prefix: '/users', service: 'users' }] });
  * await gateway.listen();
  */
-import { BUILTIN_SECTIONS, builtinPlugins } from './builtins.js';
+import { BUILTIN_SECTIONS, builtinPlugins, builtinRank } from './builtins.js';
 import * as load from './config/load.js';
 import type { GatewayConfig, GatewayConfigInput } from './config/schema.js';
 import type { SectionOwner } from './config/sections.js';
@@ -109,7 +109,11 @@ export async function loadConfigFile(file: string, env: NodeJS.ProcessEnv = proc
  * when the gateway starts.
  */
 export function createGateway(config: GatewayConfigInput | GatewayConfig = {}, options: GatewayOptions = {}): Gateway {
-  const gateway = new Gateway(config, { ...options, sections: [...BUILTIN_SECTIONS, ...(options.sections ?? [])] });
+  const gateway = new Gateway(config, {
+    ...options,
+    sections: [...BUILTIN_SECTIONS, ...(options.sections ?? [])],
+    builtins: { plugins: builtinPlugins, rank: builtinRank },
+  });
   for (const plugin of builtinPlugins(gateway.config, options.role)) gateway.use(plugin);
   return gateway;
 }

@@ -3,6 +3,17 @@ import type { Instance, RegistryEvents, Service } from '../registry/registry.js'
 
 export type { RemovalReason } from '../registry/registry.js';
 
+/** Where a config change came from, and its versions. */
+export interface ConfigChange {
+  /** `file` (SIGHUP, --watch), `admin` (PUT /config), `fleet` (Redis), `api` (gateway.reload()). */
+  origin: string;
+  /** The version now in force (after a refusal: still the previous one). */
+  version: string;
+  /** The version proposed (equal to `version` once applied). */
+  proposed: string;
+  previous: string;
+}
+
 /**
  * Every event the gateway emits, with its arguments. Registry changes, health and circuit
  * transitions all go through here; metrics, the admin `/events` stream and plugins listen.
@@ -21,6 +32,10 @@ export interface GatewayEvents extends RegistryEvents {
   'instance:probe': [instance: Instance, ok: boolean];
   /** The retry stage is about to make another attempt. */
   'request:retry': [service: Service, info: { attempt: number; reason: string }];
+  /** A new config is in force (a reload, `PUT /config`, a fleet config from Redis). */
+  'config:applied': [info: ConfigChange];
+  /** A new config was refused; the running one stays. `issues` name every bad path. */
+  'config:rejected': [info: ConfigChange & { error: string; issues: readonly { path: string; message: string }[] }];
   /** The gateway is draining and takes no new requests. */
   'gateway:closing': [];
   /** A plugin or background task failed without a request to answer; the gateway logs it. */

@@ -7,10 +7,11 @@ import { isAbsolute, resolve as resolvePath } from 'node:path';
 import Koa, { type Context } from 'koa';
 import { AdminServer } from '../admin/server.js';
 import type { Balancer, BalancerFactory } from '../balancers/balancer.js';
+import { canonicalJson, configVersion, RESTART_KEYS } from '../config/fleet.js';
 import { validateConfig } from '../config/load.js';
 import type { GatewayConfig } from '../config/schema.js';
 import type { SectionOwner } from '../config/sections.js';
-import { ConfigError, GatewayClosingError, PluginError } from '../errors.js';
+import { ConfigError, GatewayClosingError, PluginError, type ConfigIssue } from '../errors.js';
 import { createLogger, type Logger, type LoggerOptions } from '../kit/logger.js';
 import { LeaseKeeper } from '../registry/leases.js';
 import { LocalRegistrar, type Registrar } from '../registry/registrar.js';
@@ -53,6 +54,27 @@ export interface GatewayOptions {
    * cluster worker, which runs no health checks).
    */
   sections?: Iterable<SectionOwner>;
+  /**
+   * The built-in plugins' catalogue (`createGateway` passes it): which built-ins a config turns on,
+   * so a reload can start those it turns on, and their order in the stage chains.
+   */
+  builtins?: BuiltinCatalogue;
+}
+
+/** What a gateway needs to know of the built-in plugins to reload. */
+export interface BuiltinCatalogue {
+  /** The built-ins `config` turns on, in their order. */
+  plugins(config: GatewayConfig, role: GatewayRole): GatewayPlugin[];
+  /** A built-in's place in the stage chains (its catalogue position); undefined for other plugins. */
+  rank(plugin: GatewayPlugin): number | undefined;
+}
+
+/** How a config reached {@link Gateway.reload}. */
+export interface ReloadOptions {
+  /** The file it came from, named in errors. */
+  source?: string;
+  /** `file`, `admin`, `fleet`, `api` (the default): in the events and the log line. */
+  origin?: string;
 }
 
 /** Where the gateway is listening, after {@link Gateway.listen}. */
@@ -88,10 +110,17 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
   /** This gateway's name in the `Via` header it adds with `listen.via`, random per gateway: a request that comes back with it is refused (508). */
   readonly name = `meshgate-${randomBytes(4).toString('hex')}`;
 
-  /** The config document as given (validated again, whole, once every plugin is known). */
-  readonly #document: unknown;
-  readonly #source: string | undefined;
+  /** The config document in force, as given (validated again, whole, once every plugin is known). */
+  #document: unknown;
+  #source: string | undefined;
   readonly #catalogue: SectionOwner[];
+  readonly #builtins: BuiltinCatalogue | null;
+  /** Whether the gateway made its logger (then a reload may change its level). */
+  readonly #ownLogger: boolean;
+  /** Reloads run one at a time, in the order asked. */
+  #reloads: Promise<unknown> = Promise.resolve();
+  /** The snapshot being put in force while plugins a reload turned on run their setup: their scopes read it. */
+  #pending: ConfigSnapshot | null = null;
   readonly #plugins = new PluginRegistry();
   readonly #balancers: BalancerRegistry;
   readonly #instancePools: InstancePools;
@@ -116,6 +145,8 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     this.#document = config;
     this.#source = options.source;
     this.#catalogue = [...(options.sections ?? [])];
+    this.#builtins = options.builtins ?? null;
+    this.#ownLogger = options.logger === undefined;
     this.#config = validateConfig(config, { sections: this.#catalogue, unknownSections: 'ignore', source: options.source });
     this.baseDir = options.baseDir ?? process.cwd();
     this.log = options.logger ?? createLogger(this.#config.logLevel, options.log);
@@ -167,7 +198,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     }
     if (this.#ready || this.#checked) throw new PluginError(`plugin "${plugin?.name}" added after the gateway started`);
     // Dependencies are checked at boot (ready/listen), where the whole list is known.
-    this.#plugins.register(plugin);
+    this.#plugins.register(plugin, this.#builtins?.rank(plugin));
     this.#defineBalancersOf(plugin);
     return this;
   }
@@ -285,13 +316,12 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
       const plugins = this.#plugins.plugins;
       const owners = [...plugins, ...this.#catalogue.filter((owner) => !this.#plugins.has(owner.name))];
       const config = validateConfig(this.#document, { sections: owners, source: this.#source });
-      const snapshot = buildSnapshot(config, { plugins, resolvePath: (path) => this.resolvePath(path) });
+      const snapshot = buildSnapshot(config, { plugins, resolvePath: (path) => this.resolvePath(path), version: configVersion(this.#document) });
       const files = unreadableFiles(config, (path) => this.resolvePath(path));
       if (files.length > 0) throw new ConfigError(files);
       return snapshot;
     } catch (err) {
-      // Every config problem names the file it is in.
-      throw err instanceof ConfigError && this.#source !== undefined && !err.message.includes(this.#source) ? new ConfigError(err.issues, this.#source) : err;
+      throw inFile(err, this.#source);
     }
   }
 
@@ -321,7 +351,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
       checkPlugin(plugin, registered);
       registered.add(plugin.name);
       this.log.debug({ plugin: plugin.name }, 'plugin setup');
-      await plugin.setup(this, this.#plugins.scope(slot, () => this.snapshot));
+      await this.#plugins.setup(slot, () => plugin.setup(this, this.#plugins.scope(slot, () => this.#pending ?? this.snapshot)));
     }
     const issues = this.#balancers.check(snapshot.services.values());
     if (issues.length > 0) throw new ConfigError(issues, this.#source);
@@ -346,7 +376,112 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     if (this.role !== 'worker') this.leases.start();
   }
 
-  /** Puts a snapshot in force: services it adds join the registry, the others take its policies. */
+  // live config --------------------------------------------------------------------------
+
+  /** The config document in force, as given: before `${ENV}` substitution and defaults. */
+  get document(): unknown {
+    return this.#document;
+  }
+
+  /**
+   * Checks a config document as {@link reload} would (the whole document, every plugin's
+   * sections, what a reload cannot change), without applying it. Resolves with the snapshot it
+   * would put in force; rejects with a `ConfigError` naming every bad path.
+   */
+  async checkReload(document: unknown, options: ReloadOptions = {}): Promise<ConfigSnapshot> {
+    await this.ready();
+    return (await this.#prepare(document, options.source)).snapshot;
+  }
+
+  /**
+   * Puts a new config in force without dropping a request: validates the whole document first
+   * (an invalid one is refused, with every bad path, and the running config stays), starts the
+   * built-in plugins it turns on, then swaps the snapshot in one assignment. Requests in flight
+   * finish on the config they started with. What did not change keeps its state: instances,
+   * their pools, health, circuits and ejections, sections whose options are the same (rate-limit
+   * buckets), balancers whose settings are the same. Services and instances it removes finish
+   * their requests in flight before their pools close. `listen`, `admin`, `discovery`,
+   * `workers`, `plugins`, `metrics`, `tracing` and `accessLog` need a restart: a document that
+   * changes them is refused. Reloads run one at a time. Emits `config:applied` or
+   * `config:rejected`.
+   */
+  reload(document: unknown, options: ReloadOptions = {}): Promise<ConfigSnapshot> {
+    const run = this.#reloads.then(() => this.#reload(document, options));
+    this.#reloads = run.catch(() => {});
+    return run;
+  }
+
+  async #reload(document: unknown, options: ReloadOptions): Promise<ConfigSnapshot> {
+    await this.ready();
+    if (this.#closing) throw new GatewayClosingError();
+    const previous = this.snapshot;
+    const origin = options.origin ?? 'api';
+    const proposed = configVersion(document);
+    let snapshot: ConfigSnapshot;
+    try {
+      const prepared = await this.#prepare(document, options.source);
+      snapshot = prepared.snapshot;
+      await this.#startPlugins(prepared.added, snapshot);
+    } catch (err) {
+      const issues: readonly ConfigIssue[] = err instanceof ConfigError ? err.issues : [{ path: '', message: (err as Error)?.message ?? String(err) }];
+      const error = err instanceof ConfigError ? err.message : `${(err as Error)?.message ?? String(err)}`;
+      this.emit('config:rejected', { origin, version: previous.version, proposed, previous: previous.version, error, issues });
+      this.log.error({ origin, proposed, running: previous.version, issues }, `config ${proposed} refused (${origin}), still running ${previous.version}: ${issues.map((i) => (i.path ? `${i.path}: ${i.message}` : i.message)).join('; ')}`);
+      throw err;
+    }
+    this.#document = document;
+    if (options.source !== undefined) this.#source = options.source;
+    this.#apply(snapshot);
+    for (const warning of snapshot.warnings()) this.log.warn(warning);
+    this.emit('config:applied', { origin, version: snapshot.version, proposed, previous: previous.version });
+    this.log.info({ origin, version: snapshot.version, previous: previous.version }, `config ${snapshot.version} applied (${origin}), was ${previous.version}`);
+    return snapshot;
+  }
+
+  /** Validates a document for a reload and builds its snapshot; the plugins it turns on are returned, not started. */
+  async #prepare(document: unknown, source = this.#source): Promise<{ snapshot: ConfigSnapshot; added: GatewayPlugin[] }> {
+    try {
+      const running = this.snapshot.config;
+      const known = this.#plugins.plugins;
+      const others = (plugins: readonly GatewayPlugin[]): SectionOwner[] => this.#catalogue.filter((owner) => !plugins.some((p) => p.name === owner.name));
+      const early = validateConfig(document, { sections: [...known, ...others(known)], unknownSections: 'ignore', source });
+      const fixed: ConfigIssue[] = [];
+      for (const key of RESTART_KEYS) {
+        if (canonicalJson(early[key]) !== canonicalJson(running[key])) {
+          fixed.push({ path: key, message: `cannot change in a reload (needs a restart); the gateway keeps the ${key} it started with` });
+        }
+      }
+      if (fixed.length > 0) throw new ConfigError(fixed);
+      const added = (this.#builtins?.plugins(early, this.role) ?? []).filter((plugin) => !this.#plugins.has(plugin.name));
+      const plugins = [...known, ...added];
+      const config = validateConfig(document, { sections: [...plugins, ...others(plugins)], source });
+      const snapshot = buildSnapshot(config, { plugins, resolvePath: (path) => this.resolvePath(path), previous: this.snapshot, version: configVersion(document) });
+      const issues = [...unreadableFiles(config, (path) => this.resolvePath(path)), ...this.#balancers.check(snapshot.services.values())];
+      if (issues.length > 0) throw new ConfigError(issues);
+      return { snapshot, added };
+    } catch (err) {
+      throw inFile(err, source);
+    }
+  }
+
+  /** Registers and sets up the built-ins a reload turns on, then composes the stage chains again. */
+  async #startPlugins(added: readonly GatewayPlugin[], snapshot: ConfigSnapshot): Promise<void> {
+    if (added.length === 0) return;
+    this.#pending = snapshot;
+    try {
+      for (const plugin of added) {
+        checkPlugin(plugin, new Set(this.#plugins.names()));
+        const slot = this.#plugins.register(plugin, this.#builtins?.rank(plugin));
+        this.log.info({ plugin: plugin.name }, `plugin ${plugin.name} started by a reload`);
+        await this.#plugins.setup(slot, () => plugin.setup(this, this.#plugins.scope(slot, () => this.#pending ?? this.snapshot)));
+      }
+    } finally {
+      this.#pending = null;
+    }
+    this.#pipeline!.setChains(this.#plugins.seal());
+  }
+
+  /** Puts a snapshot in force: services it adds join the registry, the others take its policies, those it lost leave. */
   #apply(snapshot: ConfigSnapshot): void {
     const previous = this.#snapshot;
     for (const policy of snapshot.services.values()) {
@@ -354,8 +489,14 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
       if (service === undefined) this.registry.addService(policy.name, policy.config);
       else service.policy = policy.config;
     }
+    snapshot.appliedAt = Date.now();
     this.#snapshot = snapshot;
     if (previous === null) return;
+    for (const name of previous.services.keys()) {
+      // Its instances leave the registry; their pools close once their requests in flight end.
+      if (!snapshot.services.has(name)) this.registry.removeService(name, 'config');
+    }
+    if (this.#ownLogger && snapshot.config.logLevel !== previous.config.logLevel) this.log.level = snapshot.config.logLevel;
     this.#balancers.retire(previous.services.values(), snapshot.services);
     for (const hook of this.#plugins.configHooks()) {
       try {
@@ -490,6 +631,11 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     await Promise.all([this.pools.close(), this.admin.close()]);
     this.#deadlines.clear();
   }
+}
+
+/** A config error that names its file. */
+function inFile(err: unknown, source: string | undefined): unknown {
+  return err instanceof ConfigError && source !== undefined && !err.message.includes(source) ? new ConfigError(err.issues, source) : err;
 }
 
 /** The files a config names that cannot be read (TLS certificates and keys), each at its path. */

@@ -83,7 +83,7 @@ function onResponseClose(this: ServerResponse & { [kMesh]?: MeshState }): void {
  */
 export class Pipeline {
   readonly #parts: PipelineParts;
-  readonly #chains: Record<Stage, StageChain>;
+  #chains: Record<Stage, StageChain>;
   readonly #deadlines: Deadlines;
   #inflight = 0;
   #drained: (() => void) | null = null;
@@ -92,6 +92,15 @@ export class Pipeline {
     this.#parts = parts;
     this.#chains = chains;
     this.#deadlines = deadlines;
+  }
+
+  /**
+   * The stage chains, composed again when a reload starts a plugin. A request in flight may run
+   * the new plugin's middleware in its later stages; they find no section of theirs in the
+   * request's (older) snapshot and pass it on.
+   */
+  setChains(chains: Record<Stage, StageChain>): void {
+    this.#chains = chains;
   }
 
   /** Requests in flight right now. */

@@ -12,18 +12,40 @@ import type { ConfigSnapshot } from './snapshot.js';
  */
 export class PluginRegistry {
   readonly #plugins: GatewayPlugin[] = [];
+  /** Each plugin's place in the stage chains, by slot (see {@link register}). */
+  readonly #ranks: number[] = [];
   readonly #names = new Set<string>();
-  readonly #stages = new Map<Stage, Middleware[]>(STAGES.map((s) => [s, []]));
+  readonly #stages = new Map<Stage, { middleware: Middleware; rank: number; seq: number }[]>(STAGES.map((s) => [s, []]));
+  #seq = 0;
+  /** The slot of the plugin whose setup is running (its middleware is ranked as it is), or -1. */
+  #settingUp = -1;
   readonly #decorators = new Map<string, unknown>();
   readonly #closeHooks: (() => unknown)[] = [];
   readonly #configHooks: ((snapshot: ConfigSnapshot, previous: ConfigSnapshot) => unknown)[] = [];
   #sealed = false;
 
-  /** Registers a plugin (its shape and a new name are checked now, its dependencies at setup). */
-  register(plugin: GatewayPlugin): void {
+  /**
+   * Registers a plugin (its shape and a new name are checked now, its dependencies at setup).
+   * `rank` places its middleware in each stage: lower first, then in the order added. Built-ins
+   * have their catalogue's order, so one that a reload turns on runs where it would have at boot.
+   * Returns its slot.
+   */
+  register(plugin: GatewayPlugin, rank = Number.MAX_SAFE_INTEGER): number {
     checkPlugin(plugin, this.#names, false);
     this.#plugins.push(plugin);
+    this.#ranks.push(rank);
     this.#names.add(plugin.name);
+    return this.#plugins.length - 1;
+  }
+
+  /** Runs a plugin's setup: the middleware it adds take its rank; after the gateway started, only then may middleware be added. */
+  async setup(slot: number, run: () => void | Promise<void>): Promise<void> {
+    this.#settingUp = slot;
+    try {
+      await run();
+    } finally {
+      this.#settingUp = -1;
+    }
   }
 
   /** The registered plugins, in order; a plugin's slot is its index. */
@@ -43,17 +65,22 @@ export class PluginRegistry {
     const stack = this.#stages.get(stage);
     if (!stack) throw new PluginError(`unknown stage "${stage}" (stages: ${STAGES.join(', ')})`);
     if (typeof middleware !== 'function') throw new PluginError(`addMiddleware("${stage}", fn): fn must be a function`);
-    if (this.#sealed) throw new PluginError('middleware must be added from a plugin setup, before the gateway starts');
-    stack.push(middleware);
+    if (this.#sealed && this.#settingUp === -1) throw new PluginError('middleware must be added from a plugin setup');
+    const rank = this.#settingUp === -1 ? Number.MAX_SAFE_INTEGER : this.#ranks[this.#settingUp]!;
+    stack.push({ middleware, rank, seq: this.#seq++ });
   }
 
-  /** Composes each stage's middleware; after this no middleware can be added. Empty stages are null. */
+  /**
+   * Composes each stage's middleware, by rank, then in the order added; empty stages are null.
+   * After the first call middleware can be added only by a plugin's setup (a plugin a reload
+   * turns on), and the chains are composed again.
+   */
   seal(): Record<Stage, StageChain> {
     this.#sealed = true;
     const chains = {} as Record<Stage, StageChain>;
     for (const stage of STAGES) {
-      const stack = this.#stages.get(stage)!;
-      chains[stage] = stack.length === 0 ? null : compose(stack, stage === 'retry');
+      const stack = [...this.#stages.get(stage)!].sort((a, b) => a.rank - b.rank || a.seq - b.seq);
+      chains[stage] = stack.length === 0 ? null : compose(stack.map((entry) => entry.middleware), stage === 'retry');
     }
     return chains;
   }

@@ -15,10 +15,12 @@ import { Router } from './router.js';
 export class ConfigSnapshot {
   /** The validated config. */
   readonly config: GatewayConfig;
-  /** A hash of the config's content: equal configs have equal versions. */
+  /** A hash of the config document's fleet part (`configVersion`): equal documents have equal versions. */
   readonly version: string;
   /** When the snapshot was made (epoch ms). */
   readonly createdAt = Date.now();
+  /** When it was put in force (epoch ms); 0 until then. */
+  appliedAt = 0;
   readonly router: Router;
   /** Each service's policy, by name. */
   readonly services: ReadonlyMap<string, ServicePolicy>;
@@ -35,9 +37,10 @@ export class ConfigSnapshot {
     services: ReadonlyMap<string, ServicePolicy>;
     global: readonly unknown[];
     prepared: ReadonlyMap<string, { json: string; value: unknown }>;
+    version?: string;
   }) {
     this.config = parts.config;
-    this.version = createHash('sha256').update(JSON.stringify(parts.config)).digest('hex').slice(0, 16);
+    this.version = parts.version ?? createHash('sha256').update(JSON.stringify(parts.config)).digest('hex').slice(0, 12);
     this.router = parts.router;
     this.services = parts.services;
     this.global = parts.global;
@@ -60,6 +63,8 @@ export interface SnapshotOptions {
   resolvePath(path: string): string;
   /** The snapshot in force: sections whose options did not change keep its prepared values (and their state). */
   previous?: ConfigSnapshot | null;
+  /** The document's version (`configVersion`); by default a hash of the validated config. */
+  version?: string;
 }
 
 /**
@@ -127,7 +132,7 @@ export function buildSnapshot(config: GatewayConfig, options: SnapshotOptions): 
     router.add(route, { policyOf: (service) => services.get(service) ?? null, sections });
   });
   if (issues.length > 0) throw new ConfigError(issues);
-  return new ConfigSnapshot({ config, router, services, global, prepared });
+  return new ConfigSnapshot({ config, router, services, global, prepared, version: options.version });
 }
 
 /** Whether a service's balancer can carry on from one config to the next. */

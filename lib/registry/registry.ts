@@ -2,11 +2,13 @@ import type { ServiceConfig } from '../config/schema.js';
 import { MeshError } from '../errors.js';
 
 /** Why an instance left the registry. */
-export type RemovalReason = 'deregistered' | 'expired' | 'discovery' | 'shutdown' | (string & {});
+export type RemovalReason = 'deregistered' | 'expired' | 'discovery' | 'shutdown' | 'config' | (string & {});
 
 /** The events the registry emits (on the gateway), with their arguments. */
 export interface RegistryEvents {
   'service:added': [service: Service];
+  /** A reload took the service out of the config; its instances were removed first. */
+  'service:removed': [service: Service];
   'instance:added': [instance: Instance];
   'instance:removed': [instance: Instance, reason: RemovalReason];
   'instance:updated': [instance: Instance];
@@ -248,6 +250,19 @@ export class Registry {
     service = new Service(name, policy);
     this.#services.set(name, service);
     this.#events.emit('service:added', service);
+    return service;
+  }
+
+  /**
+   * Removes a service and its instances (each with an `instance:removed` event, so its pool is
+   * released once its requests in flight finish). Returns it, or `undefined` when it was not there.
+   */
+  removeService(name: string, reason: RemovalReason = 'config'): Service | undefined {
+    const service = this.#services.get(name);
+    if (service === undefined) return undefined;
+    for (const id of [...service.instances.keys()]) this.removeInstance(name, id, reason);
+    this.#services.delete(name);
+    this.#events.emit('service:removed', service);
     return service;
   }
 

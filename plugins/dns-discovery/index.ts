@@ -82,21 +82,38 @@ export function dnsDiscovery(options: DnsDiscoveryOptions = {}): GatewayPlugin<{
         }
       };
 
-      const services = [...gateway.registry.services()].filter((s) => scope.forService(s.name) !== undefined);
-      // The first answer is awaited, so a DNS-only service has instances when the gateway starts.
-      await Promise.all(services.map(refresh));
-      for (const service of services) {
+      /** Resolves a service's name every `refresh`, while the service is in the config with a `dns` section. */
+      const watch = (service: Service): void => {
         const loop = (): void => {
           const timer = setTimeout(() => {
+            if (gateway.registry.getService(service.name) !== service || scope.forService(service.name) === undefined) {
+              // A reload removed the service or its dns section: its DNS instances go with it.
+              timers.delete(service);
+              for (const inst of [...service.instances.values()]) if (inst.source === SOURCE) gateway.registry.removeInstance(service.name, inst.id, 'config');
+              return;
+            }
             refresh(service).finally(() => {
-              if (!closed) loop();
+              if (!closed && timers.has(service)) loop();
             });
           }, scope.forService(service.name)?.refresh ?? 5000);
           timer.unref();
           timers.set(service, timer);
         };
         loop();
-      }
+      };
+
+      const services = [...gateway.registry.services()].filter((s) => scope.forService(s.name) !== undefined);
+      // The first answer is awaited, so a DNS-only service has instances when the gateway starts.
+      await Promise.all(services.map(refresh));
+      services.forEach(watch);
+      // A reload may give a service a dns section: resolve it now, then keep it fresh.
+      gateway.onConfig(() => {
+        for (const service of gateway.registry.services()) {
+          if (timers.has(service) || scope.forService(service.name) === undefined) continue;
+          void refresh(service);
+          watch(service);
+        }
+      });
       gateway.onClose(() => {
         closed = true;
         for (const timer of timers.values()) clearTimeout(timer);

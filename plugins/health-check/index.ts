@@ -47,7 +47,13 @@ export function healthChecks(options: HealthCheckOptions = {}): GatewayPlugin<un
 
       const run = async (instance: Instance, checker: Checker): Promise<void> => {
         const policy = scope.forService(instance.service);
-        if (!policy || checker.stopped) return;
+        if (checker.stopped) return;
+        if (!policy) {
+          // A reload took the service's healthCheck away: no more checks, and no verdict of theirs stands.
+          stop(instance);
+          if (instance.health === 'unhealthy') gateway.registry.setHealth(instance, 'healthy', 'health check removed from the config');
+          return;
+        }
         const abort = new AbortController();
         checker.abort = abort;
         const timer = setTimeout(() => abort.abort(new Error(`timed out after ${policy.timeout}ms`)), policy.timeout);
@@ -109,6 +115,10 @@ export function healthChecks(options: HealthCheckOptions = {}): GatewayPlugin<un
       for (const service of gateway.registry.services()) for (const inst of service.instances.values()) start(inst);
       gateway.on('instance:added', start);
       gateway.on('instance:removed', stop);
+      // A reload may give a service a healthCheck (or change it: the next run reads the new one).
+      gateway.onConfig(() => {
+        for (const service of gateway.registry.services()) for (const inst of service.instances.values()) start(inst);
+      });
       gateway.onClose(() => {
         closed = true;
         for (const inst of [...checkers.keys()]) stop(inst);

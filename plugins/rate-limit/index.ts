@@ -43,14 +43,19 @@ export function rateLimit(options: RateLimitOptions = {}): GatewayPlugin<unknown
         let redis = connections.get(url);
         if (redis === undefined) {
           const shared = gateway.config.discovery?.redis;
-          redis = connectRedis({ url, options: shared?.url === url ? shared.options : undefined }, { commandTimeout: timeout, maxRetriesPerRequest: 0 });
+          const fleet = shared?.url === url ? shared : undefined;
+          redis = connectRedis({ url, options: fleet?.options, cluster: fleet?.cluster }, { commandTimeout: timeout, maxRetriesPerRequest: 0 });
           redis.on('error', (err: Error) => gateway.log.debug({ err: err.message }, 'rate-limit redis error'));
           connections.set(url, redis);
         }
         return redis;
       };
       // Connect now to the Redis of every route that shares its buckets, so the first requests need not wait.
-      for (const { options } of scope.routes()) if (options.redis !== null) redisFor(options.redis);
+      const connectAll = (): void => {
+        for (const { options } of scope.routes()) if (options.redis !== null) redisFor(options.redis);
+      };
+      connectAll();
+      gateway.onConfig(connectAll);
 
       const sweep = setInterval(() => {
         for (const { options } of scope.routes()) options.local.sweep();

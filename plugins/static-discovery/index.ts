@@ -11,7 +11,9 @@ export interface StaticDiscoveryOptions {
 
 /**
  * Static discovery: registers the instances listed in config. Always on (it is how
- * `services.<name>.instances` takes effect); a service may list none.
+ * `services.<name>.instances` takes effect); a service may list none. On a reload it registers the
+ * instances a service's list gained (an instance it keeps keeps its health and circuit state) and
+ * removes those it lost, which finish their requests in flight before their pools close.
  * @example
  * gateway.use(staticDiscovery()); // createGateway does this for you
  */
@@ -23,6 +25,21 @@ export function staticDiscovery(options: StaticDiscoveryOptions = {}): GatewayPl
       for (const [name, instances] of Object.entries(services)) {
         for (const inst of instances) gateway.registry.upsertInstance(name, { ...inst, source: 'static' });
       }
+      if (options.services !== undefined) return;
+      gateway.onConfig((snapshot, previous) => {
+        for (const [name, policy] of snapshot.services) {
+          const before = previous.services.get(name)?.config.instances;
+          const after = policy.config.instances;
+          if (before !== undefined && JSON.stringify(before) === JSON.stringify(after)) continue;
+          const service = gateway.registry.getService(name);
+          if (service === undefined) continue;
+          const listed = new Set<string>();
+          for (const inst of after) listed.add(gateway.registry.upsertInstance(name, { ...inst, source: 'static' }).id);
+          for (const inst of [...service.instances.values()]) {
+            if (inst.source === 'static' && !listed.has(inst.id)) gateway.registry.removeInstance(name, inst.id, 'config');
+          }
+        }
+      });
     },
   });
 }

@@ -1,0 +1,69 @@
+import { createHash } from 'node:crypto';
+
+/**
+ * The keys of a config that belong to one gateway, never to the fleet: its own ports and
+ * addresses, its Redis, its process count. A reload cannot change them (they need a restart), and
+ * a fleet config stored in Redis neither holds nor overrides them.
+ */
+export const LOCAL_KEYS = ['listen', 'admin', 'discovery', 'workers'] as const;
+
+/**
+ * Keys whose plugins read them once, when they start (the metrics registry, the trace exporter,
+ * the access log's destination, the plugin modules): a reload that changes them is refused with a
+ * restart message rather than half-applied.
+ */
+export const RESTART_KEYS = [...LOCAL_KEYS, 'plugins', 'metrics', 'tracing', 'accessLog'] as const;
+
+/** The fleet's part of a config document: everything but {@link LOCAL_KEYS}. */
+export function fleetPart(document: unknown): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  if (document === null || typeof document !== 'object' || Array.isArray(document)) return out;
+  for (const [key, value] of Object.entries(document)) if (!(LOCAL_KEYS as readonly string[]).includes(key)) out[key] = value;
+  return out;
+}
+
+/** A gateway's document made of its local part (`local`'s {@link LOCAL_KEYS}) and a fleet config. */
+export function withLocalPart(fleet: unknown, local: unknown): Record<string, unknown> {
+  const out = fleetPart(fleet);
+  if (local !== null && typeof local === 'object') {
+    for (const key of LOCAL_KEYS) if (key in local) out[key] = (local as Record<string, unknown>)[key];
+  }
+  return out;
+}
+
+/**
+ * The version of a config document: a hash of its fleet part as written (keys sorted, `${ENV}`
+ * references unexpanded), so gateways with different ports that run the same fleet config report
+ * the same version, and a document reformatted but unchanged keeps its version.
+ */
+export function configVersion(document: unknown): string {
+  return createHash('sha256').update(canonicalJson(fleetPart(document))).digest('hex').slice(0, 12);
+}
+
+/** JSON with object keys sorted at every level. */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) => {
+    if (v === null || typeof v !== 'object' || Array.isArray(v)) return v;
+    return Object.fromEntries(Object.keys(v).sort().map((k) => [k, (v as Record<string, unknown>)[k]]));
+  });
+}
+
+const SECRET_KEY = /^(token|secret|password|passphrase|key|keys|apiKey|credentials?)$/i;
+
+/**
+ * A config document with its secrets replaced by `"[redacted]"`: values under secret-looking
+ * keys (`token`, `secret`, `password`, `key`, `keys`), API key lists, and passwords in URLs. A
+ * `${ENV}` reference is not a secret and is kept, so a document read back can be sent back.
+ */
+export function redactSecrets(value: unknown, key = ''): unknown {
+  if (typeof value === 'string') {
+    if (/^\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}$/.test(value)) return value;
+    if (SECRET_KEY.test(key)) return '[redacted]';
+    return value.replace(/^([a-z][a-z0-9+.-]*:\/\/)([^/@\s]*):([^/@\s]*)@/i, (_m, scheme: string, user: string) => `${scheme}${user}:[redacted]@`);
+  }
+  if (Array.isArray(value)) return value.map((item) => (SECRET_KEY.test(key) && typeof item !== 'object' ? redactSecrets(item, key) : redactSecrets(item, '')));
+  if (value !== null && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, redactSecrets(v, k)]));
+  }
+  return value;
+}
