@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { existsSync, readFileSync, realpathSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import pino from 'pino';
 import { parseArgs } from 'node:util';
@@ -8,13 +9,17 @@ import cluster from 'node:cluster';
 import { runClusterPrimary, runClusterWorker, workerCount } from './cluster.js';
 import { readConfigFile } from './config/load.js';
 import type { GatewayConfigInput } from './config/schema.js';
+import { watchConfigFile } from './config/watch.js';
+import type { Gateway } from './core/gateway.js';
 import { createGateway } from './index.js';
 import { registerInstance } from './registry/registration.js';
 
 const HELP = `meshgate: a service-mesh gateway
 
 Usage:
-  meshgate start --config FILE        run the gateway from a YAML (or JSON) config
+  meshgate start --config FILE [--watch]
+                                      run the gateway from a YAML (or JSON) config; SIGHUP (or,
+                                      with --watch, saving the file) reloads it without a restart
   meshgate validate --config FILE     check a config as start would, short of binding ports;
                                       prints every problem with its path, exit 1 if any
                                       (start and validate also take the file as their argument)
@@ -35,19 +40,26 @@ Options:
   --weight N, --id ID, --metadata JSON   optional registration fields (register)
 
 Signals: SIGTERM or SIGINT stops taking requests, drains in-flight ones (drainTimeout), exits 0.
+SIGHUP reloads the config file (an invalid one is refused and logged; the running config stays).
 Docs: README.md, and the config reference in it.`;
 
 /** Each command's own --help. */
 const COMMAND_HELP: Record<string, string> = {
-  start: `meshgate start [FILE | --config FILE] [--port N]
+  start: `meshgate start [FILE | --config FILE] [--port N] [--watch]
 
 Runs the gateway from a YAML (or JSON) config (default: meshgate.yaml). With workers > 1 in the
 config it runs in cluster mode. SIGTERM or SIGINT stops taking requests, drains in-flight ones
 (drainTimeout) and exits 0; a bad config exits 1 with every problem and its path.
 
+SIGHUP reloads the file without a restart: the whole new config is validated first, an invalid
+one is refused (logged with every bad path; the running config stays), a valid one is swapped in
+while requests in flight finish on the old one. listen, admin, discovery, workers, plugins,
+metrics, tracing and accessLog need a restart: a reload that changes them is refused.
+
 Options:
   -c, --config FILE   the config file
   -p, --port N        override listen.port
+  -w, --watch         reload when the file changes (after its writes settle; an empty file is refused)
   --log-format F      json (one JSON object per line) or pretty (for a person); default: pretty when
                       stderr is a terminal, else json, or $MESHGATE_LOG_FORMAT`,
   validate: `meshgate validate [FILE | --config FILE]
@@ -94,6 +106,7 @@ export async function main(argv: string[]): Promise<number> {
         id: { type: 'string' },
         metadata: { type: 'string' },
         'log-format': { type: 'string' },
+        watch: { type: 'boolean', short: 'w' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'v' },
       },
@@ -139,7 +152,7 @@ export async function main(argv: string[]): Promise<number> {
         process.stderr.write(`meshgate: --port expects a port number from 0 to 65535, got ${JSON.stringify(values.port)}\n`);
         return 2;
       }
-      return start(configFile, values.port);
+      return start(configFile, values.port, values.watch === true);
     case 'register':
       return register(values);
     default:
@@ -165,7 +178,7 @@ async function validate(file: string): Promise<number> {
   }
 }
 
-async function start(file: string, port: string | undefined): Promise<number> {
+async function start(file: string, port: string | undefined, watch: boolean): Promise<number> {
   // Listen for the signals first: a SIGTERM that arrives while the gateway starts (its listening
   // line may already be out) must still drain and exit 0, not kill the process mid-start.
   let onSignal: ((signal: string) => void) | null = null;
@@ -191,7 +204,7 @@ async function start(file: string, port: string | undefined): Promise<number> {
     if (workerCount(gateway.config.workers) > 1) {
       gateway = undefined;
       unlisten();
-      return await startCluster(config, baseDir, source, port);
+      return await startCluster(config, baseDir, source, port, watch);
     }
     // The gateway logs where it listens; one format on stderr, no plain-text copy of that line.
     await gateway.listen(port === undefined ? {} : { port: Number(port) });
@@ -202,7 +215,9 @@ async function start(file: string, port: string | undefined): Promise<number> {
     return 1;
   }
   const gw = gateway;
+  const stopReloading = reloadOn(gw, file, watch);
   const signal = await stopped;
+  stopReloading();
   unlisten();
   gw.log.info({ signal, inflight: gw.inflight }, `${signal}: draining`);
   await gw.close();
@@ -266,7 +281,28 @@ async function register(values: Record<string, string | boolean | undefined>): P
   return 0;
 }
 
-async function startCluster(config: GatewayConfigInput, baseDir: string, source: string, port: string | undefined): Promise<number> {
+/**
+ * Reloads the gateway's config file on SIGHUP and, with `watch`, when the file changes. A reload
+ * that fails is logged by the gateway (and counted); it never stops the process.
+ */
+function reloadOn(gateway: Gateway, file: string, watch: boolean): () => void {
+  const reload = (why: string): void => {
+    gateway.log.info({ file, reason: why }, `reloading ${file} (${why})`);
+    gateway.reloadFile(file).catch(() => {
+      // refused: the gateway logged why, and keeps its config
+    });
+  };
+  const onHup = (): void => reload('SIGHUP');
+  process.on('SIGHUP', onHup);
+  const unwatch = watch ? watchConfigFile(resolve(file), () => reload('file changed'), 250, (err) => gateway.log.error({ err: err.message }, `cannot watch ${file}`)) : () => {};
+  if (watch) gateway.log.info({ file }, `watching ${file} for changes`);
+  return () => {
+    process.off('SIGHUP', onHup);
+    unwatch();
+  };
+}
+
+async function startCluster(config: GatewayConfigInput, baseDir: string, source: string, port: string | undefined, watch: boolean): Promise<number> {
   // Listen for the signals first: a SIGTERM while the workers start must still drain and exit 0.
   const stopped = new Promise<void>((resolve) => {
     process.once('SIGTERM', () => resolve());
@@ -279,7 +315,9 @@ async function startCluster(config: GatewayConfigInput, baseDir: string, source:
     port: port === undefined ? undefined : Number(port),
     onListening: ({ url, adminUrl, workers }, log) => log.info({ url, admin: adminUrl, workers }, `meshgate ${version()} listening on ${url} with ${workers} workers${adminUrl ? `, admin on ${adminUrl}` : ''}`),
   });
+  const stopReloading = reloadOn(handle.gateway, source, watch);
   await stopped;
+  stopReloading();
   handle.gateway.log.info('draining the workers');
   await handle.close();
   return 0;

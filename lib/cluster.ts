@@ -18,7 +18,8 @@ type ToWorker =
   | { meshgate: 'synced' }
   | { meshgate: 'remove'; service: string; id: string; reason: string }
   | { meshgate: 'health'; service: string; id: string; health: Health; reason: string }
-  | { meshgate: 'took'; seq: number; result: BucketResult };
+  | { meshgate: 'took'; seq: number; result: BucketResult }
+  | { meshgate: 'config'; document: unknown };
 
 /** What a worker tells the primary. */
 type ToPrimary =
@@ -82,6 +83,8 @@ export async function runClusterPrimary(options: ClusterOptions): Promise<Cluste
   gateway.on('instance:updated', (inst) => broadcast(upsert(inst)));
   gateway.on('instance:removed', (inst, reason) => broadcast({ meshgate: 'remove', service: inst.service, id: inst.id, reason }));
   gateway.on('instance:health', (inst, _previous, reason) => broadcast({ meshgate: 'health', service: inst.service, id: inst.id, health: inst.health, reason }));
+  // The primary validated and applied a new config: every worker applies the same document.
+  gateway.on('config:applied', () => broadcast({ meshgate: 'config', document: gateway.document }));
 
   const buckets = new BucketKeeper();
   gateway.onClose(() => buckets.close());
@@ -93,6 +96,8 @@ export async function runClusterPrimary(options: ClusterOptions): Promise<Cluste
       worker.on('message', (message: ToPrimary) => {
         if (message?.meshgate === 'hello') {
           // The worker listens for IPC now: the snapshot, then every change, in order on one channel.
+          // A worker started after a reload (a respawn) read the config the cluster started with.
+          if (gateway.document !== options.config) worker.send({ meshgate: 'config', document: gateway.document } satisfies ToWorker);
           for (const service of gateway.registry.services()) for (const inst of service.instances.values()) worker.send(upsert(inst));
           worker.send({ meshgate: 'synced' } satisfies ToWorker);
         } else if (message?.meshgate === 'take') {
@@ -158,10 +163,15 @@ export async function runClusterWorker(config: GatewayConfigInput, baseDir: stri
     synced = resolve;
     setTimeout(() => reject(new Error('no registry snapshot from the primary')), SNAPSHOT_TIMEOUT_MS).unref();
   });
+  let configured: Promise<unknown> = Promise.resolve();
   process.on('message', (message: ToWorker) => {
     if (!message || typeof message !== 'object' || !('meshgate' in message)) return;
     const registry = gateway.registry;
     switch (message.meshgate) {
+      case 'config':
+        // Reloads queue in the gateway, so they apply in the order the primary sent them.
+        configured = gateway.reload(message.document, { origin: 'primary', source }).catch(() => {});
+        return;
       case 'took':
         shared.answer(message.seq, message.result);
         return;
@@ -187,6 +197,7 @@ export async function runClusterWorker(config: GatewayConfigInput, baseDir: stri
   process.send?.({ meshgate: 'hello' } satisfies ToPrimary);
   try {
     await snapshot;
+    await configured;
     const port = process.env.MESHGATE_PORT === undefined ? undefined : Number(process.env.MESHGATE_PORT);
     const info = await gateway.listen(port === undefined ? {} : { port });
     process.send?.({ meshgate: 'listening', url: info.url } satisfies ToPrimary);

@@ -8,7 +8,7 @@ import type { Instance } from '../registry/registry.js';
 export const SSE_HEARTBEAT_MS = 15_000;
 
 /** The events `/events` streams: every registry, health and circuit change. */
-const STREAMED = ['instance:added', 'instance:removed', 'instance:updated', 'instance:health', 'circuit:state', 'instance:ejected', 'instance:returned', 'service:preserved', 'gateway:closing'] as const;
+const STREAMED = ['instance:added', 'instance:removed', 'instance:updated', 'instance:health', 'circuit:state', 'instance:ejected', 'instance:returned', 'service:preserved', 'config:applied', 'config:rejected', 'gateway:closing'] as const;
 
 /**
  * `GET /events`: server-sent events for every registry, health and circuit change, each with the
@@ -65,6 +65,9 @@ function describe(event: string, args: unknown[]): Record<string, unknown> {
       return { instance: first?.toJSON(), reason: 'ejection over' };
     case 'service:preserved':
       return { service: first, preserved: second, reason: second ? 'self-preservation: leases held' : 'self-preservation over' };
+    case 'config:applied':
+    case 'config:rejected':
+      return first as unknown as Record<string, unknown>;
     case 'gateway:closing':
       return { reason: 'gateway shutting down' };
     default:

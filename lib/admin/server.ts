@@ -5,6 +5,7 @@ import Koa from 'koa';
 import { ConfigError, MeshError } from '../errors.js';
 import type { AdminHost } from './host.js';
 import { bearerToken, tokenMatches } from './auth.js';
+import { configRoutes } from './config.js';
 import { eventStreamRoute } from './events.js';
 import { controlPlaneRoutes } from './routes.js';
 
@@ -36,6 +37,7 @@ export class AdminServer {
       ctx.body = body;
     });
     controlPlaneRoutes(this.router, gateway);
+    configRoutes(this.router, gateway);
     eventStreamRoute(this.router, gateway);
   }
 

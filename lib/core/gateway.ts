@@ -8,7 +8,7 @@ import Koa, { type Context } from 'koa';
 import { AdminServer } from '../admin/server.js';
 import type { Balancer, BalancerFactory } from '../balancers/balancer.js';
 import { canonicalJson, configVersion, RESTART_KEYS } from '../config/fleet.js';
-import { validateConfig } from '../config/load.js';
+import { readConfigFile, validateConfig } from '../config/load.js';
 import type { GatewayConfig } from '../config/schema.js';
 import type { SectionOwner } from '../config/sections.js';
 import { ConfigError, GatewayClosingError, PluginError, type ConfigIssue } from '../errors.js';
@@ -27,7 +27,9 @@ import { loadPluginModules } from './plugin-loader.js';
 import { checkPlugin, type GatewayPlugin, type GatewayRole, type GatewayServices, type PluginHost, type Stage, type StageMiddleware } from './plugin.js';
 import type { Router } from './router.js';
 import { createListener, urlHost } from './server.js';
-import { buildSnapshot, type ConfigSnapshot } from './snapshot.js';
+import { buildSnapshot, type ConfigSnapshot, type ReloadOptions } from './snapshot.js';
+
+export type { ReloadOptions } from './snapshot.js';
 
 /** Options that are not part of the config file. */
 export interface GatewayOptions {
@@ -69,13 +71,6 @@ export interface BuiltinCatalogue {
   rank(plugin: GatewayPlugin): number | undefined;
 }
 
-/** How a config reached {@link Gateway.reload}. */
-export interface ReloadOptions {
-  /** The file it came from, named in errors. */
-  source?: string;
-  /** `file`, `admin`, `fleet`, `api` (the default): in the events and the log line. */
-  origin?: string;
-}
 
 /** Where the gateway is listening, after {@link Gateway.listen}. */
 export interface ListenInfo {
@@ -411,14 +406,34 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     return run;
   }
 
-  async #reload(document: unknown, options: ReloadOptions): Promise<ConfigSnapshot> {
+  /**
+   * Reads a config file and reloads it ({@link reload}). An empty file is refused (an editor
+   * that truncates before it writes must never leave the gateway with an empty config), and so
+   * is one that does not parse; both are reported like an invalid config.
+   */
+  reloadFile(file: string, origin = 'file'): Promise<ConfigSnapshot> {
+    const read = async (): Promise<unknown> => {
+      const { document, source } = await readConfigFile(file);
+      if (document === null || document === undefined) throw new ConfigError([{ path: '', message: 'the file is empty' }], source);
+      return document;
+    };
+    const run = this.#reloads.then(() => this.#reload(read, { origin, source: resolvePath(file) }));
+    this.#reloads = run.catch(() => {});
+    return run;
+  }
+
+  async #reload(given: unknown, options: ReloadOptions): Promise<ConfigSnapshot> {
     await this.ready();
     if (this.#closing) throw new GatewayClosingError();
     const previous = this.snapshot;
     const origin = options.origin ?? 'api';
-    const proposed = configVersion(document);
+    let proposed = '';
     let snapshot: ConfigSnapshot;
+    let document: unknown;
     try {
+      // A file is read here, in the reload queue, so what it holds when its turn comes is what counts.
+      document = typeof given === 'function' ? await (given as () => Promise<unknown>)() : given;
+      proposed = configVersion(document);
       const prepared = await this.#prepare(document, options.source);
       snapshot = prepared.snapshot;
       await this.#startPlugins(prepared.added, snapshot);
@@ -444,17 +459,18 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
       const running = this.snapshot.config;
       const known = this.#plugins.plugins;
       const others = (plugins: readonly GatewayPlugin[]): SectionOwner[] => this.#catalogue.filter((owner) => !plugins.some((p) => p.name === owner.name));
-      const early = validateConfig(document, { sections: [...known, ...others(known)], unknownSections: 'ignore', source });
+      // The catalogue holds every built-in's sections, so this is the whole check: a plugin a
+      // reload turns on declares nothing new, and new plugin modules are refused below.
+      const config = validateConfig(document, { sections: [...known, ...others(known)], source });
       const fixed: ConfigIssue[] = [];
       for (const key of RESTART_KEYS) {
-        if (canonicalJson(early[key]) !== canonicalJson(running[key])) {
+        if (canonicalJson(config[key]) !== canonicalJson(running[key])) {
           fixed.push({ path: key, message: `cannot change in a reload (needs a restart); the gateway keeps the ${key} it started with` });
         }
       }
       if (fixed.length > 0) throw new ConfigError(fixed);
-      const added = (this.#builtins?.plugins(early, this.role) ?? []).filter((plugin) => !this.#plugins.has(plugin.name));
+      const added = (this.#builtins?.plugins(config, this.role) ?? []).filter((plugin) => !this.#plugins.has(plugin.name));
       const plugins = [...known, ...added];
-      const config = validateConfig(document, { sections: [...plugins, ...others(plugins)], source });
       const snapshot = buildSnapshot(config, { plugins, resolvePath: (path) => this.resolvePath(path), previous: this.snapshot, version: configVersion(document) });
       const issues = [...unreadableFiles(config, (path) => this.resolvePath(path)), ...this.#balancers.check(snapshot.services.values())];
       if (issues.length > 0) throw new ConfigError(issues);

@@ -56,6 +56,14 @@ export class ConfigSnapshot {
   }
 }
 
+/** How a config reached `Gateway.reload()`. */
+export interface ReloadOptions {
+  /** The file it came from, named in errors. */
+  source?: string;
+  /** `file`, `admin`, `fleet`, `api` (the default): in the events and the log line. */
+  origin?: string;
+}
+
 /** What {@link buildSnapshot} needs besides the config. */
 export interface SnapshotOptions {
   /** The registered plugins; a plugin's slot is its index here. */

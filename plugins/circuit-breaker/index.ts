@@ -93,8 +93,13 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
         breaker.on('halfOpen', () => track('half-open'));
         breaker.on('close', () => track('closed'));
         breakers.set(instance, breaker);
+        settings.set(breaker, settingsOf(policy));
         return breaker;
       };
+      /** The settings each breaker was made with: a reload that changes them replaces it. */
+      const settings = new WeakMap<CircuitBreaker<[Run], void>, string>();
+      const settingsOf = (p: CircuitBreakerPolicy): string =>
+        `${p.errorThresholdPercentage}|${p.volumeThreshold}|${p.resetTimeout}|${p.rollingCountTimeout}|${p.rollingCountBuckets}`;
 
       const decrement = (service: Service): void => {
         const n = (notClosed.get(service) ?? 1) - 1;
@@ -109,6 +114,23 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
         breakers.delete(instance);
         const service = gateway.registry.getService(instance.service);
         if (service && instance.circuit !== 'closed') decrement(service);
+      });
+      // A reload that changes a service's circuitBreaker settings (or removes them): a closed
+      // circuit starts afresh under the new ones; a circuit that is open or half-open keeps its
+      // state (an open circuit stays open across a reload) and is replaced once it closes.
+      gateway.onConfig(() => {
+        for (const [instance, breaker] of breakers) {
+          const policy = scope.forService(instance.service);
+          if (policy !== undefined && settings.get(breaker) === settingsOf(policy)) continue;
+          if (breaker.closed) {
+            breaker.shutdown();
+            breakers.delete(instance);
+          } else breaker.once('close', () => {
+            if (breakers.get(instance) !== breaker) return;
+            breaker.shutdown();
+            breakers.delete(instance);
+          });
+        }
       });
       gateway.onClose(() => {
         closed = true;
