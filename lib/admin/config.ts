@@ -1,6 +1,6 @@
 import type Router from '@koa/router';
 import type { Context } from 'koa';
-import { configVersion, redactSecrets, withLocalPart } from '../config/fleet.js';
+import { configVersion, fillLocalPart, redactSecrets } from '../config/fleet.js';
 import { ConfigError, MeshError } from '../errors.js';
 import type { AdminHost } from './host.js';
 import { readJsonBody } from './body.js';
@@ -60,7 +60,7 @@ export function configRoutes(router: Router, gateway: AdminHost): void {
   });
 
   const proposed = async (ctx: Context): Promise<Record<string, unknown>> =>
-    withLocalPart(await readJsonBody(ctx, CONFIG_BODY_LIMIT), gateway.document);
+    fillLocalPart(await readJsonBody(ctx, CONFIG_BODY_LIMIT), gateway.document);
   const invalid = (err: unknown): unknown => (err instanceof ConfigError ? new InvalidConfigError(err) : err);
 
   router.post('/config/validate', async (ctx) => {
@@ -80,7 +80,7 @@ export function configRoutes(router: Router, gateway: AdminHost): void {
     const document = await proposed(ctx);
     try {
       // Checked here first: a fleet never stores a version this gateway refuses.
-      await gateway.checkReload(document);
+      await gateway.checkReload(document, { origin: 'admin', report: true });
       if (gateway.has('fleetConfig')) await gateway.get<FleetConfigStore>('fleetConfig').publish(document, 'admin');
       const snapshot = gateway.snapshot.version === configVersion(document) ? gateway.snapshot : await gateway.reload(document, { origin: 'admin' });
       ctx.set('etag', `"${snapshot.version}"`);

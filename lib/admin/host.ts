@@ -12,6 +12,6 @@ export interface AdminHost extends PluginHost {
   readonly snapshot: ConfigSnapshot;
   /** The config document in force, as given. */
   readonly document: unknown;
-  checkReload(document: unknown, options?: ReloadOptions): Promise<ConfigSnapshot>;
+  checkReload(document: unknown, options?: ReloadOptions & { report?: boolean }): Promise<ConfigSnapshot>;
   reload(document: unknown, options?: ReloadOptions): Promise<ConfigSnapshot>;
 }

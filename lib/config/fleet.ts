@@ -31,6 +31,15 @@ export function withLocalPart(fleet: unknown, local: unknown): Record<string, un
   return out;
 }
 
+/** `document` with the {@link LOCAL_KEYS} it lacks taken from `local`: those it has are its own (a reload refuses to change them). */
+export function fillLocalPart(document: Record<string, unknown>, local: unknown): Record<string, unknown> {
+  const out = { ...document };
+  if (local !== null && typeof local === 'object') {
+    for (const key of LOCAL_KEYS) if (!(key in out) && key in local) out[key] = (local as Record<string, unknown>)[key];
+  }
+  return out;
+}
+
 /**
  * The version of a config document: a hash of its fleet part as written (keys sorted, `${ENV}`
  * references unexpanded), so gateways with different ports that run the same fleet config report

@@ -383,9 +383,24 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
    * sections, what a reload cannot change), without applying it. Resolves with the snapshot it
    * would put in force; rejects with a `ConfigError` naming every bad path.
    */
-  async checkReload(document: unknown, options: ReloadOptions = {}): Promise<ConfigSnapshot> {
+  async checkReload(document: unknown, options: ReloadOptions & { report?: boolean } = {}): Promise<ConfigSnapshot> {
     await this.ready();
-    return (await this.#prepare(document, options.source)).snapshot;
+    try {
+      return (await this.#prepare(document, options.source)).snapshot;
+    } catch (err) {
+      // A check on the way to applying (PUT /config in a fleet) is refused like a reload.
+      if (options.report === true) this.#refused(err, options.origin ?? 'api', configVersion(document));
+      throw err;
+    }
+  }
+
+  /** Reports a refused config: a `config:rejected` event and an error line naming every bad path. */
+  #refused(err: unknown, origin: string, proposed: string): void {
+    const running = this.snapshot.version;
+    const issues: readonly ConfigIssue[] = err instanceof ConfigError ? err.issues : [{ path: '', message: (err as Error)?.message ?? String(err) }];
+    const error = err instanceof ConfigError ? err.message : `${(err as Error)?.message ?? String(err)}`;
+    this.emit('config:rejected', { origin, version: running, proposed, previous: running, error, issues });
+    this.log.error({ origin, proposed, running, issues }, `config ${proposed} refused (${origin}), still running ${running}: ${issues.map((i) => (i.path ? `${i.path}: ${i.message}` : i.message)).join('; ')}`);
   }
 
   /**
@@ -438,10 +453,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
       snapshot = prepared.snapshot;
       await this.#startPlugins(prepared.added, snapshot);
     } catch (err) {
-      const issues: readonly ConfigIssue[] = err instanceof ConfigError ? err.issues : [{ path: '', message: (err as Error)?.message ?? String(err) }];
-      const error = err instanceof ConfigError ? err.message : `${(err as Error)?.message ?? String(err)}`;
-      this.emit('config:rejected', { origin, version: previous.version, proposed, previous: previous.version, error, issues });
-      this.log.error({ origin, proposed, running: previous.version, issues }, `config ${proposed} refused (${origin}), still running ${previous.version}: ${issues.map((i) => (i.path ? `${i.path}: ${i.message}` : i.message)).join('; ')}`);
+      this.#refused(err, origin, proposed);
       throw err;
     }
     this.#document = document;

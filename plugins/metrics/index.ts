@@ -270,6 +270,18 @@ export function metrics(given: MetricsOptions = {}): GatewayPlugin<boolean | { d
         countInstances(inst.service);
       });
 
+      // The config: how many reloads were applied or refused, and when the one in force came.
+      const reloads = new FastCounter('meshgate_config_reloads_total', 'Config changes applied or refused, by where they came from (file, admin, fleet).', ['origin', 'result'] as const);
+      registry.registerMetric(reloads as unknown as Parameters<Registry['registerMetric']>[0]);
+      const applied = new Gauge({ name: 'meshgate_config_applied_timestamp_seconds', help: 'When the config in force was applied (Unix time).', registers: [registry], aggregator: 'max' });
+      applied.set(gateway.snapshot.appliedAt / 1000);
+      gateway.on('config:applied', (info) => {
+        reloads.series({ origin: info.origin, result: 'applied' }).value++;
+        applied.set(gateway.snapshot.appliedAt / 1000);
+      });
+      gateway.on('config:rejected', (info) => reloads.series({ origin: info.origin, result: 'rejected' }).value++);
+      gateway.on('service:removed', (service) => instances.remove({ service: service.name }));
+
       if (options.adminRoute !== false) {
         gateway.admin.router.get('/metrics', async (ctx) => {
           ctx.set('content-type', registry.contentType);
