@@ -12,6 +12,8 @@ import type { GatewayConfigInput } from './config/schema.js';
 import { watchConfigFile } from './config/watch.js';
 import type { Gateway } from './core/gateway.js';
 import { createGateway } from './index.js';
+import { applyCommand, parseRedisTarget, rollbackCommand, shiftCommand, statusCommand } from './fleet-cli.js';
+import { parseDuration } from './config/duration.js';
 import { registerInstance } from './registry/registration.js';
 
 const HELP = `meshgate: a service-mesh gateway
@@ -25,6 +27,14 @@ Usage:
                                       (start and validate also take the file as their argument)
   meshgate register --registry URL --service NAME --url URL [--ttl 10s] [--token T]
                                       sidecar: register an instance, keep its lease, deregister on SIGTERM
+  meshgate apply --config FILE --redis URL
+                                      store a config as the fleet's new version; every gateway applies it
+  meshgate shift --route NAME --backend SERVICE --weight N --redis URL
+                                      change one backend weight of the fleet config (a canary step)
+  meshgate rollback --redis URL [--to VERSION]
+                                      make the previous fleet config version (or VERSION) current again
+  meshgate status --redis URL [--json]
+                                      the fleet: each gateway, the version it runs, its health
   meshgate --version                  print the version
   meshgate --help                     this text; meshgate COMMAND --help for one command
 
@@ -38,10 +48,18 @@ Options:
   --ttl DURATION      lease length; heartbeats every ttl/3 (register, default 10s)
   --token TOKEN       admin token (register; default $MESHGATE_ADMIN_TOKEN)
   --weight N, --id ID, --metadata JSON   optional registration fields (register)
+  --redis URL         the fleet's Redis: redis://host:port, redis-sentinel://host:port,.../MASTER,
+                      redis-cluster://host:port,... (apply, shift, rollback, status)
 
 Signals: SIGTERM or SIGINT stops taking requests, drains in-flight ones (drainTimeout), exits 0.
 SIGHUP reloads the config file (an invalid one is refused and logged; the running config stays).
 Docs: README.md, and the config reference in it.`;
+
+/** The --redis and --prefix options of the fleet commands. */
+const FLEET_REDIS = `  --redis URL         the fleet's Redis: redis://host:port, rediss://..., a Sentinel group
+                      redis-sentinel://host:port,host:port/MASTERNAME or a Cluster
+                      redis-cluster://host:port,host:port
+  --prefix PREFIX     key prefix (default meshgate:, as discovery.redis.prefix)`;
 
 /** Each command's own --help. */
 const COMMAND_HELP: Record<string, string> = {
@@ -70,6 +88,49 @@ Prints "FILE: valid (...)" and exits 0, or every problem with its path and exits
 
 Options:
   -c, --config FILE   the config file (default: meshgate.yaml)`,
+  apply: `meshgate apply --config FILE --redis URL [--prefix P] [--wait 5s]
+
+Validates FILE as \`meshgate validate\` does, then stores its fleet part (everything but listen,
+admin, discovery and workers, which each gateway keeps from its own file) in Redis as the fleet's
+new version, and publishes it: every gateway with discovery.redis on that Redis validates it
+itself and applies it within a second. Waits for the gateways to report, printing each one's
+time to apply; exit 1 if one refused it (the reason is printed), 0 otherwise. Redis keeps the
+last discovery.redis.configHistory versions (10) for \`meshgate rollback\`.
+
+Options:
+  -c, --config FILE   the config file
+${FLEET_REDIS}
+  --wait DURATION     how long to wait for the gateways (default 5s)`,
+  shift: `meshgate shift --route NAME --backend SERVICE --weight N --redis URL [--prefix P]
+
+Changes one backend's weight in the fleet config in Redis and stores the result as a new version
+(a canary step: --weight 5, then 50, then 100 with the old backend at 0). NAME is the route's
+name (or its prefix or path when it has none); SERVICE is the backend's service.
+
+Options:
+  --route NAME        the route
+  --backend SERVICE   the backend's service
+  --weight N          its new weight (0 takes it out)
+${FLEET_REDIS}
+  --wait DURATION     how long to wait for the gateways (default 5s)`,
+  rollback: `meshgate rollback --redis URL [--to VERSION] [--prefix P]
+
+Makes the version before the current one (or VERSION, one of the versions Redis keeps) the
+fleet's current config again; every gateway applies it as it applies any new version.
+
+Options:
+  --to VERSION        the version to go back to (default: the one before the current)
+${FLEET_REDIS}
+  --wait DURATION     how long to wait for the gateways (default 5s)`,
+  status: `meshgate status --redis URL [--json] [--prefix P]
+
+Prints the fleet: the current config version, and each gateway that reported in the last minutes
+with the version it runs (and where it came from: fleet, file or cache), when it applied it,
+whether it is ready, its healthy instances, and a version it refused with the reason.
+
+Options:
+${FLEET_REDIS}
+  --json              machine-readable output`,
   register: `meshgate register --registry URL --service NAME --url URL [--ttl 10s] [--token T]
 
 A sidecar: registers an instance with a gateway's admin API (http://...) or a fleet's Redis
@@ -107,6 +168,12 @@ export async function main(argv: string[]): Promise<number> {
         metadata: { type: 'string' },
         'log-format': { type: 'string' },
         watch: { type: 'boolean', short: 'w' },
+        redis: { type: 'string' },
+        to: { type: 'string' },
+        route: { type: 'string' },
+        backend: { type: 'string' },
+        json: { type: 'boolean' },
+        wait: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'v' },
       },
@@ -155,6 +222,11 @@ export async function main(argv: string[]): Promise<number> {
       return start(configFile, values.port, values.watch === true);
     case 'register':
       return register(values);
+    case 'apply':
+    case 'shift':
+    case 'rollback':
+    case 'status':
+      return fleetCommand(command, values, configFile);
     default:
       process.stderr.write(`meshgate: unknown command "${command}"\n\n${HELP}\n`);
       return 2;
@@ -321,6 +393,56 @@ async function startCluster(config: GatewayConfigInput, baseDir: string, source:
   handle.gateway.log.info('draining the workers');
   await handle.close();
   return 0;
+}
+
+async function fleetCommand(command: 'apply' | 'shift' | 'rollback' | 'status', values: Record<string, string | boolean | undefined>, file: string): Promise<number> {
+  const fail = (message: string): number => {
+    process.stderr.write(`meshgate ${command}: ${message}\n`);
+    return 2;
+  };
+  if (typeof values.redis !== 'string') return fail('missing --redis URL (the fleet\'s Redis)');
+  let waitMs = 5000;
+  if (typeof values.wait === 'string') {
+    const parsed = parseDuration(values.wait);
+    if (parsed === undefined) return fail(`--wait expects a duration such as 5s, got ${JSON.stringify(values.wait)}`);
+    waitMs = parsed;
+  }
+  try {
+    parseRedisTarget(values.redis);
+  } catch (err) {
+    return fail((err as Error).message);
+  }
+  const ctx = {
+    redis: values.redis,
+    prefix: typeof values.prefix === 'string' ? values.prefix : 'meshgate:',
+    waitMs,
+    out: (line: string) => process.stdout.write(`${line}\n`),
+    err: (line: string) => process.stderr.write(`${line}\n`),
+  };
+  try {
+    switch (command) {
+      case 'apply':
+        return await applyCommand(ctx, file);
+      case 'rollback':
+        return await rollbackCommand(ctx, typeof values.to === 'string' ? values.to : undefined);
+      case 'status':
+        return await statusCommand(ctx, values.json === true);
+      case 'shift': {
+        const missing = ['route', 'backend', 'weight'].filter((k) => typeof values[k] !== 'string');
+        if (missing.length > 0) return fail(`missing ${missing.map((m) => `--${m}`).join(', ')}`);
+        const weight = Number(values.weight);
+        if (!Number.isInteger(weight) || weight < 0) return fail(`--weight expects a whole number from 0, got ${JSON.stringify(values.weight)}`);
+        return await shiftCommand(ctx, values.route as string, values.backend as string, weight);
+      }
+    }
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`${err.message}\n`);
+      return 1;
+    }
+    process.stderr.write(`meshgate ${command}: ${describeFailure(err, values.redis)}\n`);
+    return 1;
+  }
 }
 
 /** One line for a registration failure: the registry's answer, or why it could not be reached. */

@@ -4,25 +4,13 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test, type TestContext } from 'node:test';
-import { fileURLToPath } from 'node:url';
-import { echo, send, sendPath, spawnNode, startUpstream, unusedPort, waitFor, type ChildRun } from './helpers.js';
+import { echo, logLines, meshgateCli, send, sendPath, startUpstream, unusedPort, waitFor, type ChildRun } from './helpers.js';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const LIMIT = { timeout: 120_000 };
 
 /** `meshgate start` as a real process, with JSON log lines on stderr. */
-async function startCli(t: TestContext, file: string, ...flags: string[]): Promise<ChildRun> {
-  return spawnNode(t, ['--import', 'tsx', 'lib/cli.ts', 'start', '--config', file, ...flags], { cwd: ROOT, env: { MESHGATE_ADMIN_TOKEN: undefined, MESHGATE_LOG_FORMAT: 'json' } });
-}
-
-/** The JSON log lines the process wrote so far whose message matches. */
-function logLines(run: ChildRun, message: RegExp): Record<string, unknown>[] {
-  return run
-    .stderr()
-    .split('\n')
-    .filter((line) => line.startsWith('{'))
-    .map((line) => JSON.parse(line) as Record<string, unknown>)
-    .filter((line) => message.test(String(line.msg)));
+function startCli(t: TestContext, file: string, ...flags: string[]): Promise<ChildRun> {
+  return meshgateCli(t, ['start', '--config', file, ...flags]);
 }
 
 async function tempFile(t: TestContext, name: string): Promise<string> {

@@ -331,3 +331,18 @@ export function fencedBlocks(file: string, langs: readonly string[]): { line: nu
 
 /** The library's seeded PRNG, re-exported for the tests that import it from here. */
 export { seededRandom } from '../lib/kit/random.js';
+
+/** The real CLI (`node --import tsx lib/cli.ts ...args`) from the repo root, JSON log lines on stderr, no admin token from the environment. */
+export function meshgateCli(t: TestContext | null, args: string[], env: Record<string, string | undefined> = {}, killSignal?: NodeJS.Signals): Promise<ChildRun> {
+  return spawnNode(t, ['--import', 'tsx', 'lib/cli.ts', ...args], { cwd: ROOT, env: { MESHGATE_ADMIN_TOKEN: undefined, MESHGATE_LOG_FORMAT: 'json', ...env }, killSignal });
+}
+
+/** The JSON log lines a process wrote to stderr so far whose message matches. */
+export function logLines(run: ChildRun, message: RegExp): Record<string, unknown>[] {
+  return run
+    .stderr()
+    .split('\n')
+    .filter((line) => line.startsWith('{'))
+    .map((line) => JSON.parse(line) as Record<string, unknown>)
+    .filter((line) => message.test(String(line.msg)));
+}

@@ -18,7 +18,7 @@ export interface RedisServerProcess {
   port: number;
   /** Stops the server (default SIGKILL: no goodbye to its clients) and waits for the exit. Idempotent. */
   kill(signal?: NodeJS.Signals): Promise<void>;
-  /** Starts the server again on the same port, empty; resolves once it answers PING. */
+  /** Starts the server again on the same port (empty, unless its `args` keep data); resolves once it answers PING. */
   restart(): Promise<void>;
   /** Whether the server process is running. */
   readonly running: boolean;
@@ -28,15 +28,19 @@ export interface RedisServerProcess {
   resume(): void;
 }
 
-/** Starts `redis-server` on a free port and waits until it answers PING; killed in `t.after`. */
-export async function startRedis(t: TestContext): Promise<RedisServerProcess> {
-  const port = await unusedPort();
+/**
+ * Starts `redis-server` on a free port and waits until it answers PING; killed in `t.after`.
+ * `args` come after the defaults and override them (`--appendonly yes --dir D` to keep the data
+ * across a restart, `--replicaof`, `--cluster-enabled yes`); `port` to take a given one.
+ */
+export async function startRedis(t: TestContext, options: { args?: string[]; port?: number } = {}): Promise<RedisServerProcess> {
+  const port = options.port ?? (await unusedPort());
   let child: ChildProcess | null = null;
   let exited: Promise<void> = Promise.resolve();
   let output = '';
 
   const launch = async (): Promise<void> => {
-    const proc = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', tmpdir(), '--loglevel', 'warning'], {
+    const proc = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', tmpdir(), '--loglevel', 'warning', ...(options.args ?? [])], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     child = proc;

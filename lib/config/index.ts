@@ -20,6 +20,7 @@ export type {
 } from './schema.js';
 export type { StandardSchemaV1 } from './standard-schema.js';
 export { defineSections } from './sections.js';
+export { configVersion, fleetPart, withLocalPart, fillLocalPart, redactSecrets, canonicalJson, LOCAL_KEYS, RESTART_KEYS } from './fleet.js';
 export type { SectionSpec, SectionContext, PluginSections, SectionLevel } from './sections.js';
 export { checkSchema } from './issues.js';
 export { ConfigError } from '../errors.js';

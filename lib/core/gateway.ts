@@ -560,6 +560,8 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
   /** Starts the proxy listener (`listen.host:port`) and, when configured, the admin server. */
   async listen(overrides: { port?: number; host?: string } = {}): Promise<ListenInfo> {
     await this.ready();
+    // A config a plugin put in force at start (a fleet's, from Redis) is applied before the first request.
+    await this.#reloads;
     if (this.#closing) throw new GatewayClosingError();
     if (this.#server) throw new PluginError('gateway is already listening', 'MESH_ERR_ALREADY_LISTENING');
     const listen = this.config.listen;

@@ -14,7 +14,7 @@ import type { UpstreamPool } from '../upstream/pools.js';
 import type { Next } from './compose.js';
 import type { GatewayEvents } from './events.js';
 import type { Route } from './router.js';
-import type { ConfigSnapshot } from './snapshot.js';
+import type { ConfigSnapshot, ReloadOptions } from './snapshot.js';
 import type { MeshState } from './state.js';
 
 /**
@@ -58,6 +58,22 @@ export interface PluginHost extends EventEmitter<GatewayEvents> {
   readonly config: GatewayConfig;
   /** The config snapshot in force: routes, services and every plugin's prepared sections. */
   readonly snapshot: ConfigSnapshot;
+  /** The config document in force, as given (before `${ENV}` substitution and defaults). */
+  readonly document: unknown;
+  /**
+   * Puts a new config document in force without dropping a request (a control-plane plugin's
+   * way to change routes and policies live); rejects with a `ConfigError` naming every bad path.
+   * Do not await it in `setup`: it waits for the gateway to be ready.
+   */
+  reload(document: unknown, options?: ReloadOptions): Promise<ConfigSnapshot>;
+  /** Checks a document as `reload` would, without applying it (`report`: a refusal is logged and emitted like a reload's). */
+  checkReload(document: unknown, options?: ReloadOptions & { report?: boolean }): Promise<ConfigSnapshot>;
+  /** This gateway's name: random per gateway, in `Via` and in the fleet's reports. */
+  readonly name: string;
+  /** The proxy's listener, once listening. */
+  readonly server: import('node:http').Server | null;
+  /** True once plugins are set up and until close() begins. */
+  readonly isReady: boolean;
   readonly registry: Registry;
   /** Where run-time registrations go; a fleet-wide discovery plugin replaces it in its setup. */
   registrar: Registrar;

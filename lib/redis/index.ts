@@ -3,3 +3,4 @@
  * Cluster), the registry's key schema and store. Loads ioredis; import it only where Redis is used.
  */
 export * from './store.js';
+export * from './fleet-config.js';

@@ -14,6 +14,13 @@ export const redisDiscoverySchema = z.strictObject({
   cluster: z.array(redisUrl).optional(),
   /** How often the whole registry is read again, besides the change notifications. @default 5s */
   resyncInterval: duration.default(5000),
+  /**
+   * Where the gateway keeps the last fleet config it applied, to start from when Redis is down
+   * (relative to the config file); `false` keeps none. @default ".meshgate-fleet-cache.json"
+   */
+  configCache: z.union([z.string().min(1), z.literal(false)]).default('.meshgate-fleet-cache.json'),
+  /** How many fleet config versions Redis keeps for `meshgate rollback`. @default 10 */
+  configHistory: z.number().int().min(1).max(1000).default(10),
 });
 
 /** The fleet registry's settings, parsed. */

@@ -2,6 +2,7 @@ import type { Cluster, Redis } from 'ioredis';
 import { MeshError, UnknownInstanceError, definePlugin, defaultInstanceId, type GatewayPlugin, type InstanceSpec, type Registrar, type RegistrationResult } from '../../lib/index.js';
 import { RedisRegistryStore, connectRedis, eventsChannel, type RedisConnection, type RegistryMessage, type StoredInstance } from '../../lib/redis/index.js';
 import { redisDiscoverySections, type RedisDiscoveryConfig } from './config.js';
+import { FleetFollower } from './fleet.js';
 
 export { redisDiscoverySchema, type RedisDiscoveryConfig } from './config.js';
 
@@ -11,6 +12,10 @@ export interface RedisDiscoveryOptions extends RedisConnection {
   prefix?: string;
   /** Full re-read of the registry, besides the one after every (re)connect, ms. @default 5000 */
   resyncInterval?: number;
+  /** The last applied fleet config, for a start while Redis is down (relative to the config file); false for none. @default '.meshgate-fleet-cache.json' */
+  configCache?: string | false;
+  /** Fleet config versions kept in Redis for rollback. @default 10 */
+  configHistory?: number;
 }
 
 /** The registry (Redis) cannot take writes right now (503). */
@@ -94,7 +99,16 @@ export function redisDiscovery(given?: RedisDiscoveryOptions): GatewayPlugin<Red
           }
         })());
 
-      subscriber.on('message', (_channel: string, text: string) => {
+      const cache = options.configCache ?? '.meshgate-fleet-cache.json';
+      const fleet = new FleetFollower({ gateway, client, prefix, cacheFile: cache === false ? null : gateway.resolvePath(cache), keep: options.configHistory ?? 10, log });
+      // PUT /config on any gateway stores the fleet's new version here.
+      gateway.decorate('fleetConfig', { publish: (document: unknown, origin: string) => fleet.publish(document, origin) });
+
+      subscriber.on('message', (channel: string, text: string) => {
+        if (channel === fleet.channel) {
+          void fleet.sync();
+          return;
+        }
         let message: RegistryMessage;
         try {
           message = JSON.parse(text) as RegistryMessage;
@@ -123,14 +137,18 @@ export function redisDiscovery(given?: RedisDiscoveryOptions): GatewayPlugin<Red
       // Subscribe on every ready, the first included: a subscriber that could not connect at boot
       // has nothing for ioredis to re-subscribe later. SUBSCRIBE twice to a channel is harmless.
       subscriber.on('ready', () => {
-        if (!closed) subscriber.subscribe(eventsChannel(prefix)).catch((err: Error) => log.debug({ err: err.message }, 'subscribe failed'));
+        if (!closed) subscriber.subscribe(eventsChannel(prefix), fleet.channel).catch((err: Error) => log.debug({ err: err.message }, 'subscribe failed'));
       });
       client.on('ready', () => {
         if (closed) return;
-        if (down) log.info('Redis connected: resyncing the registry');
+        if (down) log.info('Redis connected: resyncing the registry and the fleet config');
+        const reconnect = !down || started;
         down = false;
         void resync();
+        // After the start, a (re)connect may find a fleet config published while this gateway could not hear it.
+        if (reconnect) void fleet.sync();
       });
+      let started = false;
 
       // Before an instance expires here, ask Redis: a service may renew with a plain PEXPIRE
       // and no message. While Redis is down the verifier throws and the instance stays.
@@ -147,6 +165,11 @@ export function redisDiscovery(given?: RedisDiscoveryOptions): GatewayPlugin<Red
         // A gateway must boot without Redis and catch up when it comes: routing does not need it.
         log.warn({ err: (err as Error).message }, 'Redis unavailable at start; will keep retrying');
       }
+      await fleet.start(client.status === 'ready');
+      started = true;
+      fleet.startReporting();
+      // A reload may add services whose instances Redis already holds.
+      gateway.onConfig(() => void resync());
 
       const timer = setInterval(() => {
         if (!down) void resync();
@@ -212,6 +235,7 @@ export function redisDiscovery(given?: RedisDiscoveryOptions): GatewayPlugin<Red
       gateway.onClose(async () => {
         closed = true;
         clearInterval(timer);
+        await fleet.close();
         await Promise.allSettled([syncing]);
         subscriber.disconnect();
         client.disconnect();

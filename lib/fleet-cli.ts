@@ -1,0 +1,193 @@
+import pino from 'pino';
+import type { Cluster, Redis } from 'ioredis';
+import { configVersion, fleetPart, withLocalPart } from './config/fleet.js';
+import { readConfigFile } from './config/load.js';
+import type { GatewayConfigInput } from './config/schema.js';
+import { ConfigError } from './errors.js';
+import { createGateway } from './index.js';
+import { FleetConfigStore, connectRedis, type GatewayConfigStatus, type RedisConnection, type StoredConfig } from './redis/index.js';
+
+/** A gateway that has not reported for this long is shown as gone. */
+const GONE_AFTER_MS = 15_000;
+
+/**
+ * `--redis` as the fleet commands take it: `redis://host:port` (or `rediss://`), a Sentinel
+ * group `redis-sentinel://host:port,host:port/mastername`, or a Cluster
+ * `redis-cluster://host:port,host:port`.
+ */
+export function parseRedisTarget(target: string): RedisConnection {
+  const [, scheme, rest] = /^([a-z-]+):\/\/(.*)$/.exec(target) ?? [];
+  if (scheme === 'redis' || scheme === 'rediss') return { url: target };
+  const hosts = (list: string): { host: string; port: number }[] =>
+    list.split(',').map((hp) => {
+      const [host, port] = hp.split(':');
+      if (!host || !port || !/^\d+$/.test(port)) throw new Error(`expected host:port in ${JSON.stringify(target)}, got ${JSON.stringify(hp)}`);
+      return { host, port: Number(port) };
+    });
+  if (scheme === 'redis-sentinel' && rest !== undefined) {
+    const slash = rest.indexOf('/');
+    if (slash === -1) throw new Error(`expected redis-sentinel://host:port,.../MASTERNAME, got ${JSON.stringify(target)}`);
+    return { url: 'redis://', options: { sentinels: hosts(rest.slice(0, slash)), name: rest.slice(slash + 1) } };
+  }
+  if (scheme === 'redis-cluster' && rest !== undefined) return { url: 'redis://', cluster: hosts(rest).map((h) => `redis://${h.host}:${h.port}`) };
+  throw new Error(`expected redis://, rediss://, redis-sentinel:// or redis-cluster://, got ${JSON.stringify(target)}`);
+}
+
+/** What the fleet commands share: their Redis, their output. */
+export interface FleetCommandContext {
+  redis: string;
+  prefix: string;
+  out: (line: string) => void;
+  err: (line: string) => void;
+  /** How long to wait for the gateways to report the new version. */
+  waitMs: number;
+}
+
+async function withStore<T>(ctx: FleetCommandContext, run: (store: FleetConfigStore) => Promise<T>): Promise<T> {
+  const client: Redis | Cluster = connectRedis(parseRedisTarget(ctx.redis), { lazyConnect: true, enableOfflineQueue: true, maxRetriesPerRequest: 2, retryStrategy: () => null });
+  client.on('error', () => {});
+  try {
+    await client.connect();
+    return await run(new FleetConfigStore(client, ctx.prefix));
+  } finally {
+    client.disconnect();
+  }
+}
+
+/** Validates a fleet document as a gateway would (plugin modules resolve against `baseDir`). */
+async function validateFleet(document: unknown, baseDir: string, source?: string): Promise<void> {
+  const gateway = createGateway(withLocalPart(document, {}) as GatewayConfigInput, { baseDir, source, logger: pino({ level: 'silent' }) });
+  await gateway.validate();
+}
+
+/** `meshgate apply --config FILE --redis URL`: stores the file's fleet part as the fleet's new version. */
+export async function applyCommand(ctx: FleetCommandContext, file: string): Promise<number> {
+  const { document, baseDir, source } = await readConfigFile(file);
+  await validateFleet(document, baseDir, source);
+  const version = configVersion(document);
+  return withStore(ctx, async (store) => {
+    const at = Date.now();
+    const previous = await store.publish(version, fleetPart(document), 'apply');
+    ctx.out(`${file}: stored version ${version} (was ${previous ?? 'none'})`);
+    return waitForFleet(ctx, store, version, at);
+  });
+}
+
+/** `meshgate rollback --redis URL [--to VERSION]`: the previous stored version (or the one named) becomes current. */
+export async function rollbackCommand(ctx: FleetCommandContext, to: string | undefined): Promise<number> {
+  return withStore(ctx, async (store) => {
+    const current = await store.current();
+    const history = await store.history();
+    const target = to === undefined ? history.find((s) => s.version !== current?.version) : history.find((s) => s.version === to);
+    if (target === undefined) {
+      ctx.err(to === undefined ? 'meshgate rollback: no earlier version stored' : `meshgate rollback: version ${to} is not in the history (${history.map((s) => s.version).join(', ') || 'empty'})`);
+      return 1;
+    }
+    const at = Date.now();
+    await store.publish(target.version, target.document, 'rollback');
+    ctx.out(`rolled back to ${target.version} (stored ${new Date(target.storedAt).toISOString()} by ${target.origin}; was ${current?.version ?? 'none'})`);
+    return waitForFleet(ctx, store, target.version, at);
+  });
+}
+
+/** `meshgate shift --route NAME --backend SERVICE --weight N --redis URL`: one backend weight, as a new fleet version. */
+export async function shiftCommand(ctx: FleetCommandContext, routeName: string, backend: string, weight: number): Promise<number> {
+  return withStore(ctx, async (store) => {
+    const current = await store.current();
+    if (current === null) {
+      ctx.err('meshgate shift: no fleet config in Redis yet; store one with meshgate apply first');
+      return 1;
+    }
+    const document = structuredClone(current.document) as { routes?: Record<string, unknown>[] };
+    const routes = document.routes ?? [];
+    const route = routes.find((r) => (r.name ?? r.prefix ?? r.path) === routeName);
+    if (route === undefined) {
+      ctx.err(`meshgate shift: no route named ${JSON.stringify(routeName)} (routes: ${routes.map((r) => String(r.name ?? r.prefix ?? r.path)).join(', ')})`);
+      return 1;
+    }
+    const backends = route.backends as { service: string; weight?: number }[] | undefined;
+    const target = backends?.find((b) => b.service === backend);
+    if (backends === undefined || target === undefined) {
+      ctx.err(`meshgate shift: route ${routeName} has no backend ${JSON.stringify(backend)}${backends === undefined ? ' (it sends to one service: give it backends first)' : ` (backends: ${backends.map((b) => b.service).join(', ')})`}`);
+      return 1;
+    }
+    const before = target.weight ?? 1;
+    target.weight = weight;
+    try {
+      await validateFleet(document, process.cwd());
+    } catch (err) {
+      ctx.err(`meshgate shift: the result would not be valid:\n${err instanceof ConfigError ? err.message : (err as Error).message}`);
+      return 1;
+    }
+    const version = configVersion(document);
+    const at = Date.now();
+    await store.publish(version, document, 'shift');
+    const total = backends.reduce((sum, b) => sum + (b.weight ?? 1), 0);
+    const shares = backends.map((b) => `${b.service} ${b.weight ?? 1} (${total === 0 ? 0 : Math.round(((b.weight ?? 1) / total) * 1000) / 10}%)`).join(', ');
+    ctx.out(`route ${routeName}: ${backend} weight ${before} -> ${weight}; now ${shares}; version ${version} (was ${current.version})`);
+    return waitForFleet(ctx, store, version, at);
+  });
+}
+
+/** Waits until every live gateway runs `version` (or refused it), printing each; 1 when one refused it. */
+async function waitForFleet(ctx: FleetCommandContext, store: FleetConfigStore, version: string, publishedAt: number): Promise<number> {
+  const deadline = Date.now() + ctx.waitMs;
+  let gateways: GatewayConfigStatus[] = [];
+  const settled = (g: GatewayConfigStatus): boolean => g.version === version || g.refused?.version === version;
+  for (;;) {
+    gateways = (await store.gateways()).filter((g) => Date.now() - g.seenAt < GONE_AFTER_MS);
+    if (gateways.every(settled) || Date.now() > deadline) break;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  if (gateways.length === 0) {
+    ctx.out('no gateway is running; each applies it when it starts');
+    return 0;
+  }
+  let refused = 0;
+  for (const g of gateways) {
+    if (g.version === version) ctx.out(`  ${g.id} (${g.host}:${g.pid}) runs ${version}${g.appliedAt >= publishedAt ? `, applied ${g.appliedAt - publishedAt} ms after it was stored` : ''}`);
+    else if (g.refused?.version === version) {
+      refused++;
+      ctx.out(`  ${g.id} (${g.host}:${g.pid}) REFUSED it, still runs ${g.version}: ${g.refused.error}`);
+    } else ctx.out(`  ${g.id} (${g.host}:${g.pid}) still runs ${g.version} after ${ctx.waitMs} ms`);
+  }
+  return refused > 0 ? 1 : 0;
+}
+
+/** `meshgate status --redis URL [--json]`: the fleet's gateways, what each runs, how each is. */
+export async function statusCommand(ctx: FleetCommandContext, json: boolean): Promise<number> {
+  return withStore(ctx, async (store) => {
+    const [current, gateways] = await Promise.all([store.current(), store.gateways()]);
+    const now = Date.now();
+    if (json) {
+      ctx.out(JSON.stringify({ version: current?.version ?? null, storedAt: current?.storedAt ?? null, gateways: gateways.map((g) => ({ ...g, gone: now - g.seenAt >= GONE_AFTER_MS })) }, null, 2));
+      return 0;
+    }
+    ctx.out(current === null ? 'fleet config: none stored (gateways run their local files)' : `fleet config: ${current.version}, stored ${ago(now - current.storedAt)} ago by ${current.origin}`);
+    const rows = [['GATEWAY', 'HOST', 'VERSION', 'SOURCE', 'APPLIED', 'READY', 'INSTANCES', 'SEEN', 'NOTE']];
+    for (const g of gateways) {
+      const gone = now - g.seenAt >= GONE_AFTER_MS;
+      const note = [gone ? 'gone?' : '', current !== null && g.version !== current.version && !gone ? 'not on the fleet version' : '', g.refused ? `refused ${g.refused.version}: ${g.refused.error.split('\n')[0]}` : '']
+        .filter(Boolean)
+        .join('; ');
+      rows.push([g.id, `${g.host}:${g.pid}`, g.version, g.source, `${ago(now - g.appliedAt)} ago`, g.ready ? 'yes' : 'no', `${g.instances.healthy}/${g.instances.total} healthy`, `${ago(now - g.seenAt)} ago`, note]);
+    }
+    if (gateways.length === 0) ctx.out('no gateway has reported');
+    else for (const line of table(rows)) ctx.out(line);
+    return 0;
+  });
+}
+
+function ago(ms: number): string {
+  if (ms < 1000) return `${Math.max(0, Math.round(ms))}ms`;
+  if (ms < 120_000) return `${Math.round(ms / 1000)}s`;
+  if (ms < 7_200_000) return `${Math.round(ms / 60_000)}m`;
+  return `${Math.round(ms / 3_600_000)}h`;
+}
+
+function table(rows: string[][]): string[] {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ').trimEnd());
+}
+
+export type { StoredConfig };
