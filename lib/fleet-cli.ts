@@ -5,33 +5,12 @@ import { readConfigFile } from './config/load.js';
 import type { GatewayConfigInput } from './config/schema.js';
 import { ConfigError } from './errors.js';
 import { createGateway } from './index.js';
-import { FleetConfigStore, connectRedis, type GatewayConfigStatus, type RedisConnection, type StoredConfig } from './redis/index.js';
+import { FleetConfigStore, connectRedis, parseRedisTarget, type GatewayConfigStatus, type StoredConfig } from './redis/index.js';
+
+export { parseRedisTarget } from './redis/index.js';
 
 /** A gateway that has not reported for this long is shown as gone. */
 const GONE_AFTER_MS = 15_000;
-
-/**
- * `--redis` as the fleet commands take it: `redis://host:port` (or `rediss://`), a Sentinel
- * group `redis-sentinel://host:port,host:port/mastername`, or a Cluster
- * `redis-cluster://host:port,host:port`.
- */
-export function parseRedisTarget(target: string): RedisConnection {
-  const [, scheme, rest] = /^([a-z-]+):\/\/(.*)$/.exec(target) ?? [];
-  if (scheme === 'redis' || scheme === 'rediss') return { url: target };
-  const hosts = (list: string): { host: string; port: number }[] =>
-    list.split(',').map((hp) => {
-      const [host, port] = hp.split(':');
-      if (!host || !port || !/^\d+$/.test(port)) throw new Error(`expected host:port in ${JSON.stringify(target)}, got ${JSON.stringify(hp)}`);
-      return { host, port: Number(port) };
-    });
-  if (scheme === 'redis-sentinel' && rest !== undefined) {
-    const slash = rest.indexOf('/');
-    if (slash === -1) throw new Error(`expected redis-sentinel://host:port,.../MASTERNAME, got ${JSON.stringify(target)}`);
-    return { url: 'redis://', options: { sentinels: hosts(rest.slice(0, slash)), name: rest.slice(slash + 1) } };
-  }
-  if (scheme === 'redis-cluster' && rest !== undefined) return { url: 'redis://', cluster: hosts(rest).map((h) => `redis://${h.host}:${h.port}`) };
-  throw new Error(`expected redis://, rediss://, redis-sentinel:// or redis-cluster://, got ${JSON.stringify(target)}`);
-}
 
 /** What the fleet commands share: their Redis, their output. */
 export interface FleetCommandContext {
@@ -44,26 +23,33 @@ export interface FleetCommandContext {
 }
 
 async function withStore<T>(ctx: FleetCommandContext, run: (store: FleetConfigStore) => Promise<T>): Promise<T> {
-  const client: Redis | Cluster = connectRedis(parseRedisTarget(ctx.redis), { lazyConnect: true, enableOfflineQueue: true, maxRetriesPerRequest: 2, retryStrategy: () => null });
+  // Patient: a command sent while Sentinel fails the master over waits for the new master.
+  // Commands queue until a connection is ready (ioredis reconnects every 250 ms, 20 times at most).
+  const client: Redis | Cluster = connectRedis(parseRedisTarget(ctx.redis), { enableOfflineQueue: true, commandTimeout: 20_000, maxRetriesPerRequest: 20, retryStrategy: (times: number) => (times > 20 ? null : 250) });
   client.on('error', () => {});
   try {
-    await client.connect();
     return await run(new FleetConfigStore(client, ctx.prefix));
   } finally {
     client.disconnect();
   }
 }
 
-/** Validates a fleet document as a gateway would (plugin modules resolve against `baseDir`). */
-async function validateFleet(document: unknown, baseDir: string, source?: string): Promise<void> {
-  const gateway = createGateway(withLocalPart(document, {}) as GatewayConfigInput, { baseDir, source, logger: pino({ level: 'silent' }) });
+/**
+ * Validates a fleet document as a gateway of the fleet would (plugin modules resolve against
+ * `baseDir`): with the file's own `discovery` if it has one, else a `discovery.redis` like the
+ * gateways have, since every gateway that follows the fleet has one (`rateLimit.redis: true` needs it).
+ */
+async function validateFleet(document: unknown, ctx: FleetCommandContext, baseDir: string, source?: string): Promise<void> {
+  const own = (document as { discovery?: unknown } | null)?.discovery;
+  const local = { discovery: own ?? { redis: { url: 'redis://127.0.0.1:6379', prefix: ctx.prefix } } };
+  const gateway = createGateway(withLocalPart(document, local) as GatewayConfigInput, { baseDir, source, logger: pino({ level: 'silent' }) });
   await gateway.validate();
 }
 
 /** `meshgate apply --config FILE --redis URL`: stores the file's fleet part as the fleet's new version. */
 export async function applyCommand(ctx: FleetCommandContext, file: string): Promise<number> {
   const { document, baseDir, source } = await readConfigFile(file);
-  await validateFleet(document, baseDir, source);
+  await validateFleet(document, ctx, baseDir, source);
   const version = configVersion(document);
   return withStore(ctx, async (store) => {
     const at = Date.now();
@@ -114,7 +100,7 @@ export async function shiftCommand(ctx: FleetCommandContext, routeName: string, 
     const before = target.weight ?? 1;
     target.weight = weight;
     try {
-      await validateFleet(document, process.cwd());
+      await validateFleet(document, ctx, process.cwd());
     } catch (err) {
       ctx.err(`meshgate shift: the result would not be valid:\n${err instanceof ConfigError ? err.message : (err as Error).message}`);
       return 1;

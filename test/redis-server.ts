@@ -113,3 +113,99 @@ function answersPing(port: number): Promise<boolean> {
     });
   });
 }
+
+/** Runs `redis-cli` with `args`; resolves with its output (rejects when it exits non-zero). */
+export async function redisCli(args: string[]): Promise<string> {
+  const proc = spawn(process.env.REDIS_CLI ?? '/usr/bin/redis-cli', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  proc.stdout!.setEncoding('utf8').on('data', (s: string) => (output += s));
+  proc.stderr!.setEncoding('utf8').on('data', (s: string) => (output += s));
+  const code = await new Promise<number | null>((resolve) => proc.once('exit', resolve));
+  if (code !== 0) throw new Error(`redis-cli ${args.join(' ')} exited ${code}: ${output}`);
+  return output;
+}
+
+/** A Sentinel-watched master and replica: `target` is the `redis-sentinel://` form the CLI takes. */
+export interface SentinelGroup {
+  master: RedisServerProcess;
+  replica: RedisServerProcess;
+  sentinelPorts: number[];
+  name: string;
+  /** `redis-sentinel://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/NAME` */
+  target: string;
+  /** The port of the master Sentinel names now. */
+  masterPort(): Promise<number>;
+}
+
+/**
+ * One master, one replica and three Sentinels (quorum 2, a master is down after 1 s), all on free
+ * loopback ports, each Sentinel with its own config file (Sentinel rewrites it). Killed after the test.
+ */
+export async function startSentinelGroup(t: TestContext, dir: string): Promise<SentinelGroup> {
+  const { writeFile } = await import('node:fs/promises');
+  const { join } = await import('node:path');
+  const name = 'meshgate-test';
+  const master = await startRedis(t);
+  const replica = await startRedis(t, { args: ['--replicaof', '127.0.0.1', String(master.port)] });
+  const sentinelPorts: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const port = await unusedPort();
+    const conf = join(dir, `sentinel-${port}.conf`);
+    await writeFile(
+      conf,
+      [`port ${port}`, 'bind 127.0.0.1', `dir ${dir}`, `sentinel monitor ${name} 127.0.0.1 ${master.port} 2`, `sentinel down-after-milliseconds ${name} 1000`, `sentinel failover-timeout ${name} 5000`, `sentinel parallel-syncs ${name} 1`, ''].join('\n'),
+    );
+    const proc = spawn(REDIS_SERVER, [conf, '--sentinel'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
+    t.after(async () => {
+      proc.kill('SIGKILL');
+      await exited;
+    });
+    const end = Date.now() + 10_000;
+    while (!(await answersPing(port))) {
+      if (Date.now() > end) throw new Error(`sentinel on ${port} did not start`);
+      await sleep(25);
+    }
+    sentinelPorts.push(port);
+  }
+  // The replica has synced, and every Sentinel knows the others, before anything relies on a failover.
+  const end = Date.now() + 20_000;
+  for (;;) {
+    const info = await redisCli(['-p', String(replica.port), 'info', 'replication']).catch(() => '');
+    const sentinels = await redisCli(['-p', String(sentinelPorts[0]), 'sentinel', 'sentinels', name]).catch(() => '');
+    if (info.includes('master_link_status:up') && (sentinels.match(/^name$/gm)?.length ?? 0) >= 2) break;
+    if (Date.now() > end) throw new Error(`the Sentinel group did not settle: ${info} ${sentinels}`);
+    await sleep(100);
+  }
+  return {
+    master,
+    replica,
+    sentinelPorts,
+    name,
+    target: `redis-sentinel://${sentinelPorts.map((p) => `127.0.0.1:${p}`).join(',')}/${name}`,
+    async masterPort() {
+      const out = await redisCli(['-p', String(sentinelPorts[0]), 'sentinel', 'get-master-addr-by-name', name]);
+      return Number(out.trim().split('\n')[1]);
+    },
+  };
+}
+
+/** Three Redis Cluster masters (no replicas) made with `redis-cli --cluster create`; `target` is the `redis-cluster://` form. */
+export async function startRedisCluster(t: TestContext, dir: string): Promise<{ nodes: RedisServerProcess[]; urls: string[]; target: string }> {
+  const nodes: RedisServerProcess[] = [];
+  for (let i = 0; i < 3; i++) {
+    const port = await unusedPort();
+    // The bus port is its own free port: port + 10000 may be past 65535.
+    const bus = await unusedPort();
+    nodes.push(await startRedis(t, { port, args: ['--cluster-enabled', 'yes', '--cluster-port', String(bus), '--cluster-config-file', `nodes-${port}.conf`, '--dir', dir, '--cluster-node-timeout', '2000'] }));
+  }
+  await redisCli(['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes']);
+  const end = Date.now() + 20_000;
+  for (const node of nodes) {
+    while (!(await redisCli(['-p', String(node.port), 'cluster', 'info'])).includes('cluster_state:ok')) {
+      if (Date.now() > end) throw new Error('the cluster did not reach cluster_state:ok');
+      await sleep(100);
+    }
+  }
+  return { nodes, urls: nodes.map((n) => n.url), target: `redis-cluster://${nodes.map((n) => `127.0.0.1:${n.port}`).join(',')}` };
+}

@@ -97,6 +97,29 @@ export const FAIL_FAST: RedisOptions = {
   retryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), 2000),
 };
 
+/**
+ * A Redis target as the CLI takes it (`--redis`, `--registry`): `redis://host:port` (or `rediss://`), a Sentinel
+ * group `redis-sentinel://host:port,host:port/mastername`, or a Cluster
+ * `redis-cluster://host:port,host:port`.
+ */
+export function parseRedisTarget(target: string): RedisConnection {
+  const [, scheme, rest] = /^([a-z-]+):\/\/(.*)$/.exec(target) ?? [];
+  if (scheme === 'redis' || scheme === 'rediss') return { url: target };
+  const hosts = (list: string): { host: string; port: number }[] =>
+    list.split(',').map((hp) => {
+      const [host, port] = hp.split(':');
+      if (!host || !port || !/^\d+$/.test(port)) throw new Error(`expected host:port in ${JSON.stringify(target)}, got ${JSON.stringify(hp)}`);
+      return { host, port: Number(port) };
+    });
+  if (scheme === 'redis-sentinel' && rest !== undefined) {
+    const slash = rest.indexOf('/');
+    if (slash === -1) throw new Error(`expected redis-sentinel://host:port,.../MASTERNAME, got ${JSON.stringify(target)}`);
+    return { url: 'redis://', options: { sentinels: hosts(rest.slice(0, slash)), name: rest.slice(slash + 1) } };
+  }
+  if (scheme === 'redis-cluster' && rest !== undefined) return { url: 'redis://', cluster: hosts(rest).map((h) => `redis://${h.host}:${h.port}`) };
+  throw new Error(`expected redis://, rediss://, redis-sentinel:// or redis-cluster://, got ${JSON.stringify(target)}`);
+}
+
 /** Opens an ioredis client (standalone, Sentinel through options, or Cluster). */
 export function connectRedis(conn: RedisConnection, extra: RedisOptions = {}): Redis | Cluster {
   const options = { ...FAIL_FAST, ...extra, ...(conn.options as RedisOptions | undefined) };
@@ -106,7 +129,7 @@ export function connectRedis(conn: RedisConnection, extra: RedisOptions = {}): R
         const url = new URL(u);
         return { host: url.hostname, port: Number(url.port || 6379) };
       }),
-      { redisOptions: options, enableOfflineQueue: options.enableOfflineQueue },
+      { redisOptions: options, enableOfflineQueue: options.enableOfflineQueue, lazyConnect: options.lazyConnect },
     );
   }
   return new Redis(conn.url, options);

@@ -52,7 +52,7 @@ export interface Registration {
 export async function registerInstance(options: RegisterOptions): Promise<Registration> {
   const ttl = parseDuration(options.ttl ?? '10s');
   if (ttl === undefined || ttl < 100) throw new MeshError('MESH_ERR_BAD_OPTION', 400, `ttl: expected a duration of at least 100ms, got ${JSON.stringify(options.ttl)}`);
-  const client = /^rediss?:\/\//.test(options.registry) ? await redisClient(options, ttl) : await httpClient(options, ttl);
+  const client = /^redis(s|-sentinel|-cluster)?:\/\//.test(options.registry) ? await redisClient(options, ttl) : await httpClient(options, ttl);
 
   let id: string;
   try {
@@ -93,9 +93,16 @@ export async function registerInstance(options: RegisterOptions): Promise<Regist
       (closing ??= (async () => {
         closed = true;
         if (timer) clearTimeout(timer);
-        await beating;
+        // Bounded: a registry that cannot be reached must not keep a stopping service alive
+        // (its lease runs out anyway).
         try {
-          await client.deregister(id);
+          await withDeadline(
+            (async () => {
+              await beating;
+              await client.deregister(id);
+            })(),
+            CLOSE_DEADLINE_MS,
+          );
         } catch (err) {
           options.onError?.(err as Error);
         } finally {
@@ -103,6 +110,17 @@ export async function registerInstance(options: RegisterOptions): Promise<Regist
         }
       })()),
   };
+}
+
+/** How long {@link Registration.close} tries to deregister before it gives up. */
+const CLOSE_DEADLINE_MS = 2000;
+
+function withDeadline<T>(work: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`the registry did not answer within ${ms} ms; the lease will run out`)), ms);
+  });
+  return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
 }
 
 /**
@@ -187,10 +205,10 @@ async function httpClient(options: RegisterOptions, ttl: number): Promise<Regist
 
 async function redisClient(options: RegisterOptions, ttl: number): Promise<RegistryClient> {
   // Loaded on use: a service that registers over HTTP never loads ioredis.
-  const { RedisRegistryStore, connectRedis } = await import('../redis/store.js');
+  const { RedisRegistryStore, connectRedis, parseRedisTarget } = await import('../redis/store.js');
   // Reconnect at least once a heartbeat, so a restarted Redis sees us again within two heartbeats.
   const redis = connectRedis(
-    { url: options.registry },
+    parseRedisTarget(options.registry),
     { lazyConnect: false, enableOfflineQueue: true, maxRetriesPerRequest: 0, retryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), ttl / 3) },
   );
   // Reconnects are ioredis's job; failures surface through the calls below.
