@@ -91,12 +91,22 @@ export async function shiftCommand(ctx: FleetCommandContext, routeName: string, 
       ctx.err(`meshgate shift: no route named ${JSON.stringify(routeName)} (routes: ${routes.map((r) => String(r.name ?? r.prefix ?? r.path)).join(', ')})`);
       return 1;
     }
-    const backends = route.backends as { service: string; weight?: number }[] | undefined;
-    const target = backends?.find((b) => b.service === backend);
-    if (backends === undefined || target === undefined) {
-      ctx.err(`meshgate shift: route ${routeName} has no backend ${JSON.stringify(backend)}${backends === undefined ? ' (it sends to one service: give it backends first)' : ` (backends: ${backends.map((b) => b.service).join(', ')})`}`);
+    const backends = route.backends as { service: string; weight?: number | string; subset?: Record<string, string> }[] | undefined;
+    // A backend by its service, or by its name when one service has several subsets (`users{version=v2}`).
+    const nameOf = (b: { service: string; subset?: Record<string, string> }): string =>
+      b.subset === undefined || Object.keys(b.subset).length === 0 ? b.service : `${b.service}{${Object.entries(b.subset).sort(([x], [y]) => (x < y ? -1 : 1)).map(([k, v]) => `${k}=${v}`).join(',')}}`;
+    const matching = backends?.filter((b) => nameOf(b) === backend || b.service === backend) ?? [];
+    if (backends === undefined || matching.length !== 1) {
+      ctx.err(
+        backends === undefined
+          ? `meshgate shift: route ${routeName} sends to one service; give it backends first`
+          : matching.length > 1
+            ? `meshgate shift: route ${routeName} has several backends of ${JSON.stringify(backend)}; name one: ${matching.map(nameOf).join(', ')}`
+            : `meshgate shift: route ${routeName} has no backend ${JSON.stringify(backend)} (backends: ${backends.map(nameOf).join(', ')})`,
+      );
       return 1;
     }
+    const target = matching[0]!;
     const before = target.weight ?? 1;
     target.weight = weight;
     try {
@@ -105,12 +115,14 @@ export async function shiftCommand(ctx: FleetCommandContext, routeName: string, 
       ctx.err(`meshgate shift: the result would not be valid:\n${err instanceof ConfigError ? err.message : (err as Error).message}`);
       return 1;
     }
+    const numeric = backends.every((b) => typeof (b.weight ?? 1) === 'number');
+    const total = numeric ? backends.reduce((sum, b) => sum + Number(b.weight ?? 1), 0) : 0;
+    const shares = backends.map((b) => `${nameOf(b)} ${String(b.weight ?? 1)}${numeric ? ` (${total === 0 ? 0 : Math.round((Number(b.weight ?? 1) / total) * 1000) / 10}%)` : ''}`).join(', ');
+    const changed = `route ${routeName}: ${nameOf(target)} weight ${String(before)} -> ${weight}; now ${shares}`;
     const version = configVersion(document);
     const at = Date.now();
     await store.publish(version, document, 'shift');
-    const total = backends.reduce((sum, b) => sum + (b.weight ?? 1), 0);
-    const shares = backends.map((b) => `${b.service} ${b.weight ?? 1} (${total === 0 ? 0 : Math.round(((b.weight ?? 1) / total) * 1000) / 10}%)`).join(', ');
-    ctx.out(`route ${routeName}: ${backend} weight ${before} -> ${weight}; now ${shares}; version ${version} (was ${current.version})`);
+    ctx.out(`${changed}; version ${version} (was ${current.version})`);
     return waitForFleet(ctx, store, version, at);
   });
 }

@@ -97,6 +97,13 @@ export function parseConfig(text: string, options: ValidateOptions = {}): Gatewa
   return load.parseConfig(text, { ...options, sections: sectionsOf(options) });
 }
 
+/**
+ * Reads and parses a config file (YAML or JSON) into a plain document, without validating it:
+ * `${ENV}` references stay as written (`createGateway` substitutes them, and `GET /config` shows
+ * them so). A syntax error throws a `ConfigError` naming the line.
+ */
+export const readConfigFile = load.readConfigFile;
+
 /** Reads, parses and validates a config file like {@link validateConfig}; `${ENV}` references read `env`. */
 export async function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.env, options: Pick<ValidateOptions, 'plugins'> = {}): Promise<load.LoadedConfig> {
   return load.loadConfigFile(file, env, { sections: sectionsOf(options) });

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { fencedBlocks, send, spawnNode, unusedPort, waitFor } from './helpers.js';
+import { fencedBlocks, meshgateCli, send, spawnNode, unusedPort, waitFor } from './helpers.js';
+import { startRedis } from './redis-server.js';
 
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -100,61 +101,68 @@ test('stopping `npm start` (SIGTERM to npm) stops the gateway and the demo insta
   await waitFor(async () => !(await Promise.all(ports.map(listening))).some(Boolean), 10_000, 'every port of the demo to close');
 });
 
-test("README's canary release walkthrough, step by step with the demo: header for testers, 0 to 5 to 100 percent", { timeout: 90_000 }, async (t) => {
+test("README's canary release walkthrough, step by step with the demo and a Redis: header for testers, 0 to 5 to 100 percent live, rollback", { timeout: 120_000 }, async (t) => {
   const readme = await import('node:fs/promises').then((fs) => fs.readFile(new URL('../README.md', import.meta.url), 'utf8'));
-  const walkthrough = readme.slice(readme.indexOf('### Canary release'));
+  const walkthrough = readme.slice(readme.indexOf('### Canary release'), readme.indexOf('## Failure handling'));
   // The steps README tells a newcomer to take, in its words.
-  for (const step of ['npm start', "curl -H 'x-canary: 1' localhost:8080/shop/hello", 'SHOP_V1_WEIGHT=95 SHOP_V2_WEIGHT=5 npm start', 'SHOP_V1_WEIGHT=0 SHOP_V2_WEIGHT=100 npm start', 'curl localhost:9901/routes']) {
+  for (const step of ['DEMO_REDIS=redis://127.0.0.1:6390 npm start', "curl -H 'x-canary: 1' localhost:8080/shop/hello", 'curl localhost:9901/routes']) {
     assert.ok(walkthrough.includes(step), `the walkthrough says ${step}`);
   }
-  const demo = async (weights: Record<string, string>): Promise<{ url: string; adminUrl: string; stop: () => Promise<void> }> => {
-    const [port, adminPort, a, b, c, v2] = await Promise.all([0, 1, 2, 3, 4, 5].map(() => unusedPort()));
-    const run = await spawnNode(t, ['--import', 'tsx', 'examples/standalone/demo.ts'], {
-      cwd: ROOT,
-      env: { PORT: String(port), ADMIN_PORT: String(adminPort), DEMO_PORT_A: String(a), DEMO_PORT_B: String(b), DEMO_PORT_C: String(c), DEMO_PORT_V2: String(v2), MESHGATE_ADMIN_TOKEN: undefined, ...weights },
-    });
-    const url = `http://127.0.0.1:${port}`;
-    await waitFor(async () => (await send(`${url}/demo/hello`).catch(() => ({ status: 0 }))).status === 200, 15_000, `the demo; stderr:\n${run.stderr()}`);
-    return {
-      url,
-      adminUrl: `http://127.0.0.1:${adminPort}`,
-      stop: async () => {
-        run.child.kill('SIGTERM');
-        await run.exited;
-      },
-    };
+  // Its meshgate commands, in order, as a shell would split them, against the test's own Redis.
+  const commands = [...walkthrough.matchAll(/^\$ npx meshgate (.*?)(?:\s+#.*)?$/gm)].map((m) => [...m[1]!.matchAll(/'[^']*'|\S+/g)].map((w) => w[0].replace(/^'|'$/g, '')));
+  assert.deepEqual(
+    commands.map((c) => c.slice(0, c[0] === 'shift' ? 7 : 1).join(' ')),
+    ['apply', 'shift --route shop --backend demo{version=v1} --weight 95', 'shift --route shop --backend demo{version=v2} --weight 5', 'status', 'shift --route shop --backend demo{version=v2} --weight 100', 'shift --route shop --backend demo{version=v1} --weight 0', 'rollback'],
+  );
+  const redis = await startRedis(t);
+  const meshgate = async (args: string[]): Promise<string> => {
+    const run = await meshgateCli(t, args.map((a) => a.replace('redis://127.0.0.1:6390', redis.url)));
+    const { code } = await run.exited;
+    assert.equal(code, 0, `meshgate ${args.join(' ')}: ${run.stdout()}${run.stderr()}`);
+    return run.stdout();
   };
-  const versionOf = async (url: string, headers: Record<string, string> = {}): Promise<string> => {
+
+  const [port, adminPort, a, b, c, v2] = await Promise.all([0, 1, 2, 3, 4, 5].map(() => unusedPort()));
+  const demo = await spawnNode(t, ['--import', 'tsx', 'examples/standalone/demo.ts'], {
+    cwd: ROOT,
+    env: { PORT: String(port), ADMIN_PORT: String(adminPort), DEMO_PORT_A: String(a), DEMO_PORT_B: String(b), DEMO_PORT_C: String(c), DEMO_PORT_V2: String(v2), MESHGATE_ADMIN_TOKEN: undefined, DEMO_REDIS: redis.url },
+  });
+  t.after(() => demo.child.kill('SIGTERM'));
+  const url = `http://127.0.0.1:${port}`;
+  await waitFor(async () => (await send(`${url}/demo/hello`).catch(() => ({ status: 0 }))).status === 200, 15_000, `the demo; stderr:\n${demo.stderr()}`);
+  const versionOf = async (headers: Record<string, string> = {}): Promise<string> => {
     const res = await send(`${url}/shop/hello`, { headers });
     assert.equal(res.status, 200, res.body);
     return res.json().instance === 'demo-v2' ? 'v2' : 'v1';
   };
-  const share = async (url: string): Promise<number> => {
-    let v2 = 0;
-    for (let user = 0; user < 400; user++) if ((await versionOf(url, { cookie: `user=${user}` })) === 'v2') v2++;
-    return v2 / 400;
+  const share = async (): Promise<number> => {
+    let onV2 = 0;
+    for (let user = 0; user < 400; user++) if ((await versionOf({ cookie: `user=${user}` })) === 'v2') onV2++;
+    return onV2 / 400;
   };
+  const percents = async (): Promise<number[]> =>
+    (await send(`http://127.0.0.1:${adminPort}/routes`)).json().routes.find((r: { name: string }) => r.name === 'shop').backends.map((x: { percent: number }) => x.percent);
 
   // Step 1: v2 is deployed at weight 0; only testers with the header reach it.
-  let gw = await demo({});
-  assert.equal(await share(gw.url), 0);
-  assert.equal(await versionOf(gw.url, { 'x-canary': '1' }), 'v2');
-  await gw.stop();
+  assert.equal(await share(), 0);
+  assert.equal(await versionOf({ 'x-canary': '1' }), 'v2');
 
-  // Step 2: 5% of the users, each always on the same version.
-  gw = await demo({ SHOP_V1_WEIGHT: '95', SHOP_V2_WEIGHT: '5' });
-  const five = await share(gw.url);
+  // Step 2: the fleet's first version, then 5% of the users, each always on the same version; no restart.
+  for (const command of commands.slice(0, 3)) await meshgate(command);
+  assert.deepEqual(await percents(), [95, 5]);
+  const five = await share();
   assert.ok(five > 0.01 && five < 0.1, `about 5% of users on v2: ${five}`);
   for (let user = 0; user < 20; user++) {
-    const first = await versionOf(gw.url, { cookie: `user=${user}` });
-    assert.equal(await versionOf(gw.url, { cookie: `user=${user}` }), first, 'a user stays on one version');
+    const first = await versionOf({ cookie: `user=${user}` });
+    assert.equal(await versionOf({ cookie: `user=${user}` }), first, 'a user stays on one version');
   }
-  const routes = (await send(`${gw.adminUrl}/routes`)).json().routes;
-  assert.deepEqual(routes.find((r: { name: string }) => r.name === 'shop').backends.map((b: { percent: number }) => b.percent), [95, 5]);
-  await gw.stop();
+  assert.match(await meshgate(commands[3]!), /demo|meshgate-/);
 
-  // Step 3: everyone on v2.
-  gw = await demo({ SHOP_V1_WEIGHT: '0', SHOP_V2_WEIGHT: '100' });
-  assert.equal(await share(gw.url), 1);
-  await gw.stop();
+  // Step 3: everyone on v2; then the rollback goes back one version.
+  for (const command of commands.slice(4, 6)) await meshgate(command);
+  assert.deepEqual(await percents(), [0, 100]);
+  assert.equal(await share(), 1);
+  await meshgate(commands[6]!);
+  assert.deepEqual(await percents(), [48.72, 51.28], 'one version back: v1 95, v2 100');
+  assert.equal(demo.child.exitCode, null, 'the demo ran through every step');
 });

@@ -2,17 +2,20 @@
  * `npm start`: three demo instances (version v1), a fourth (demo-v2, version v2: the canary of
  * README's walkthrough) and a gateway in front of them, from meshgate.yaml.
  * Ports: PORT (gateway, 8080), ADMIN_PORT (9901), DEMO_PORT_A/B/C (3101-3103), DEMO_PORT_V2 (3104).
+ * DEMO_REDIS=redis://... makes the gateway follow a fleet config in that Redis (`meshgate shift`).
  */
 import { fileURLToPath } from 'node:url';
-import { createGateway, loadConfigFile } from '../../lib/index.js';
+import { createGateway, readConfigFile } from '../../lib/index.js';
 import { startDemoInstance } from './instances.js';
 
 const env = process.env;
 const ports = { a: Number(env.DEMO_PORT_A ?? 3101), b: Number(env.DEMO_PORT_B ?? 3102), c: Number(env.DEMO_PORT_C ?? 3103), v2: Number(env.DEMO_PORT_V2 ?? 3104) };
 const instances = await Promise.all(Object.entries(ports).map(([name, port]) => startDemoInstance(`demo-${name}`, port)));
 
-const { config, baseDir } = await loadConfigFile(fileURLToPath(new URL('./meshgate.yaml', import.meta.url)));
-const gateway = createGateway(config, { baseDir });
+const { document, baseDir, source } = await readConfigFile(fileURLToPath(new URL('./meshgate.yaml', import.meta.url)));
+// With a Redis, the demo gateway is one gateway of a fleet: `meshgate apply` and `shift` change it live.
+const config = env.DEMO_REDIS ? { ...(document as object), discovery: { redis: { url: env.DEMO_REDIS, configCache: false } } } : document;
+const gateway = createGateway(config as Parameters<typeof createGateway>[0], { baseDir, source });
 const { url, adminUrl } = await gateway.listen();
 
 process.stdout.write(`
