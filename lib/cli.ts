@@ -138,7 +138,8 @@ A sidecar: registers an instance with a gateway's admin API (http://...) or a fl
 on SIGTERM or SIGINT. When the registry cannot be reached it keeps trying, with backoff.
 
 Options:
-  --registry URL      a gateway's admin API (http://127.0.0.1:9901) or the fleet's Redis (redis://127.0.0.1:6379)
+  --registry URL      a gateway's admin API (http://127.0.0.1:9901) or the fleet's Redis (redis://127.0.0.1:6379,
+                      redis-sentinel://host:port,.../MASTER, redis-cluster://host:port,...)
   --service NAME      service to join
   --url URL           this instance's URL
   --ttl DURATION      lease length; heartbeats every ttl/3 (default 10s)
@@ -259,6 +260,7 @@ async function start(file: string, port: string | undefined, watch: boolean): Pr
   const onInt = (): void => onSignal!('SIGINT');
   process.once('SIGTERM', onTerm);
   process.once('SIGINT', onInt);
+  process.on('SIGHUP', holdHangup);
   const unlisten = (): void => {
     process.off('SIGTERM', onTerm);
     process.off('SIGINT', onInt);
@@ -354,10 +356,20 @@ async function register(values: Record<string, string | boolean | undefined>): P
 }
 
 /**
+ * SIGHUP's default action kills the process: from the moment `start` runs until the gateway can
+ * reload, a SIGHUP is held here and carried out once it can.
+ */
+let hangupWhileStarting = false;
+function holdHangup(): void {
+  hangupWhileStarting = true;
+}
+
+/**
  * Reloads the gateway's config file on SIGHUP and, with `watch`, when the file changes. A reload
  * that fails is logged by the gateway (and counted); it never stops the process.
  */
 function reloadOn(gateway: Gateway, file: string, watch: boolean): () => void {
+  process.off('SIGHUP', holdHangup);
   const reload = (why: string): void => {
     gateway.log.info({ file, reason: why }, `reloading ${file} (${why})`);
     gateway.reloadFile(file).catch(() => {
@@ -366,6 +378,10 @@ function reloadOn(gateway: Gateway, file: string, watch: boolean): () => void {
   };
   const onHup = (): void => reload('SIGHUP');
   process.on('SIGHUP', onHup);
+  if (hangupWhileStarting) {
+    hangupWhileStarting = false;
+    reload('SIGHUP while starting');
+  }
   const unwatch = watch ? watchConfigFile(resolve(file), () => reload('file changed'), 250, (err) => gateway.log.error({ err: err.message }, `cannot watch ${file}`)) : () => {};
   if (watch) gateway.log.info({ file }, `watching ${file} for changes`);
   return () => {

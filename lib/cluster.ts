@@ -208,6 +208,8 @@ export async function runClusterWorker(config: GatewayConfigInput, baseDir: stri
   process.once('SIGTERM', () => {
     void gateway.close().then(() => process.exit(0));
   });
+  // The primary reloads and tells the workers; a SIGHUP to the whole process group must not kill one.
+  process.on('SIGHUP', () => {});
   // The primary went away (killed): nothing would stop this worker otherwise.
   process.once('disconnect', () => {
     void gateway.close().then(() => process.exit(0));

@@ -94,3 +94,36 @@ test('workers: 2 keeps the rate limit the user wrote: the buckets are the primar
   run.child.kill('SIGTERM');
   assert.equal((await run.exited).code, 0, run.stderr());
 });
+
+test('workers: 2 reloads as one: SIGHUP on the primary, then PUT /config, reach every worker', { timeout: 60_000 }, async (t) => {
+  const a = await startUpstream(t);
+  const port = await unusedPort();
+  const adminPort = await unusedPort();
+  const dir = await mkdtemp(join(tmpdir(), 'meshgate-cluster-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const file = join(dir, 'meshgate.yaml');
+  const config = (routes: string): string =>
+    ['workers: 2', 'logLevel: warn', `listen: { host: 127.0.0.1, port: ${port} }`, `admin: { port: ${adminPort}, token: ${TOKEN} }`, `services: { api: { instances: [ { url: "${a.url}" } ] } }`, `routes: ${routes}`].join('\n');
+  await writeFile(file, config('[ { prefix: /one, service: api } ]'));
+  const run = await spawnNode(t, ['--import', 'tsx', 'lib/cli.ts', 'start', '--config', file], { cwd: process.cwd() });
+  await waitFor(() => accepts(port), 20_000, `the cluster to listen; stderr:\n${run.stderr()}`);
+  // New connections each: the primary hands them to the workers in turn, so both answer.
+  const statuses = async (path: string): Promise<Set<number>> => new Set((await Promise.all(Array.from({ length: 20 }, () => send(`http://127.0.0.1:${port}${path}`)))).map((r) => r.status));
+
+  await writeFile(file, config('[ { prefix: /two, service: api } ]'));
+  run.child.kill('SIGHUP');
+  await waitFor(async () => [...(await statuses('/two/x'))].join() === '200', 10_000, 'every worker to route /two');
+  assert.deepEqual(await statuses('/one/x'), new Set([404]));
+
+  const admin = `http://127.0.0.1:${adminPort}`;
+  const put = await send(`${admin}/config`, {
+    method: 'PUT',
+    headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ logLevel: 'warn', services: { api: { instances: [{ url: a.url }] } }, routes: [{ prefix: '/three', service: 'api' }] }),
+  });
+  assert.equal(put.status, 200, put.body);
+  await waitFor(async () => [...(await statuses('/three/x'))].join() === '200', 10_000, 'every worker to route /three');
+  assert.deepEqual(await statuses('/two/x'), new Set([404]));
+  run.child.kill('SIGTERM');
+  assert.equal((await run.exited).code, 0, run.stderr());
+});
