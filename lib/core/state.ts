@@ -11,6 +11,8 @@ import type { ConfigSnapshot } from './snapshot.js';
 export interface Principal {
   /** How it was established. */
   kind: 'jwt' | 'api-key' | (string & {});
+  /** What policies name it by: an API key's name, a JWT's `sub`, a client certificate's SAN URI. */
+  id: string;
   /** The subject (a JWT's `sub`), when there is one. */
   subject: string | undefined;
   /** The credential's claims (a JWT's payload; empty for an API key). */
@@ -29,6 +31,8 @@ export interface Principal {
 export interface RequestVariables {
   /** Who the request is from: set by authentication plugins (auth), read by rate limits, policies and logs. */
   principal: Principal;
+  /** Which authorization rule decided the request (`authorization` plugin), for the access log. */
+  authorization: { rule: string; action: 'allow' | 'deny'; enforced: boolean };
 }
 
 /**

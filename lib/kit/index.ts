@@ -8,3 +8,5 @@ export { decimalMs } from './decimal.js';
 export { seededRandom } from './random.js';
 export { createLogger, defaultLogFormat } from './logger.js';
 export type { Logger, LogFormat, LoggerOptions } from './logger.js';
+export { globMatcher } from './glob.js';
+export { cidrList, inList } from '../http/net.js';

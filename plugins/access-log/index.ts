@@ -131,6 +131,8 @@ function formatLine(ctx: Context, status: number, time: string, quoted: QuotedNa
   const bytesIn = Number(ctx.req.headers['content-length'] ?? 0) || mesh.bytesIn;
   const requestId = mesh.get('requestId');
   const traceId = mesh.get('traceId');
+  const principal = mesh.get('principal');
+  const authorization = mesh.get('authorization');
   return (
     `{"time":"${time}","method":${jsonString(ctx.req.method!)},"path":${jsonString(mesh.path || ctx.path)},` +
     `"route":${route === null ? 'null' : quoted.of(route, route.name)},"service":${service === null ? 'null' : quoted.of(service, service.name)},` +
@@ -139,6 +141,8 @@ function formatLine(ctx: Context, status: number, time: string, quoted: QuotedNa
     `"durationMs":${decimalMs(mesh.endedAt - mesh.startedAt, 2)},"upstreamMs":${exchange ? decimalMs(exchange.headersMs, 2) : 'null'},` +
     `"retries":${mesh.attempt > 1 ? mesh.attempt - 1 : 0},"bytesIn":${bytesIn},"bytesOut":${mesh.bytesOut + (exchange?.bytesReceived ?? 0)},` +
     `"requestId":${requestId ? jsonString(requestId) : 'null'},"traceId":${traceId ? jsonString(traceId) : 'null'},` +
+    (principal === undefined ? '' : `"principal":${jsonString(principal.id)},`) +
+    (authorization === undefined ? '' : `"authorization":{"rule":${jsonString(authorization.rule)},"action":"${authorization.action}","enforced":${authorization.enforced}},`) +
     `"flags":"${responseFlags(mesh, status)}","error":${mesh.error ? jsonString(mesh.error.code) : 'null'}}\n`
   );
 }

@@ -22,9 +22,24 @@ const jwtSchema = z.strictObject({
   forwardClaims: z.record(z.string(), z.string().regex(/^[A-Za-z0-9-]+$/, 'expected a header name')).default({}),
 });
 
+const keyText = z.union([z.string(), z.number()]).transform(String).pipe(z.string().min(8, 'an API key must be at least 8 characters'));
+
 const apiKeysSchema = z.strictObject({
-  /** Accepted keys (use `${ENV}` to keep them out of the file). */
-  keys: z.array(z.union([z.string(), z.number()]).transform(String).pipe(z.string().min(8, 'an API key must be at least 8 characters'))).min(1),
+  /**
+   * Accepted keys (use `${ENV}` to keep them out of the file): `{ name, key }`, whose name is the
+   * request's principal (`ci-bot`), or a plain key, named `key-1`, `key-2`... by its position.
+   */
+  keys: z
+    .array(z.union([keyText, z.strictObject({ name: z.string().regex(/^[A-Za-z0-9._:@/-]{1,128}$/, 'expected 1-128 letters, digits or . _ : @ / -'), key: keyText })]))
+    .min(1)
+    .superRefine((keys, ctx) => {
+      const seen = new Set<string>();
+      keys.forEach((k, i) => {
+        if (typeof k === 'string') return;
+        if (seen.has(k.name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `"${k.name}" names two keys` });
+        seen.add(k.name);
+      });
+    }),
   /** The header the key comes in. @default x-api-key */
   header: z.string().min(1).default('x-api-key'),
 });
@@ -43,7 +58,7 @@ export type JwtConfig = z.output<typeof jwtSchema>;
 /** A route's auth settings with its keys loaded: what the plugin checks requests against. */
 export interface AuthPolicy {
   jwt: (JwtConfig & { secretKey: KeyObject | null; publicKeyObject: KeyObject | null }) | null;
-  apiKeys: { header: string; digests: Buffer[] } | null;
+  apiKeys: { header: string; keys: { name: string; digest: Buffer }[] } | null;
 }
 
 /**
@@ -72,9 +87,16 @@ export function prepareAuth(config: AuthConfig, context: SectionContext): AuthPo
     jwt = { ...config.jwt, secretKey: config.jwt.secret ? createSecretKey(Buffer.from(config.jwt.secret)) : null, publicKeyObject };
   }
   const apiKeys = config.apiKeys
-    ? { header: config.apiKeys.header.toLowerCase(), digests: config.apiKeys.keys.map((k) => createHash('sha256').update(k).digest()) }
+    ? {
+        header: config.apiKeys.header.toLowerCase(),
+        keys: config.apiKeys.keys.map((k, i) => (typeof k === 'string' ? { name: `key-${i + 1}`, digest: sha256(k) } : { name: k.name, digest: sha256(k.key) })),
+      }
     : null;
   return { jwt, apiKeys };
+}
+
+function sha256(text: string): Buffer {
+  return createHash('sha256').update(text).digest();
 }
 
 function readKeyFile(file: string, path: string): string {

@@ -62,8 +62,9 @@ function compile(policy: AuthPolicy, options: AuthOptions): Authenticator {
     for (const header of claimHeaders) mesh.removeUpstreamHeader(header);
     let failure = 'missing credentials';
     if (keys !== null && ctx.req.headers[keys.header] !== undefined) {
-      if (apiKeyMatches(keys, ctx.req.headers[keys.header])) {
-        mesh.set('principal', { kind: 'api-key', subject: undefined, claims: {} });
+      const name = apiKeyName(keys, ctx.req.headers[keys.header]);
+      if (name !== undefined) {
+        mesh.set('principal', { kind: 'api-key', id: name, subject: name, claims: {} });
         return;
       }
       failure = 'invalid API key';
@@ -73,7 +74,7 @@ function compile(policy: AuthPolicy, options: AuthOptions): Authenticator {
       if (token !== undefined) {
         const result = await jwt(token);
         if (typeof result !== 'string') {
-          mesh.set('principal', { kind: 'jwt', subject: result.sub, claims: result });
+          mesh.set('principal', { kind: 'jwt', id: result.sub ?? '', subject: result.sub, claims: result });
           for (const [claim, header] of Object.entries(forwardClaims)) {
             const value = result[claim];
             if (value !== undefined && value !== null) mesh.setUpstreamHeader(header, typeof value === 'string' ? value : JSON.stringify(value));
@@ -119,14 +120,14 @@ function jwtAuthenticator(config: NonNullable<AuthPolicy['jwt']>, options: AuthO
   };
 }
 
-/** Whether `presented` is one of the keys, compared with every key in constant time. */
-function apiKeyMatches(keys: NonNullable<AuthPolicy['apiKeys']>, presented: string | string[] | undefined): boolean {
-  if (typeof presented !== 'string') return false;
+/** The name of the key `presented` is, compared with every key in constant time; undefined for none. */
+function apiKeyName(keys: NonNullable<AuthPolicy['apiKeys']>, presented: string | string[] | undefined): string | undefined {
+  if (typeof presented !== 'string') return undefined;
   const digest = createHash('sha256').update(presented).digest();
   // Compare with every key, always: how long it takes says nothing about which key is close.
-  let ok = false;
-  for (const key of keys.digests) ok = timingSafeEqual(key, digest) || ok;
-  return ok;
+  let name: string | undefined;
+  for (const key of keys.keys) if (timingSafeEqual(key.digest, digest) && name === undefined) name = key.name;
+  return name;
 }
 
 /** An RFC 9110 quoted-string: `"` and `\` escaped as quoted-pairs. */

@@ -208,7 +208,7 @@ describe('plugin host', () => {
                 name: 'tenant',
                 setup: (g) =>
                   void g.addMiddleware('onRequest', (ctx, next) => {
-                    ctx.state.mesh.set('principal', { kind: 'test', subject: String(ctx.get('x-tenant')), claims: {} });
+                    ctx.state.mesh.set('principal', { kind: 'test', id: 'tester', subject: String(ctx.get('x-tenant')), claims: {} });
                     return next();
                   }),
               }),
