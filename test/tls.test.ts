@@ -224,3 +224,74 @@ describe('TLS', () => {
     assert.equal(upstream.seen.length, 1);
   });
 });
+
+describe('mutual TLS on the listener', () => {
+  let dir = '';
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'meshgate-mtls-'));
+    const leaf = (usage: string, san: string): string => `basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=${usage}\nsubjectAltName=${san}\n`;
+    await makeCa(dir, 'mesh-ca');
+    await makeCa(dir, 'other-ca');
+    await makeLeaf(dir, 'gateway', 'gateway', 'mesh-ca', leaf('serverAuth', 'IP:127.0.0.1,DNS:localhost,URI:spiffe://example.internal/gateway'));
+    await makeLeaf(dir, 'billing', 'billing', 'mesh-ca', leaf('clientAuth', 'URI:spiffe://example.internal/billing'));
+    await makeLeaf(dir, 'orders', 'orders', 'mesh-ca', leaf('clientAuth', 'URI:spiffe://example.internal/orders'));
+    await makeLeaf(dir, 'stranger', 'billing', 'other-ca', leaf('clientAuth', 'URI:spiffe://example.internal/billing'));
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  /** An HTTPS request to the gateway with the client certificate `name` (or none). */
+  const call = async (port: number, path: string, name: string | null, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> => {
+    const [ca, cert, key] = await Promise.all([readFile(join(dir, 'mesh-ca.crt')), name ? readFile(join(dir, `${name}.crt`)) : undefined, name ? readFile(join(dir, `${name}.key`)) : undefined]);
+    return new Promise((resolve, reject) => {
+      const req = httpsRequest({ host: '127.0.0.1', port, path, ca, cert, key, headers, agent: false }, (res) => {
+        let body = '';
+        res.setEncoding('utf8').on('data', (c: string) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode!, body }));
+      });
+      req.on('error', reject);
+      req.end();
+    });
+  };
+
+  const gatewayWith = async (t: TestContext, clientCert: 'request' | 'require') => {
+    const upstream = await startUpstream(t);
+    const { url } = await startGateway(t, {
+      listen: { tls: { cert: join(dir, 'gateway.crt'), key: join(dir, 'gateway.key'), clientCa: join(dir, 'mesh-ca.crt'), clientCert } },
+      services: { invoices: { instances: [{ url: upstream.url }] } },
+      routes: [{ prefix: '/invoices', service: 'invoices', authorization: { rules: [{ action: 'allow', when: { principals: ['spiffe://example.internal/billing'] } }] } }],
+    });
+    return { upstream, port: Number(new URL(url).port) };
+  };
+
+  test('billing gets through a policy that allows its SPIFFE id, orders gets 403; the upstream sees the verified XFCC, never the client\'s', LIMIT, async (t) => {
+    const { upstream, port } = await gatewayWith(t, 'require');
+    const forged = 'By=spiffe://evil;URI=spiffe://example.internal/admin';
+    const ok = await call(port, '/invoices/1', 'billing', { 'x-forwarded-client-cert': forged });
+    assert.equal(ok.status, 200, ok.body);
+    assert.equal(upstream.seen.length, 1);
+    const xfcc = upstream.seen[0]!.headers['x-forwarded-client-cert'] as string;
+    assert.match(xfcc, /^By=spiffe:\/\/example\.internal\/gateway;Hash=[0-9a-f]{64};URI=spiffe:\/\/example\.internal\/billing;Subject="CN=billing"$/);
+    assert.ok(!upstream.seen[0]!.rawHeaders.includes(forged), 'the forged header never reached the upstream');
+    const denied = await call(port, '/invoices/1', 'orders');
+    assert.equal(denied.status, 403);
+    assert.equal(upstream.seen.length, 1, 'the upstream never saw the denied request');
+  });
+
+  test('clientCert: require refuses a handshake without a certificate, or with one from another CA', LIMIT, async (t) => {
+    const { upstream, port } = await gatewayWith(t, 'require');
+    await assert.rejects(call(port, '/invoices/1', null), (err: NodeJS.ErrnoException) => /certificate|ECONNRESET|socket hang up|alert/i.test(`${err.code} ${err.message}`));
+    await assert.rejects(call(port, '/invoices/1', 'stranger'), (err: NodeJS.ErrnoException) => /certificate|ECONNRESET|socket hang up|alert|unknown ca/i.test(`${err.code} ${err.message}`));
+    assert.equal(upstream.seen.length, 0);
+  });
+
+  test('clientCert: request lets a client without a certificate in, anonymous: a policy that names principals refuses it, a forged XFCC is dropped', LIMIT, async (t) => {
+    const { upstream, port } = await gatewayWith(t, 'request');
+    const anonymous = await call(port, '/invoices/1', null, { 'x-forwarded-client-cert': 'URI=spiffe://example.internal/billing' });
+    assert.equal(anonymous.status, 403);
+    const stranger = await call(port, '/invoices/1', 'stranger');
+    assert.equal(stranger.status, 403, 'a certificate the client CA did not sign is no identity');
+    const billing = await call(port, '/invoices/1', 'billing');
+    assert.equal(billing.status, 200);
+    assert.equal(upstream.seen.length, 1);
+  });
+});

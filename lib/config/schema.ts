@@ -30,7 +30,17 @@ const positiveInt = z.number().int().min(1);
 /** `header:NAME | cookie:NAME | query:NAME | ip | path` */
 export const HASH_ON = /^(?:(?:header|cookie|query):[^\s:]+|ip|path)$/;
 
-const tlsServer = z.strictObject({ cert: z.string(), key: z.string(), ca: z.string().optional() });
+const tlsServer = z
+  .strictObject({
+    cert: z.string(),
+    key: z.string(),
+    ca: z.string().optional(),
+    /** CA bundle that signs client certificates (mutual TLS). */
+    clientCa: z.string().optional(),
+    /** `require`: no verified client certificate, no handshake; `request`: asked for, anonymous without. */
+    clientCert: z.enum(['request', 'require']).optional(),
+  })
+  .refine((t) => t.clientCert === undefined || t.clientCa !== undefined, { message: 'clientCert needs clientCa, the CA that signs client certificates', path: ['clientCa'] });
 
 const instance = z.strictObject({
   url: httpUrl,

@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
-import { accessSync, constants } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { accessSync, constants, readFileSync } from 'node:fs';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
@@ -26,6 +27,7 @@ import { PluginRegistry } from './plugin-host.js';
 import { loadPluginModules } from './plugin-loader.js';
 import { checkPlugin, type GatewayPlugin, type GatewayRole, type GatewayServices, type PluginHost, type Stage, type StageMiddleware } from './plugin.js';
 import type { Router } from './router.js';
+import { sanUris } from '../http/client-cert.js';
 import { createListener, urlHost } from './server.js';
 import { buildSnapshot, type ConfigSnapshot, type ReloadOptions } from './snapshot.js';
 
@@ -363,6 +365,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
         name: this.name,
         connections: this.pools.connections,
         random: this.random,
+        selfUri: ownUri(this.config.listen, (path) => this.resolvePath(path)),
       },
       this.#plugins.seal(),
       this.#deadlines,
@@ -576,6 +579,17 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     };
     const server = createListener(listen, (path) => this.resolvePath(path), handler);
     this.#server = server;
+    if (listen.tls?.clientCert) {
+      // Mutual TLS: a client certificate that does not verify is refused (require) or anonymous (request); either way, said.
+      server.on('tlsClientError', (err: Error, socket: import('node:net').Socket) =>
+        this.log.warn({ client: socket.remoteAddress, err: err.message }, `TLS handshake refused: ${err.message}`),
+      );
+      server.on('secureConnection', (socket: import('node:tls').TLSSocket) => {
+        if (!socket.authorized && socket.getPeerCertificate()?.raw !== undefined) {
+          this.log.warn({ client: socket.remoteAddress, err: String(socket.authorizationError) }, `client certificate not verified (${String(socket.authorizationError)}): the connection is anonymous`);
+        }
+      });
+    }
     const host = overrides.host ?? listen.host;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -663,6 +677,16 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
   }
 }
 
+/** The SAN URI of the listener's own certificate (XFCC's `By`), or null. */
+function ownUri(listen: GatewayConfig['listen'], resolve: (path: string) => string): string | null {
+  if (!listen.tls) return null;
+  try {
+    return sanUris(new X509Certificate(readFileSync(resolve(listen.tls.cert))))[0] ?? null;
+  } catch {
+    return null; // not a certificate node can read here: the listener will say so
+  }
+}
+
 /** A config error that names its file. */
 function inFile(err: unknown, source: string | undefined): unknown {
   return err instanceof ConfigError && source !== undefined && !err.message.includes(source) ? new ConfigError(err.issues, source) : err;
@@ -680,7 +704,7 @@ function unreadableFiles(config: GatewayConfig, resolve: (path: string) => strin
     }
   };
   const tls = config.listen.tls;
-  if (tls) for (const key of ['cert', 'key', 'ca'] as const) check(tls[key], `listen.tls.${key}`);
+  if (tls) for (const key of ['cert', 'key', 'ca', 'clientCa'] as const) check(tls[key], `listen.tls.${key}`);
   for (const [name, service] of Object.entries(config.services)) {
     if (service.tls) for (const key of ['ca', 'cert', 'key'] as const) check(service.tls[key], `services.${name}.tls.${key}`);
   }

@@ -17,6 +17,7 @@ import {
 import { upstreamRequestHeaders } from '../http/headers.js';
 import { clientAddress, peerTrusted } from '../http/net.js';
 import { PathParametersError, normalizeTarget, withoutPathParameters } from '../http/path.js';
+import { peerIdentity } from '../http/client-cert.js';
 import { decimalMs } from '../kit/decimal.js';
 import type { Logger } from '../kit/logger.js';
 import type { Registry, Service } from '../registry/registry.js';
@@ -56,6 +57,8 @@ export interface PipelineParts {
   readonly connections: ReadonlySet<string>;
   /** The random source of weighted splits (seedable, as the balancers'). */
   readonly random: () => number;
+  /** The gateway's own SAN URI (from `listen.tls.cert`): XFCC's `By`. */
+  readonly selfUri: string | null;
 }
 
 const kMesh = Symbol('meshgate.state');
@@ -168,6 +171,9 @@ export class Pipeline {
     }
     if (mesh.route === null && mesh.error === null && hostNext !== null) return hostNext();
 
+    // Mutual TLS: a verified client certificate is the principal (a credential checked later, a JWT, takes over).
+    const peer = peerIdentity(ctx.req.socket, parts.selfUri);
+    if (peer !== null) mesh.set('principal', { kind: 'certificate', id: peer.uris[0] ?? peer.subject, subject: peer.subject, claims: { uri: peer.uris, dns: peer.dns, subject: peer.subject } });
     const trust = snapshot.trust;
     const socketAddress = ctx.req.socket.remoteAddress ?? '';
     mesh.clientIp = trust === false ? socketAddress : clientAddress(socketAddress, headerValue(ctx.req.headers['x-forwarded-for']), trust);
@@ -308,6 +314,7 @@ export class Pipeline {
         appendForwardedFor: peerTrusted(mesh.snapshot!.trust, socketAddress),
         maxHeaders: mesh.snapshot!.config.listen.maxHeaders,
         proto: ctx.protocol,
+        clientCert: peerIdentity(socket, this.#parts.selfUri)?.xfcc,
         bodyLength: typeof mesh.body === 'string' || Buffer.isBuffer(mesh.body) ? Buffer.byteLength(mesh.body) : undefined,
         overrides: mesh.headerOverrides,
       }));

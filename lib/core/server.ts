@@ -25,6 +25,10 @@ export function createListener(listen: GatewayConfig['listen'], resolvePath: (pa
           cert: readFileSync(resolvePath(listen.tls.cert)),
           key: readFileSync(resolvePath(listen.tls.key)),
           ...(listen.tls.ca ? { ca: readFileSync(resolvePath(listen.tls.ca)) } : {}),
+          // Mutual TLS: the client CA verifies client certificates; `require` refuses a handshake without one.
+          ...(listen.tls.clientCert
+            ? { requestCert: true, rejectUnauthorized: listen.tls.clientCert === 'require', ca: readFileSync(resolvePath(listen.tls.clientCa!)) }
+            : {}),
         },
         handler,
       )

@@ -23,6 +23,8 @@ const GATEWAY_OWNED: ReadonlySet<string> = new Set([
   'x-forwarded-for',
   'x-forwarded-proto',
   'x-forwarded-host',
+  // Set from the verified client certificate only (Envoy's XFCC sanitize-and-set): a client's own is a forgery.
+  'x-forwarded-client-cert',
   // The gateway answered `Expect: 100-continue` itself; the upstream gets the body right away.
   'expect',
 ]);
@@ -83,6 +85,8 @@ export interface ForwardedInfo {
   overrides?: readonly (string | null)[] | null;
   /** Most header lines a request may have (`listen.maxHeaders`); more is 431. @default 100 */
   maxHeaders?: number;
+  /** `x-forwarded-client-cert` for the client's verified certificate (mutual TLS), else undefined. */
+  clientCert?: string;
   /** The gateway's own `Via` entry (`1.1 meshgate-1a2b3c4d`), appended to the client's: a request that comes back with it went round a loop. */
   via?: string;
 }
@@ -212,6 +216,7 @@ export function upstreamRequestHeaders(req: IncomingMessage, info: ForwardedInfo
   out.push('x-forwarded-for', forwardedFor ? `${forwardedFor}, ${client}` : client);
   out.push('x-forwarded-proto', info.proto);
   if (host) out.push('x-forwarded-host', host);
+  if (info.clientCert !== undefined) out.push('x-forwarded-client-cert', info.clientCert);
   // RFC 9110 7.6.3: a proxy adds itself to Via. It is also how a loop is seen (the request comes back with it).
   if (info.via !== undefined) out.push('via', via ? `${via}, ${info.via}` : info.via);
   if (info.bodyLength !== undefined) out.push('content-length', String(info.bodyLength));
