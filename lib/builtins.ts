@@ -4,6 +4,7 @@ import type { GatewayPlugin, GatewayRole } from './core/plugin.js';
 import { accessLogSections } from '../plugins/access-log/config.js';
 import { authSections } from '../plugins/auth/config.js';
 import { authorizationSections } from '../plugins/authorization/config.js';
+import { corsSections } from '../plugins/cors/config.js';
 import { circuitBreakerSections } from '../plugins/circuit-breaker/config.js';
 import { dnsDiscoverySections } from '../plugins/dns-discovery/config.js';
 import { faultSections } from '../plugins/fault-injection/config.js';
@@ -32,6 +33,7 @@ const TRACE_CONTEXT: Builtin<undefined> = { name: 'trace-context', config: trace
 const METRICS: Builtin<{ cluster?: 'primary' | 'worker' }> = { name: 'metrics', config: metricsSections, load: async () => (await import('../plugins/metrics/index.js')).metrics };
 const ACCESS_LOG: Builtin<object> = { name: 'access-log', config: accessLogSections, load: async () => (await import('../plugins/access-log/index.js')).accessLog };
 const AUTH: Builtin<object> = { name: 'auth', config: authSections, load: async () => (await import('../plugins/auth/index.js')).auth };
+const CORS: Builtin<object> = { name: 'cors', config: corsSections, load: async () => (await import('../plugins/cors/index.js')).cors };
 const AUTHORIZATION: Builtin<object> = { name: 'authorization', config: authorizationSections, load: async () => (await import('../plugins/authorization/index.js')).authorization };
 const RATE_LIMIT: Builtin<object> = { name: 'rate-limit', config: rateLimitSections, load: async () => (await import('../plugins/rate-limit/index.js')).rateLimit };
 const HEALTH_CHECK: Builtin<object> = { name: 'health-check', config: healthCheckSections, load: async () => (await import('../plugins/health-check/index.js')).healthChecks };
@@ -46,7 +48,7 @@ const RETRIES: Builtin<object> = { name: 'retries', config: retriesSections, loa
  * The config sections of every built-in plugin, whether or not a config turns it on: the config
  * schema is the core's fields plus these plus the registered plugins' own.
  */
-export const BUILTIN_SECTIONS: readonly SectionOwner[] = [LOAD_SHEDDING, REDIS_DISCOVERY, DNS_DISCOVERY, TRACE_CONTEXT, METRICS, ACCESS_LOG, AUTH, AUTHORIZATION, RATE_LIMIT, HEALTH_CHECK, CIRCUIT_BREAKER, OUTLIER_DETECTION, ZONE_AWARE, FAULT_INJECTION, MIRROR, RETRIES];
+export const BUILTIN_SECTIONS: readonly SectionOwner[] = [LOAD_SHEDDING, REDIS_DISCOVERY, DNS_DISCOVERY, TRACE_CONTEXT, METRICS, ACCESS_LOG, CORS, AUTH, AUTHORIZATION, RATE_LIMIT, HEALTH_CHECK, CIRCUIT_BREAKER, OUTLIER_DETECTION, ZONE_AWARE, FAULT_INJECTION, MIRROR, RETRIES];
 
 /**
  * A built-in plugin whose module loads when the gateway starts, not when meshgate is imported:
@@ -70,7 +72,7 @@ function lazy<O>(builtin: Builtin<O>, options: O): GatewayPlugin {
 const STUBS = new WeakSet<GatewayPlugin>();
 
 /** The order of the built-ins in every stage chain: the order {@link builtinPlugins} lists them in. */
-const ORDER = ['static-discovery', 'redis-discovery', 'dns-discovery', 'load-shedding', 'trace-context', 'metrics', 'access-log', 'auth', 'authorization', 'rate-limit', 'fault-injection', 'mirror', 'health-check', 'circuit-breaker', 'outlier-detection', 'zone-aware', 'retries'];
+const ORDER = ['static-discovery', 'redis-discovery', 'dns-discovery', 'load-shedding', 'trace-context', 'metrics', 'access-log', 'cors', 'auth', 'authorization', 'rate-limit', 'fault-injection', 'mirror', 'health-check', 'circuit-breaker', 'outlier-detection', 'zone-aware', 'retries'];
 
 /** A built-in plugin's place in the stage chains, so one a reload turns on runs where it would have at boot; undefined for other plugins. */
 export function builtinRank(plugin: GatewayPlugin): number | undefined {
@@ -99,6 +101,8 @@ export function builtinPlugins(config: GatewayConfig, role: GatewayRole = 'stand
   }
   if (config.accessLog !== undefined && config.accessLog !== false) plugins.push(lazy(ACCESS_LOG, {}));
   // Who is asking, then how often: rate limits may key on the authenticated subject.
+  // Preflights carry no credentials: CORS answers them before authentication could refuse them.
+  if (anyRoute('cors')) plugins.push(lazy(CORS, {}));
   if (anyRoute('auth')) plugins.push(lazy(AUTH, {}));
   // Then what they may do: a denied request costs no rate-limit token.
   if ((config as Record<string, unknown>).authorization !== undefined || anyRoute('authorization')) plugins.push(lazy(AUTHORIZATION, {}));
