@@ -13,6 +13,11 @@ const jwtSchema = z.strictObject({
   publicKey: z.string().min(1).optional(),
   /** JWKS endpoint; keys are fetched and cached. */
   jwksUrl: httpUrl.optional(),
+  /**
+   * After a JWKS fetch, how long a token with an unknown `kid` waits for the next one (a rotated
+   * key is picked up then), so forged `kid`s cannot make the gateway hammer the endpoint. @default 30s
+   */
+  jwksCooldown: duration.default(30_000),
   algorithms: z.array(z.enum(JWT_ALGORITHMS, { message: `expected one of ${JWT_ALGORITHMS.join(', ')} ("none" is never allowed)` })).min(1),
   issuer: z.union([z.string(), z.array(z.string())]).optional(),
   audience: z.union([z.string(), z.array(z.string())]).optional(),

@@ -92,7 +92,9 @@ function compile(policy: AuthPolicy, options: AuthOptions): Authenticator {
 function jwtAuthenticator(config: NonNullable<AuthPolicy['jwt']>, options: AuthOptions): (token: string) => Promise<JWTPayload | string> {
   const secret = config.secretKey;
   const publicKey = config.publicKeyObject;
-  const jwks: JWTVerifyGetKey | null = config.jwksUrl ? createRemoteJWKSet(new URL(config.jwksUrl), { cacheMaxAge: options.jwksCacheMaxAge ?? 600_000 }) : null;
+  const jwks: JWTVerifyGetKey | null = config.jwksUrl
+    ? createRemoteJWKSet(new URL(config.jwksUrl), { cacheMaxAge: options.jwksCacheMaxAge ?? 600_000, cooldownDuration: config.jwksCooldown })
+    : null;
   const verifyOptions = {
     algorithms: config.algorithms as string[],
     issuer: config.issuer,

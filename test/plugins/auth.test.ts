@@ -246,6 +246,35 @@ describe('auth: ES256 through a JWKS endpoint', () => {
     const hs = await hmacToken({ sub: 'admin', exp: now() + 60 }, { secret: JSON.stringify(jwk) });
     await assertRefused(await send(`${url}/api/me`, { headers: bearer(hs) }), upstream, 5, 'HS256 on an ES256 route');
   });
+
+  test('JWKS rotation: a key rotated at the endpoint is picked up after the cooldown; forged kids cost at most one fetch per cooldown', async (t) => {
+    const first = await generateKeyPair('ES256');
+    const second = await generateKeyPair('ES256');
+    const set = { keys: [{ ...(await exportJWK(first.publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' }] };
+    const jwks = await jwksServer(t, set);
+    const { upstream, url } = await authGateway(t, { jwt: { jwksUrl: jwks.url, algorithms: ['ES256'], jwksCooldown: 400 } });
+    const sign = (key: Parameters<SignJWT["sign"]>[0], kid: string) => new SignJWT({ sub: kid }).setProtectedHeader({ alg: 'ES256', kid }).setExpirationTime('1m').sign(key);
+    assert.equal((await send(`${url}/api/me`, { headers: bearer(await sign(first.privateKey, 'k1')) })).status, 200);
+    assert.equal(jwks.hits(), 1);
+
+    // Forged kids within the cooldown: refused, and the endpoint is not asked again.
+    for (let i = 0; i < 20; i++) {
+      const res = await send(`${url}/api/me`, { headers: bearer(await sign(second.privateKey, `forged-${i}`)) });
+      assert.equal(res.status, 401);
+    }
+    assert.ok(jwks.hits() <= 2, `${jwks.hits()} fetches for 20 unknown kids`);
+
+    // The endpoint rotates to k2; after the cooldown a k2 token triggers one fetch and passes.
+    set.keys = [{ ...(await exportJWK(second.publicKey)), kid: 'k2', alg: 'ES256', use: 'sig' }];
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const before = jwks.hits();
+    const rotated = await send(`${url}/api/me`, { headers: bearer(await sign(second.privateKey, 'k2')) });
+    assert.equal(rotated.status, 200, rotated.body);
+    assert.equal(jwks.hits(), before + 1);
+    for (let i = 0; i < 5; i++) assert.equal((await send(`${url}/api/me`, { headers: bearer(await sign(second.privateKey, 'k2')) })).status, 200);
+    assert.equal(jwks.hits(), before + 1, 'the rotated set is cached');
+    assert.equal(upstream.seen.length, 7);
+  });
 });
 
 describe('auth: API keys', () => {
