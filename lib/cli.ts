@@ -35,6 +35,10 @@ Usage:
                                       make the previous fleet config version (or VERSION) current again
   meshgate status --redis URL [--json]
                                       the fleet: each gateway, the version it runs, its health
+  meshgate ca init --trust-domain DOMAIN [--out DIR]
+                                      create a mesh CA (SPIFFE trust domain)
+  meshgate ca issue --service NAME [--ca DIR] [--out DIR] [--ttl 24h] [--dns NAME,...]
+                                      issue a short-lived certificate with spiffe://DOMAIN/NAME
   meshgate --version                  print the version
   meshgate --help                     this text; meshgate COMMAND --help for one command
 
@@ -131,6 +135,23 @@ whether it is ready, its healthy instances, and a version it refused with the re
 Options:
 ${FLEET_REDIS}
   --json              machine-readable output`,
+  ca: `meshgate ca init --trust-domain DOMAIN [--out DIR]
+meshgate ca issue --service NAME [--ca DIR] [--out DIR] [--ttl 24h] [--dns NAME,...]
+
+init creates a mesh CA for a SPIFFE trust domain in DIR (default ./mesh-ca): ca.crt, ca.key
+(mode 600) and trust-domain. issue makes a certificate for a service, signed by that CA, valid for
+--ttl (default 24h): SAN URI spiffe://DOMAIN/NAME (the identity policies name and
+services.<name>.tls.expectedIdentity checks) and SAN DNS NAME, for server and client use; it
+writes NAME.crt and NAME.key in --out (default .). Re-run issue before the ttl ends: the gateway
+re-reads certificate files when they change.
+
+Options:
+  --trust-domain DOMAIN   the trust domain (init), such as example.internal
+  --service NAME          the service the certificate is for (issue)
+  --ca DIR                the CA's directory (default ./mesh-ca)
+  --out DIR               where to write
+  --ttl DURATION          how long the certificate is valid (default 24h)
+  --dns NAMES             extra SAN DNS names, comma-separated (issue)`,
   register: `meshgate register --registry URL --service NAME --url URL [--ttl 10s] [--token T]
 
 A sidecar: registers an instance with a gateway's admin API (http://...) or a fleet's Redis
@@ -175,6 +196,10 @@ export async function main(argv: string[]): Promise<number> {
         backend: { type: 'string' },
         json: { type: 'boolean' },
         wait: { type: 'string' },
+        'trust-domain': { type: 'string' },
+        ca: { type: 'string' },
+        out: { type: 'string' },
+        dns: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'v' },
       },
@@ -223,6 +248,8 @@ export async function main(argv: string[]): Promise<number> {
       return start(configFile, values.port, values.watch === true);
     case 'register':
       return register(values);
+    case 'ca':
+      return caCommand(positionals[1], values);
     case 'apply':
     case 'shift':
     case 'rollback':
@@ -409,6 +436,51 @@ async function startCluster(config: GatewayConfigInput, baseDir: string, source:
   handle.gateway.log.info('draining the workers');
   await handle.close();
   return 0;
+}
+
+async function caCommand(action: string | undefined, values: Record<string, string | boolean | undefined>): Promise<number> {
+  const fail = (message: string): number => {
+    process.stderr.write(`meshgate ca: ${message}\n`);
+    return 2;
+  };
+  const { checkTrustDomain, createMeshCa, issueCertificate, readMeshCa, writeMeshCa } = await import('./mesh-ca.js');
+  const caDir = typeof values.ca === 'string' ? values.ca : 'mesh-ca';
+  if (action === 'init') {
+    const domain = values['trust-domain'];
+    if (typeof domain !== 'string') return fail('init needs --trust-domain DOMAIN');
+    const bad = checkTrustDomain(domain);
+    if (bad !== null) return fail(bad);
+    const out = typeof values.out === 'string' ? values.out : caDir;
+    await writeMeshCa(out, await createMeshCa(domain));
+    process.stdout.write(`mesh CA for spiffe://${domain} written to ${out}/ (ca.crt, ca.key, trust-domain)\n`);
+    return 0;
+  }
+  if (action === 'issue') {
+    const service = values.service;
+    if (typeof service !== 'string' || !/^[A-Za-z0-9._-]{1,63}$/.test(service)) return fail('issue needs --service NAME (letters, digits, ".", "-", "_")');
+    const ttl = typeof values.ttl === 'string' ? parseDuration(values.ttl) : 86_400_000;
+    if (ttl === undefined || ttl < 60_000) return fail(`--ttl expects a duration of at least 1m, got ${JSON.stringify(values.ttl)}`);
+    let ca;
+    try {
+      ca = await readMeshCa(caDir);
+    } catch (err) {
+      return fail(`cannot read the CA in ${caDir}/ (run meshgate ca init first): ${(err as Error).message}`);
+    }
+    const dns = typeof values.dns === 'string' ? values.dns.split(',').filter(Boolean) : [];
+    const issued = await issueCertificate(ca, service, ttl / 3_600_000, dns);
+    const out = typeof values.out === 'string' ? values.out : '.';
+    const { mkdir, writeFile, rename } = await import('node:fs/promises');
+    const { join } = await import('node:path');
+    await mkdir(out, { recursive: true });
+    // Key first, then certificate, each renamed into place: a reader never sees half a file.
+    for (const [name, text, mode] of [[`${service}.key`, issued.keyPem, 0o600], [`${service}.crt`, issued.certPem, 0o644]] as const) {
+      await writeFile(join(out, `${name}.tmp`), text, { mode });
+      await rename(join(out, `${name}.tmp`), join(out, name));
+    }
+    process.stdout.write(`${issued.spiffeId}: ${join(out, `${service}.crt`)} and ${join(out, `${service}.key`)}, valid ${values.ttl ?? '24h'}\n`);
+    return 0;
+  }
+  return fail(`expected init or issue, got ${JSON.stringify(action ?? '')} (meshgate ca --help)`);
 }
 
 async function fleetCommand(command: 'apply' | 'shift' | 'rollback' | 'status', values: Record<string, string | boolean | undefined>, file: string): Promise<number> {

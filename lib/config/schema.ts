@@ -70,6 +70,11 @@ const serviceShape = {
         key: z.string().optional(),
         servername: z.string().optional(),
         rejectUnauthorized: z.boolean().default(true),
+        /**
+         * The identity the instances' certificates must carry as a SAN URI
+         * (`spiffe://example.internal/billing`), checked instead of the host name, as Istio does.
+         */
+        expectedIdentity: z.string().regex(/^[a-z][a-z0-9+.-]*:\/\/\S+$/, 'expected a URI such as spiffe://example.internal/billing').optional(),
       })
       .optional(),
 };

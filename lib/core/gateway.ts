@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { X509Certificate } from 'node:crypto';
-import { accessSync, constants, readFileSync } from 'node:fs';
+import { accessSync, constants, readFileSync, unwatchFile, watchFile, type Stats } from 'node:fs';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
@@ -28,7 +28,7 @@ import { loadPluginModules } from './plugin-loader.js';
 import { checkPlugin, type GatewayPlugin, type GatewayRole, type GatewayServices, type PluginHost, type Stage, type StageMiddleware } from './plugin.js';
 import type { Router } from './router.js';
 import { sanUris } from '../http/client-cert.js';
-import { createListener, urlHost } from './server.js';
+import { createListener, listenerTlsFiles, urlHost } from './server.js';
 import { buildSnapshot, type ConfigSnapshot, type ReloadOptions } from './snapshot.js';
 
 export type { ReloadOptions } from './snapshot.js';
@@ -579,6 +579,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     };
     const server = createListener(listen, (path) => this.resolvePath(path), handler);
     this.#server = server;
+    if (listen.tls) this.#rotateCertificates(server as import('node:https').Server, listen.tls);
     if (listen.tls?.clientCert) {
       // Mutual TLS: a client certificate that does not verify is refused (require) or anonymous (request); either way, said.
       server.on('tlsClientError', (err: Error, socket: import('node:net').Socket) =>
@@ -618,6 +619,37 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     const bound = `${scheme}://${host.includes(':') ? `[${host}]` : host}:${port}`;
     this.log.info({ url: info.url, admin: info.adminUrl }, `meshgate listening on ${bound}${info.adminUrl ? `, admin on ${info.adminUrl}` : ''}`);
     return info;
+  }
+
+  /**
+   * Re-reads the listener's certificate, key and CA when one of their files changes (a
+   * `meshgate ca issue` before the old certificate expires): new connections get the new ones,
+   * open connections carry on. A file that does not parse is logged and the old ones stay.
+   */
+  #rotateCertificates(server: import('node:https').Server, tls: NonNullable<GatewayConfig['listen']['tls']>): void {
+    const files = [tls.cert, tls.key, tls.clientCert ? tls.clientCa : tls.ca].filter((f): f is string => f !== undefined).map((f) => this.resolvePath(f));
+    let timer: NodeJS.Timeout | null = null;
+    const reload = (): void => {
+      timer = null;
+      try {
+        server.setSecureContext(listenerTlsFiles(tls, (path) => this.resolvePath(path)));
+        this.log.info({ files }, 'listener certificate reloaded');
+      } catch (err) {
+        this.log.error({ err: (err as Error).message, files }, `listener certificate not reloaded, the old one stays: ${(err as Error).message}`);
+      }
+    };
+    const changed = (now: Stats, before: Stats): void => {
+      if (now.mtimeMs === before.mtimeMs && now.size === before.size) return;
+      // Key and certificate are written one after the other: read them once both have landed.
+      if (timer !== null) clearTimeout(timer);
+      timer = setTimeout(reload, 200);
+      timer.unref();
+    };
+    for (const file of files) watchFile(file, { interval: 250, persistent: false }, changed);
+    this.onClose(() => {
+      if (timer !== null) clearTimeout(timer);
+      for (const file of files) unwatchFile(file, changed);
+    });
   }
 
   /** The proxy's HTTP server, once listening. */

@@ -22,13 +22,9 @@ export function createListener(listen: GatewayConfig['listen'], resolvePath: (pa
     ? createHttpsServer(
         {
           ...options,
-          cert: readFileSync(resolvePath(listen.tls.cert)),
-          key: readFileSync(resolvePath(listen.tls.key)),
-          ...(listen.tls.ca ? { ca: readFileSync(resolvePath(listen.tls.ca)) } : {}),
-          // Mutual TLS: the client CA verifies client certificates; `require` refuses a handshake without one.
-          ...(listen.tls.clientCert
-            ? { requestCert: true, rejectUnauthorized: listen.tls.clientCert === 'require', ca: readFileSync(resolvePath(listen.tls.clientCa!)) }
-            : {}),
+          ...listenerTlsFiles(listen.tls, resolvePath),
+          // Mutual TLS: `require` refuses a handshake without a client certificate the client CA verifies.
+          ...(listen.tls.clientCert ? { requestCert: true, rejectUnauthorized: listen.tls.clientCert === 'require' } : {}),
         },
         handler,
       )
@@ -38,6 +34,19 @@ export function createListener(listen: GatewayConfig['listen'], resolvePath: (pa
     socket.end(`HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
   });
   return server;
+}
+
+/**
+ * The listener's certificate, key and CAs, read from their files: at start, and again (for
+ * `server.setSecureContext`) when a file changes. With mutual TLS the CA is the client CA.
+ */
+export function listenerTlsFiles(tls: NonNullable<GatewayConfig['listen']['tls']>, resolvePath: (path: string) => string): { cert: Buffer; key: Buffer; ca?: Buffer } {
+  const ca = tls.clientCert ? tls.clientCa : tls.ca;
+  return {
+    cert: readFileSync(resolvePath(tls.cert)),
+    key: readFileSync(resolvePath(tls.key)),
+    ...(ca ? { ca: readFileSync(resolvePath(ca)) } : {}),
+  };
 }
 
 /** The host part of a URL for an address the server listens on (the wildcard becomes loopback). */

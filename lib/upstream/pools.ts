@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import type { PeerCertificate } from 'node:tls';
 import type { Pool as UndiciPool } from 'undici';
 import type { ServiceConfig } from '../config/schema.js';
 import { MeshError } from '../errors.js';
@@ -214,6 +215,14 @@ export class InstancePools {
     if (tls.cert) options.cert = readFileSync(this.#resolvePath(tls.cert));
     if (tls.key) options.key = readFileSync(this.#resolvePath(tls.key));
     if (tls.servername) options.servername = tls.servername;
+    const expected = tls.expectedIdentity;
+    if (expected !== undefined) {
+      // The chain is verified against the CA as always; the name checked is the SPIFFE identity, not the host.
+      options.checkServerIdentity = (_host: string, cert: PeerCertificate): Error | undefined => {
+        const uris = (cert.subjectaltname ?? '').split(/,\s*/).filter((e) => e.startsWith('URI:')).map((e) => e.slice(4));
+        return uris.includes(expected) ? undefined : new Error(`the instance's certificate is ${uris.join(', ') || 'without a SAN URI'}, not ${expected}`);
+      };
+    }
     this.#tls.set(service, { json, options });
     return options;
   }
