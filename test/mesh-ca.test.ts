@@ -64,7 +64,11 @@ test('meshgate ca init and issue make SPIFFE certificates node\'s TLS accepts; a
 
   // expectedIdentity: an HTTPS instance showing the billing certificate.
   const [cert, key] = await Promise.all([readFile(join(dir, 'billing.crt')), readFile(join(dir, 'billing.key'))]);
-  const billingServer = createHttpsServer({ cert, key }, (_req, res) => res.end('billing'));
+  const clientSerials: string[] = [];
+  const billingServer = createHttpsServer({ cert, key, ca: await readFile(caFile), requestCert: true, rejectUnauthorized: true }, (req, res) => {
+    clientSerials.push((req.socket as TLSSocket).getPeerCertificate().serialNumber.toUpperCase());
+    res.end('billing');
+  });
   await new Promise<void>((resolve) => billingServer.listen(0, '127.0.0.1', resolve));
   t.after(() => new Promise<void>((resolve) => billingServer.close(() => resolve())));
   const instance = `https://127.0.0.1:${(billingServer.address() as AddressInfo).port}`;
@@ -80,4 +84,10 @@ test('meshgate ca init and issue make SPIFFE certificates node\'s TLS accepts; a
   assert.equal(right.status, 200, right.body);
   assert.equal(right.body, 'billing');
   assert.equal((await send(`${plain}/wrong/x`)).status, 502, 'an instance with another identity is refused');
+  assert.equal(clientSerials.at(-1), rotated, 'the gateway presents its mesh certificate upstream');
+
+  // The gateway's certificate is reissued: its next upstream connections present the new one.
+  await ca(t, 'issue', '--service', 'gateway', '--ca', caDir, '--out', dir, '--ttl', '1h');
+  const reissued = new X509Certificate(await readFile(join(dir, 'gateway.crt'))).serialNumber.toUpperCase();
+  await waitFor(async () => (await send(`${plain}/right/x`)).status === 200 && clientSerials.at(-1) === reissued, 10_000, 'the upstream to see the reissued certificate');
 });

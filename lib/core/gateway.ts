@@ -704,6 +704,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
       }
     }
     this.#balancers.close();
+    this.#instancePools.close();
     await Promise.all([this.pools.close(), this.admin.close()]);
     this.#deadlines.clear();
   }

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, unwatchFile, watchFile } from 'node:fs';
 import type { PeerCertificate } from 'node:tls';
 import type { Pool as UndiciPool } from 'undici';
 import type { ServiceConfig } from '../config/schema.js';
@@ -129,6 +129,16 @@ export class UpstreamPools {
     return this.#pools.size;
   }
 
+  /** Releases every pool, of any origin, whose profile starts with `prefix` (a service's TLS pools, when its files changed). */
+  releaseAll(prefix: string): void {
+    for (const key of [...this.#pools.keys()]) {
+      if (!key.startsWith(prefix)) continue;
+      const pool = this.#pools.get(key)!;
+      this.#pools.delete(key);
+      pool.close().catch(() => {});
+    }
+  }
+
   /** Releases every pool of `origin` whose profile starts with `prefix` ('' for all: the TLS and limit profiles of every service). */
   releaseProfiles(origin: string, prefix: string): void {
     for (const key of [...this.#pools.keys()]) {
@@ -175,8 +185,10 @@ export class InstancePools {
   readonly #pools: UpstreamPools;
   readonly #resolvePath: (path: string) => string;
   readonly #refs = new Map<string, number>();
-  /** TLS connect options per service, read from files once (per distinct settings). */
+  /** TLS connect options per service, read from files once (per distinct settings, until a file changes). */
   readonly #tls = new Map<string, { json: string; options: Record<string, unknown> }>();
+  /** The TLS files watched, with the services that read them. */
+  readonly #watched = new Map<string, { services: Set<string>; listener: () => void }>();
 
   constructor(pools: UpstreamPools, resolvePath: (path: string) => string) {
     this.#pools = pools;
@@ -206,10 +218,47 @@ export class InstancePools {
     }
   }
 
+  /**
+   * Stops watching TLS files (the gateway closes). While it runs, a service's CA, certificate or
+   * key file that changes (a reissued mesh certificate) makes its pools new: requests from then on
+   * connect with the new files, and the old pools close once their requests in flight end.
+   */
+  close(): void {
+    for (const [file, entry] of this.#watched) unwatchFile(file, entry.listener);
+    this.#watched.clear();
+  }
+
+  #watch(service: string, files: string[]): void {
+    for (const file of files) {
+      let entry = this.#watched.get(file);
+      if (entry === undefined) {
+        const services = new Set<string>();
+        let timer: NodeJS.Timeout | null = null;
+        const listener = (): void => {
+          if (timer !== null) clearTimeout(timer);
+          // Key and certificate land one after the other: act once both have.
+          timer = setTimeout(() => {
+            timer = null;
+            for (const name of services) {
+              this.#tls.delete(name);
+              this.#pools.releaseAll(`${name}|tls|`);
+            }
+          }, 200);
+          timer.unref();
+        };
+        entry = { services, listener };
+        this.#watched.set(file, entry);
+        watchFile(file, { interval: 250, persistent: false }, listener);
+      }
+      entry.services.add(service);
+    }
+  }
+
   #tlsOptions(service: string, tls: UpstreamTls): Record<string, unknown> {
     const cached = this.#tls.get(service);
     const json = JSON.stringify(tls);
     if (cached !== undefined && cached.json === json) return cached.options;
+    this.#watch(service, [tls.ca, tls.cert, tls.key].filter((f): f is string => f !== undefined).map((f) => this.#resolvePath(f)));
     const options: Record<string, unknown> = { rejectUnauthorized: tls.rejectUnauthorized };
     if (tls.ca) options.ca = readFileSync(this.#resolvePath(tls.ca));
     if (tls.cert) options.cert = readFileSync(this.#resolvePath(tls.cert));
