@@ -122,6 +122,11 @@ function traced(otel: OpenTelemetry, span: Span, ctx: Context, next: Next): Prom
     span.setAttribute('http.response.status_code', status);
     if (mesh.instance) span.setAttribute('meshgate.instance', mesh.instance.id);
     if (mesh.attempt > 1) span.setAttribute('meshgate.attempts', mesh.attempt);
+    // OpenTelemetry's enduser.id: who the request was from (an API key's name, a JWT's sub, a SPIFFE id).
+    const principal = mesh.get('principal');
+    if (principal !== undefined && principal.id !== '') span.setAttribute('enduser.id', principal.id);
+    const authorization = mesh.get('authorization');
+    if (authorization !== undefined) span.setAttribute('meshgate.authorization.rule', authorization.rule);
     if (status >= 500) span.setStatus({ code: otel.SpanStatusCode.ERROR, message: mesh.error?.code });
     span.end();
   });

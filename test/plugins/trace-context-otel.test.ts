@@ -26,7 +26,11 @@ test('with a registered provider: one SERVER span per request, child of the inco
   const upstream = await startUpstream(t);
   const { url } = await startGateway(t, {
     services: { api: { instances: [{ url: upstream.url }] }, none: {} },
-    routes: [{ prefix: '/api', service: 'api' }, { prefix: '/none', service: 'none' }],
+    routes: [
+      { prefix: '/api', service: 'api' },
+      { prefix: '/none', service: 'none' },
+      { prefix: '/keyed', service: 'api', auth: { apiKeys: { keys: [{ name: 'ci-bot', key: 'trace-test-key-1' }] } }, authorization: { rules: [{ name: 'bots', action: 'allow', when: { principals: ['ci-bot'] } }] } },
+    ],
   });
 
   const ok = await send(`${url}/api/users/1`, { headers: { traceparent: `00-${TRACE}-${PARENT}-01` } });
@@ -50,4 +54,10 @@ test('with a registered provider: one SERVER span per request, child of the inco
   assert.equal(errorSpan.status.code, SpanStatusCode.ERROR);
   assert.equal(errorSpan.attributes['http.response.status_code'], 503);
   assert.equal(errorSpan.parentSpanContext, undefined, 'no traceparent came in: a root span');
+
+  exporter.reset();
+  assert.equal((await send(`${url}/keyed/x`, { headers: { 'x-api-key': 'trace-test-key-1' } })).status, 200);
+  const [keyed] = exporter.getFinishedSpans();
+  assert.equal(keyed?.attributes['enduser.id'], 'ci-bot', 'the principal is on the span');
+  assert.equal(keyed?.attributes['meshgate.authorization.rule'], 'bots');
 });
