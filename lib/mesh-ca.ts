@@ -66,7 +66,7 @@ export async function issueCertificate(ca: MeshCa, service: string, hours = 24, 
   const now = new Date();
   const cert = await lib.X509CertificateGenerator.create({
     serialNumber: randomSerial(),
-    subject: `CN=${service},O=meshgate`,
+    subject: `O=meshgate,CN=${service}`,
     issuer: caCert.subject,
     notBefore: new Date(now.getTime() - 60_000),
     notAfter: new Date(now.getTime() + hours * 3_600_000),
