@@ -17,13 +17,30 @@ export function zodIssues(error: ZodError, prefix: readonly PropertyKey[] = []):
       continue;
     }
     if (issue.code === 'invalid_union' && issue.errors.length > 0) {
-      // Our only unions are duration-like; report the first branch's problem.
-      out.push({ path: formatPath(path), message: 'expected a duration like "500ms", "2s", "1m" or milliseconds' });
+      out.push(...unionIssues(issue.errors as ZodIssueLike[][], path, issue.message));
       continue;
     }
     out.push({ path: formatPath(path), message: cleanMessage(issue.message, path.length === 0) });
   }
   return out;
+}
+
+type ZodIssueLike = ZodError['issues'][number];
+
+/**
+ * A value no branch of a union took. The branch that got furthest into the value (a `{ name, key }`
+ * object with a bad `key`) says what is wrong there; when every branch failed on the value's type,
+ * the union's own message (a duration says so), or else the types it could have been.
+ */
+function unionIssues(branches: ZodIssueLike[][], path: PropertyKey[], message: string): ConfigIssue[] {
+  const depth = (branch: ZodIssueLike[]): number => Math.max(0, ...branch.map((i) => i.path.length));
+  const deepest = branches.reduce((best, branch) => (depth(branch) > depth(best) ? branch : best));
+  if (depth(deepest) > 0) return zodIssues({ issues: deepest } as ZodError, path);
+  const expected = [...new Set(branches.flatMap((branch) => branch.filter((i) => i.code === 'invalid_type').map((i) => String((i as { expected?: unknown }).expected))))];
+  // A union that says what it is (a duration) says so.
+  if (!/^Invalid input/.test(message)) return [{ path: formatPath(path), message }];
+  if (expected.length === branches.length) return [{ path: formatPath(path), message: `expected ${expected.join(' or ')}` }];
+  return zodIssues({ issues: branches[0]! } as ZodError, path);
 }
 
 function cleanMessage(message: string, root: boolean): string {

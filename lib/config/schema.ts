@@ -6,7 +6,7 @@ import { parseDuration } from './duration.js';
 import type { StandardSchemaV1 } from './standard-schema.js';
 
 /** A duration: `"250ms"`, `"2s"`, `"1m"`, or milliseconds. Parsed to milliseconds. */
-export const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
+export const duration = z.union([z.string(), z.number()], { error: 'expected a duration like "500ms", "2s", "1m" or milliseconds' }).transform((value, ctx) => {
   const ms = parseDuration(value);
   if (ms === undefined) {
     ctx.addIssue({ code: 'custom', message: `expected a duration like "500ms", "2s", "1m" or milliseconds, got ${JSON.stringify(value)}` });

@@ -35,7 +35,11 @@ const apiKeysSchema = z.strictObject({
    * request's principal (`ci-bot`), or a plain key, named `key-1`, `key-2`... by its position.
    */
   keys: z
-    .array(z.union([keyText, z.strictObject({ name: z.string().regex(/^[A-Za-z0-9._:@/-]{1,128}$/, 'expected 1-128 letters, digits or . _ : @ / -'), key: keyText })]))
+    .array(
+      z.union([keyText, z.strictObject({ name: z.string().regex(/^[A-Za-z0-9._:@/-]{1,128}$/, 'expected 1-128 letters, digits or . _ : @ / -'), key: keyText })], {
+        error: 'expected a key (8 characters or more) or { name, key }',
+      }),
+    )
     .min(1)
     .superRefine((keys, ctx) => {
       const seen = new Set<string>();

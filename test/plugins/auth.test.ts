@@ -357,3 +357,21 @@ describe('auth: bad config fails at boot, naming the path', () => {
     assert.ok(err.issues.some((i) => i.path === 'routes[0].auth.jwt.publicKey'), err.message);
   });
 });
+
+test('auth: named API keys validate; a bad entry is named by its path, never as "a duration"', async () => {
+  const { validateConfig } = await import('../../lib/index.js');
+  assert.doesNotThrow(() => validateConfig({ services: { api: {} }, routes: [{ prefix: '/a', service: 'api', auth: { apiKeys: { keys: [{ name: 'ci-bot', key: 'ci-bot-key-123' }, 'plain-key-123'] } } }] }));
+  assert.throws(
+    () => validateConfig({ services: { api: {} }, routes: [{ prefix: '/a', service: 'api', auth: { apiKeys: { keys: [{ name: 'ci' }, true] } } }] }),
+    (err: Error) => {
+      assert.doesNotMatch(err.message, /duration/);
+      assert.match(err.message, /keys\[0\]\.key: expected string or number/);
+      assert.match(err.message, /keys\[1\]: expected a key \(8 characters or more\) or \{ name, key \}/);
+      return true;
+    },
+  );
+  assert.throws(
+    () => validateConfig({ services: { api: {} }, routes: [{ prefix: '/a', service: 'api', auth: { apiKeys: { keys: [{ name: 'ci-bot', key: 'k1-0123456' }, { name: 'ci-bot', key: 'k2-0123456' }] } } }] }),
+    /keys\[1\]\.name: "ci-bot" names two keys/,
+  );
+});
