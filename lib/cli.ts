@@ -451,7 +451,12 @@ async function caCommand(action: string | undefined, values: Record<string, stri
     const bad = checkTrustDomain(domain);
     if (bad !== null) return fail(bad);
     const out = typeof values.out === 'string' ? values.out : caDir;
-    await writeMeshCa(out, await createMeshCa(domain));
+    try {
+      await writeMeshCa(out, await createMeshCa(domain));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') return fail(`${out}/ already holds a CA; remove it first, or give another --out (a new CA invalidates every certificate the old one issued)`);
+      throw err;
+    }
     process.stdout.write(`mesh CA for spiffe://${domain} written to ${out}/ (ca.crt, ca.key, trust-domain)\n`);
     return 0;
   }

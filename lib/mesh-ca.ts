@@ -84,12 +84,12 @@ export async function issueCertificate(ca: MeshCa, service: string, hours = 24, 
   return { certPem: cert.toString('pem'), keyPem: await keyPem(keys.privateKey), spiffeId };
 }
 
-/** Writes a CA to `dir` (ca.crt, ca.key readable by the owner only, trust-domain). */
+/** Writes a CA to `dir` (ca.crt, ca.key readable by the owner only, trust-domain); never over an existing CA, whose certificates would all stop verifying. */
 export async function writeMeshCa(dir: string, ca: MeshCa): Promise<void> {
   await mkdir(dir, { recursive: true });
-  await writeFile(join(dir, 'ca.crt'), ca.certPem);
-  await writeFile(join(dir, 'ca.key'), ca.keyPem, { mode: 0o600 });
-  await writeFile(join(dir, 'trust-domain'), `${ca.trustDomain}\n`);
+  await writeFile(join(dir, 'ca.key'), ca.keyPem, { mode: 0o600, flag: 'wx' });
+  await writeFile(join(dir, 'ca.crt'), ca.certPem, { flag: 'wx' });
+  await writeFile(join(dir, 'trust-domain'), `${ca.trustDomain}\n`, { flag: 'wx' });
 }
 
 export async function readMeshCa(dir: string): Promise<MeshCa> {

@@ -94,3 +94,33 @@ describe('admin API: /config', () => {
     assert.match(metrics, /meshgate_config_reloads_total\{origin="admin",result="rejected"\} 2\n/);
   });
 });
+
+describe('admin API: /config round trips', () => {
+  test('a document read with GET and sent back keeps its secrets ("[redacted]" is never a key); two writes with one If-Match: one wins, the other is 409', { timeout: 30_000 }, async (t) => {
+    const a = await startUpstream(t, echo('a'));
+    const { url, adminUrl } = await startGateway(t, {
+      admin: { port: 0, token: TOKEN },
+      services: { api: { instances: [{ url: a.url }] } },
+      routes: [{ prefix: '/api', service: 'api', auth: { apiKeys: { keys: [{ name: 'ci', key: 'the-real-key-123' }] } } }],
+    });
+    const read = (await call(`${adminUrl}/config`, 'GET')).json;
+    const document = read.config;
+    document.routes.push({ prefix: '/more', service: 'api' });
+    const put = await call(`${adminUrl}/config`, 'PUT', document, { 'if-match': `"${read.version}"` });
+    assert.equal(put.status, 200, JSON.stringify(put.json));
+    assert.equal((await sendPath(url, '/api/x', { headers: { 'x-api-key': '[redacted]' } })).status, 401, '"[redacted]" did not become a key');
+    assert.equal((await sendPath(url, '/api/x', { headers: { 'x-api-key': 'the-real-key-123' } })).status, 200, 'the real key was kept');
+
+    const invented = structuredClone(document);
+    invented.routes.push({ prefix: '/new', service: 'api', auth: { apiKeys: { keys: ['[redacted]'] } } });
+    const refused = await call(`${adminUrl}/config`, 'PUT', invented);
+    assert.equal(refused.status, 400);
+    assert.deepEqual(refused.json.fields.map((f: { path: string }) => f.path), ['routes[2].auth.apiKeys.keys[0]']);
+
+    const current = (await call(`${adminUrl}/config`, 'GET')).json.version;
+    const [one, two] = await Promise.all(
+      ['/first', '/second'].map((prefix) => call(`${adminUrl}/config`, 'PUT', { ...document, routes: [...document.routes, { prefix, service: 'api' }] }, { 'if-match': `"${current}"` })),
+    );
+    assert.deepEqual([one!.status, two!.status].sort(), [200, 409], `${one!.status} ${two!.status}`);
+  });
+});

@@ -1,6 +1,6 @@
 import type Router from '@koa/router';
 import type { Context } from 'koa';
-import { configVersion, fillLocalPart, redactSecrets } from '../config/fleet.js';
+import { configVersion, fillLocalPart, redactSecrets, restoreRedacted } from '../config/fleet.js';
 import { ConfigError, MeshError } from '../errors.js';
 import type { AdminHost } from './host.js';
 import { readJsonBody } from './body.js';
@@ -14,8 +14,8 @@ export const CONFIG_BODY_LIMIT = 4 * 1024 * 1024;
  * gateway of the fleet applies it.
  */
 export interface FleetConfigStore {
-  /** Stores a validated fleet document as the fleet's new version and tells every gateway. Resolves with its version. */
-  publish(document: unknown, origin: string): Promise<string>;
+  /** Stores a validated fleet document as the fleet's new version and tells every gateway; with `ifMatch`, only if the fleet's version is still that one (else 409). Resolves with its version. */
+  publish(document: unknown, origin: string, ifMatch?: string): Promise<string>;
 }
 
 /** 400 for a config that does not validate: every bad path, in `fields` for programs. */
@@ -59,8 +59,12 @@ export function configRoutes(router: Router, gateway: AdminHost): void {
     };
   });
 
-  const proposed = async (ctx: Context): Promise<Record<string, unknown>> =>
-    fillLocalPart(await readJsonBody(ctx, CONFIG_BODY_LIMIT), gateway.document);
+  const proposed = async (ctx: Context): Promise<Record<string, unknown>> => {
+    const issues: { path: string; message: string }[] = [];
+    const document = restoreRedacted(fillLocalPart(await readJsonBody(ctx, CONFIG_BODY_LIMIT), gateway.document), gateway.document, [], issues) as Record<string, unknown>;
+    if (issues.length > 0) throw new InvalidConfigError(new ConfigError(issues));
+    return document;
+  };
   const invalid = (err: unknown): unknown => (err instanceof ConfigError ? new InvalidConfigError(err) : err);
 
   router.post('/config/validate', async (ctx) => {
@@ -75,17 +79,20 @@ export function configRoutes(router: Router, gateway: AdminHost): void {
 
   router.put('/config', async (ctx) => {
     const match = ctx.get('if-match').replace(/^W\//, '').replace(/^"|"$/g, '');
+    const ifMatch = match === '' || match === '*' ? undefined : match;
     const running = gateway.snapshot.version;
-    if (match !== '' && match !== '*' && match !== running) throw new StaleVersionError(match, running);
+    if (ifMatch !== undefined && ifMatch !== running) throw new StaleVersionError(ifMatch, running);
     const document = await proposed(ctx);
     try {
       // Checked here first: a fleet never stores a version this gateway refuses.
       await gateway.checkReload(document, { origin: 'admin', report: true });
-      if (gateway.has('fleetConfig')) await gateway.get<FleetConfigStore>('fleetConfig').publish(document, 'admin');
-      const snapshot = gateway.snapshot.version === configVersion(document) ? gateway.snapshot : await gateway.reload(document, { origin: 'admin' });
+      if (gateway.has('fleetConfig')) await gateway.get<FleetConfigStore>('fleetConfig').publish(document, 'admin', ifMatch);
+      // The version is compared again in the reload queue: of two writes with one If-Match, one wins.
+      const snapshot = gateway.snapshot.version === configVersion(document) ? gateway.snapshot : await gateway.reload(document, { origin: 'admin', ifMatch });
       ctx.set('etag', `"${snapshot.version}"`);
       ctx.body = { version: snapshot.version, previous: running, appliedAt: new Date(snapshot.appliedAt).toISOString() };
     } catch (err) {
+      if (err instanceof MeshError && err.code === 'MESH_ERR_CONFIG_CONFLICT') throw new StaleVersionError(ifMatch ?? '', gateway.snapshot.version);
       throw invalid(err);
     }
   });

@@ -67,12 +67,34 @@ const SECRET_KEY = /^(token|secret|password|passphrase|key|keys|apiKey|credentia
 export function redactSecrets(value: unknown, key = ''): unknown {
   if (typeof value === 'string') {
     if (/^\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}$/.test(value)) return value;
-    if (SECRET_KEY.test(key)) return '[redacted]';
-    return value.replace(/^([a-z][a-z0-9+.-]*:\/\/)([^/@\s]*):([^/@\s]*)@/i, (_m, scheme: string, user: string) => `${scheme}${user}:[redacted]@`);
+    if (SECRET_KEY.test(key)) return REDACTED;
+    return value.replace(/^([a-z][a-z0-9+.-]*:\/\/)([^/@\s]*):([^/@\s]*)@/i, (_m, scheme: string, user: string) => `${scheme}${user}:${REDACTED}@`);
   }
   if (Array.isArray(value)) return value.map((item) => (SECRET_KEY.test(key) && typeof item !== 'object' ? redactSecrets(item, key) : redactSecrets(item, '')));
   if (value !== null && typeof value === 'object') {
     return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, redactSecrets(v, k)]));
+  }
+  return value;
+}
+
+/** What {@link redactSecrets} puts where a secret was. */
+export const REDACTED = '[redacted]';
+
+/**
+ * A document sent back after `GET /config` has `"[redacted]"` where the running one has secrets:
+ * each is put back from `running` at the same path, so a read-change-write round trip keeps them.
+ * One with nothing to put back (the path is new) is a problem at its path: it is never a secret.
+ */
+export function restoreRedacted(value: unknown, running: unknown, path: (string | number)[] = [], issues: { path: string; message: string }[] = []): unknown {
+  if (value === REDACTED) {
+    if (typeof running === 'string' || typeof running === 'number') return running;
+    issues.push({ path: path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? p : `.${p}`)).join(''), message: `"${REDACTED}" is what GET /config shows in place of a secret; give the secret (or a \${ENV} reference)` });
+    return value;
+  }
+  if (Array.isArray(value)) return value.map((item, i) => restoreRedacted(item, Array.isArray(running) ? running[i] : undefined, [...path, i], issues));
+  if (value !== null && typeof value === 'object') {
+    const from = running !== null && typeof running === 'object' && !Array.isArray(running) ? (running as Record<string, unknown>) : {};
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, restoreRedacted(v, from[k], [...path, k], issues)]));
   }
   return value;
 }

@@ -12,7 +12,7 @@ import { canonicalJson, configVersion, RESTART_KEYS } from '../config/fleet.js';
 import { readConfigFile, validateConfig } from '../config/load.js';
 import type { GatewayConfig } from '../config/schema.js';
 import type { SectionOwner } from '../config/sections.js';
-import { ConfigError, GatewayClosingError, PluginError, type ConfigIssue } from '../errors.js';
+import { ConfigError, GatewayClosingError, MeshError, PluginError, type ConfigIssue } from '../errors.js';
 import { createLogger, type Logger, type LoggerOptions } from '../kit/logger.js';
 import { LeaseKeeper } from '../registry/leases.js';
 import { LocalRegistrar, type Registrar } from '../registry/registrar.js';
@@ -116,8 +116,9 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
   readonly #ownLogger: boolean;
   /** Reloads run one at a time, in the order asked. */
   #reloads: Promise<unknown> = Promise.resolve();
-  /** The snapshot being put in force while plugins a reload turned on run their setup: their scopes read it. */
+  /** The snapshot being put in force while a plugin a reload turned on runs its setup: only that plugin's scope reads it. */
   #pending: ConfigSnapshot | null = null;
+  #pendingSlot = -1;
   readonly #plugins = new PluginRegistry();
   readonly #balancers: BalancerRegistry;
   readonly #instancePools: InstancePools;
@@ -348,7 +349,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
       checkPlugin(plugin, registered);
       registered.add(plugin.name);
       this.log.debug({ plugin: plugin.name }, 'plugin setup');
-      await this.#plugins.setup(slot, () => plugin.setup(this, this.#plugins.scope(slot, () => this.#pending ?? this.snapshot)));
+      await this.#plugins.setup(slot, () => plugin.setup(this, this.#plugins.scope(slot, () => this.#scopeSnapshot(slot))));
     }
     const issues = this.#balancers.check(snapshot.services.values());
     if (issues.length > 0) throw new ConfigError(issues, this.#source);
@@ -450,11 +451,17 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     let document: unknown;
     try {
       // A file is read here, in the reload queue, so what it holds when its turn comes is what counts.
+      if (options.ifMatch !== undefined && options.ifMatch !== previous.version) {
+        throw new MeshError('MESH_ERR_CONFIG_CONFLICT', 409, `If-Match ${options.ifMatch} is not the running version ${previous.version}`);
+      }
       document = typeof given === 'function' ? await (given as () => Promise<unknown>)() : given;
       proposed = configVersion(document);
       const prepared = await this.#prepare(document, options.source);
       snapshot = prepared.snapshot;
+      // close() may have begun meanwhile: a closing gateway starts nothing and applies nothing.
+      if (this.#closing) throw new GatewayClosingError();
       await this.#startPlugins(prepared.added, snapshot);
+      if (this.#closing) throw new GatewayClosingError();
     } catch (err) {
       this.#refused(err, origin, proposed);
       throw err;
@@ -504,12 +511,19 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
         checkPlugin(plugin, new Set(this.#plugins.names()));
         const slot = this.#plugins.register(plugin, this.#builtins?.rank(plugin));
         this.log.info({ plugin: plugin.name }, `plugin ${plugin.name} started by a reload`);
-        await this.#plugins.setup(slot, () => plugin.setup(this, this.#plugins.scope(slot, () => this.#pending ?? this.snapshot)));
+        this.#pendingSlot = slot;
+        await this.#plugins.setup(slot, () => plugin.setup(this, this.#plugins.scope(slot, () => this.#scopeSnapshot(slot))));
       }
     } finally {
       this.#pending = null;
+      this.#pendingSlot = -1;
     }
     this.#pipeline!.setChains(this.#plugins.seal());
+  }
+
+  /** What a plugin's scope reads: the config in force, or, for a plugin a reload is starting, the one it will put in force. */
+  #scopeSnapshot(slot: number): ConfigSnapshot {
+    return this.#pending !== null && this.#pendingSlot === slot ? this.#pending : this.snapshot;
   }
 
   /** Puts a snapshot in force: services it adds join the registry, the others take its policies, those it lost leave. */
@@ -642,7 +656,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
       if (now.mtimeMs === before.mtimeMs && now.size === before.size) return;
       // Key and certificate are written one after the other: read them once both have landed.
       if (timer !== null) clearTimeout(timer);
-      timer = setTimeout(reload, 200);
+      timer = setTimeout(reload, 600);
       timer.unref();
     };
     for (const file of files) watchFile(file, { interval: 250, persistent: false }, changed);
@@ -679,6 +693,8 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
   async #close(): Promise<void> {
     this.#closing = true;
     this.emit('gateway:closing');
+    // A reload under way finishes (or stops at its next check) before anything is torn down.
+    await this.#reloads;
     const server = this.#server;
     server?.close();
     server?.closeIdleConnections();

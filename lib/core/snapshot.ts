@@ -62,6 +62,8 @@ export interface ReloadOptions {
   source?: string;
   /** `file`, `admin`, `fleet`, `api` (the default): in the events and the log line. */
   origin?: string;
+  /** Apply only if this is still the running version when the reload's turn comes (else a 409 `MESH_ERR_CONFIG_CONFLICT`). */
+  ifMatch?: string;
 }
 
 /** What {@link buildSnapshot} needs besides the config. */

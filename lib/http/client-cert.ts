@@ -54,7 +54,8 @@ function describe(cert: X509Certificate, by: string | null): PeerIdentity {
   const dns = sanEntries(cert, 'DNS');
   const subject = cert.subject.split('\n').reverse().join(',');
   const hash = createHash('sha256').update(cert.raw).digest('hex');
-  // Envoy's XFCC: key=value pairs, `;`-separated; a value with `,`, `;` or `=` is quoted.
-  const parts = [...(by === null ? [] : [`By=${by}`]), `Hash=${hash}`, ...uris.map((u) => `URI=${u}`), ...dns.map((d) => `DNS=${d}`), `Subject="${subject.replace(/["\\]/g, '\\$&')}"`];
+  // Envoy's XFCC: key=value pairs, `;`-separated; a value with `,`, `;`, `=` or `"` is quoted.
+  const value = (text: string): string => (/[,;="\\]/.test(text) ? `"${text.replace(/["\\]/g, '\\$&')}"` : text);
+  const parts = [...(by === null ? [] : [`By=${value(by)}`]), `Hash=${hash}`, ...uris.map((u) => `URI=${value(u)}`), ...dns.map((d) => `DNS=${value(d)}`), `Subject="${subject.replace(/["\\]/g, '\\$&')}"`];
   return { uris, dns, subject, hash, xfcc: parts.join(';') };
 }

@@ -1,4 +1,5 @@
 import type { Cluster, Redis } from 'ioredis';
+import { MeshError } from '../errors.js';
 
 /**
  * The fleet's config in Redis (documented in README). Every key carries the `{config}` hash tag,
@@ -52,8 +53,10 @@ export interface GatewayConfigStatus {
   instances: { healthy: number; total: number };
 }
 
-// Stores a version and makes it current, in one step: the history keeps `keep` versions and their documents.
+// Stores a version and makes it current, in one step: the history keeps `keep` versions and their
+// documents. With an expected current version (ARGV[5]), nothing happens unless it is still current.
 const PUBLISH = `
+if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then return {err = 'CONFLICT'} end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('LREM', KEYS[2], 0, ARGV[1])
 redis.call('LPUSH', KEYS[2], ARGV[1])
@@ -80,11 +83,20 @@ export class FleetConfigStore {
     this.keep = keep;
   }
 
-  /** Stores `document` as version `version` and makes it the fleet's; every gateway hears of it. Resolves with the version it replaced. */
-  async publish(version: string, document: Record<string, unknown>, origin: string): Promise<string | null> {
+  /**
+   * Stores `document` as version `version` and makes it the fleet's; every gateway hears of it.
+   * With `expected`, only if the fleet's current version is still that one: otherwise it rejects
+   * with `MESH_ERR_CONFIG_CONFLICT` (409). Resolves with the version it replaced.
+   */
+  async publish(version: string, document: Record<string, unknown>, origin: string, expected = ''): Promise<string | null> {
     const stored = JSON.stringify({ document, storedAt: Date.now(), origin });
     const k = this.keys;
-    return (await this.client.eval(PUBLISH, 3, k.versions, k.history, k.current, version, stored, String(this.keep), k.channel)) as string | null;
+    try {
+      return (await this.client.eval(PUBLISH, 3, k.versions, k.history, k.current, version, stored, String(this.keep), k.channel, expected)) as string | null;
+    } catch (err) {
+      if ((err as Error).message.includes('CONFLICT')) throw new MeshError('MESH_ERR_CONFIG_CONFLICT', 409, `the fleet's config is no longer version ${expected}`);
+      throw err;
+    }
   }
 
   /** The fleet's current version, or null when none was ever applied. */

@@ -236,14 +236,14 @@ export class InstancePools {
         let timer: NodeJS.Timeout | null = null;
         const listener = (): void => {
           if (timer !== null) clearTimeout(timer);
-          // Key and certificate land one after the other: act once both have.
+          // Key and certificate land one after the other, maybe a poll (250 ms) apart: act once both have.
           timer = setTimeout(() => {
             timer = null;
             for (const name of services) {
               this.#tls.delete(name);
               this.#pools.releaseAll(`${name}|tls|`);
             }
-          }, 200);
+          }, 600);
           timer.unref();
         };
         entry = { services, listener };

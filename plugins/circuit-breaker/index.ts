@@ -96,6 +96,8 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
         settings.set(breaker, settingsOf(policy));
         return breaker;
       };
+      /** Breakers to replace once they close (one listener each, however many reloads come). */
+      const retiring = new WeakSet<CircuitBreaker<[Run], void>>();
       /** The settings each breaker was made with: a reload that changes them replaces it. */
       const settings = new WeakMap<CircuitBreaker<[Run], void>, string>();
       const settingsOf = (p: CircuitBreakerPolicy): string =>
@@ -125,11 +127,14 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
           if (breaker.closed) {
             breaker.shutdown();
             breakers.delete(instance);
-          } else breaker.once('close', () => {
-            if (breakers.get(instance) !== breaker) return;
-            breaker.shutdown();
-            breakers.delete(instance);
-          });
+          } else if (!retiring.has(breaker)) {
+            retiring.add(breaker);
+            breaker.once('close', () => {
+              if (breakers.get(instance) !== breaker) return;
+              breaker.shutdown();
+              breakers.delete(instance);
+            });
+          }
         }
       });
       gateway.onClose(() => {

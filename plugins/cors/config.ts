@@ -16,7 +16,7 @@ export const corsSchema = z.strictObject({
   credentials: z.boolean().default(false),
   /** How long a browser may cache a preflight. */
   maxAge: duration.optional(),
-});
+}).refine((c) => !(c.credentials && c.origins.includes('*')), { message: 'credentials with any origin (*) would let every site call with the user\'s cookies: list the origins', path: ['origins'] });
 
 export type CorsConfig = z.output<typeof corsSchema>;
 
@@ -33,7 +33,7 @@ export function prepareCors(config: CorsConfig): CorsPolicy {
     ...config,
     allow: (origin) => {
       if (origin === '') return '';
-      if (any) return config.credentials ? origin : '*';
+      if (any) return '*';
       const lower = origin.toLowerCase();
       return tests.some((test) => test(lower)) ? origin : '';
     },

@@ -102,6 +102,8 @@ export class FleetFollower {
         this.#parts.log.debug({ err: (err as Error).message }, 'fleet config sync failed; will retry');
       } finally {
         this.#syncing = null;
+        // A publish that came while this one was reporting: its turn now, not at the next report.
+        if (this.#again && !this.#closed) void this.sync();
       }
     })();
     return this.#syncing;
@@ -123,9 +125,9 @@ export class FleetFollower {
   }
 
   /** Stores a validated document as the fleet's new version (`PUT /config`, in a fleet). */
-  async publish(document: unknown, origin: string): Promise<string> {
+  async publish(document: unknown, origin: string, ifMatch?: string): Promise<string> {
     const version = configVersion(document);
-    await this.store.publish(version, fleetPart(document), origin);
+    await this.store.publish(version, fleetPart(document), origin, ifMatch);
     return version;
   }
 
@@ -183,6 +185,7 @@ async function readCache(file: string): Promise<StoredConfig | null> {
 /** Written whole to a temporary file, then renamed: a crash mid-write never leaves half a cache. */
 async function writeCache(file: string, stored: StoredConfig): Promise<void> {
   const temporary = `${file}.${process.pid}.tmp`;
-  await writeFile(temporary, JSON.stringify(stored));
+  // It may hold secrets (API keys, JWT secrets): for the gateway's user only.
+  await writeFile(temporary, JSON.stringify(stored), { mode: 0o600 });
   await rename(temporary, file);
 }

@@ -102,9 +102,10 @@ export function redisDiscovery(given?: RedisDiscoveryOptions): GatewayPlugin<Red
       const cache = options.configCache ?? '.meshgate-fleet-cache.json';
       const fleet = new FleetFollower({ gateway, client, prefix, cacheFile: cache === false ? null : gateway.resolvePath(cache), keep: options.configHistory ?? 10, log });
       // PUT /config on any gateway stores the fleet's new version here.
-      gateway.decorate('fleetConfig', { publish: (document: unknown, origin: string) => fleet.publish(document, origin) });
+      gateway.decorate('fleetConfig', { publish: (document: unknown, origin: string, ifMatch?: string) => fleet.publish(document, origin, ifMatch) });
 
       subscriber.on('message', (channel: string, text: string) => {
+        if (closed) return;
         if (channel === fleet.channel) {
           void fleet.sync();
           return;
