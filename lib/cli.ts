@@ -12,7 +12,8 @@ import type { GatewayConfigInput } from './config/schema.js';
 import { watchConfigFile } from './config/watch.js';
 import type { Gateway } from './core/gateway.js';
 import { createGateway } from './index.js';
-import { applyCommand, parseRedisTarget, rollbackCommand, shiftCommand, statusCommand } from './fleet-cli.js';
+import { createLogger } from './kit/logger.js';
+import { applyCommand, parseRedisTarget, rollbackCommand, shiftCommand, startingDocument, statusCommand } from './fleet-cli.js';
 import { parseDuration } from './config/duration.js';
 import { registerInstance } from './registry/registration.js';
 
@@ -294,8 +295,10 @@ async function start(file: string, port: string | undefined, watch: boolean): Pr
   };
   let gateway;
   try {
-    const { document, baseDir, source } = await readConfigFile(file);
-    const config = document as GatewayConfigInput;
+    const { document: fileDocument, baseDir, source } = await readConfigFile(file);
+    // Same format as the gateway's own lines (it does not exist yet).
+    const startLog = createLogger('info');
+    const config = (await startingDocument(fileDocument, baseDir, source, (line) => startLog.info(line))) as GatewayConfigInput;
     if (cluster.isWorker && process.env.MESHGATE_CLUSTER_WORKER === '1') {
       unlisten();
       await runClusterWorker(config, baseDir, source);

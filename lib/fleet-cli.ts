@@ -1,4 +1,7 @@
+import { readFile } from 'node:fs/promises';
+import { isAbsolute, join } from 'node:path';
 import pino from 'pino';
+import { substituteEnv } from './config/env.js';
 import type { Cluster, Redis } from 'ioredis';
 import { configVersion, fleetPart, withLocalPart } from './config/fleet.js';
 import { readConfigFile } from './config/load.js';
@@ -189,3 +192,48 @@ function table(rows: string[][]): string[] {
 }
 
 export type { StoredConfig };
+
+/**
+ * The document `meshgate start` begins with: a gateway whose file has `discovery.redis` starts
+ * from its fleet's current config (over its own local part), or, when Redis does not answer
+ * within a moment, from the fleet config it cached on disk, so that the plugins and settings only
+ * a start can change (`plugins`, `metrics`, `tracing`, `accessLog`) come from the fleet too. A
+ * fleet config this host cannot run is not started from: the file is, and the gateway reports the
+ * refusal once it runs. Returns the file's document when there is no fleet config to use.
+ */
+export async function startingDocument(document: unknown, baseDir: string, source: string, log: (line: string) => void): Promise<unknown> {
+  const issues: { path: string; message: string }[] = [];
+  const raw = (document as { discovery?: { redis?: unknown } } | null)?.discovery?.redis;
+  if (raw === undefined || raw === null || typeof raw !== 'object') return document;
+  const redis = substituteEnv(raw, process.env, issues) as { url?: string; options?: Record<string, unknown>; cluster?: string[]; prefix?: string; configCache?: string | false };
+  if (issues.length > 0 || typeof redis.url !== 'string') return document;
+  let stored: StoredConfig | null = null;
+  let from = 'fleet';
+  const client = connectRedis({ url: redis.url, options: redis.options, cluster: redis.cluster }, { lazyConnect: true, connectTimeout: 1500, commandTimeout: 1500, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  client.on('error', () => {});
+  try {
+    await client.connect();
+    stored = await new FleetConfigStore(client, redis.prefix ?? 'meshgate:').current();
+    if (stored === null) return document;
+  } catch {
+    const cache = redis.configCache ?? '.meshgate-fleet-cache.json';
+    if (cache === false) return document;
+    try {
+      stored = JSON.parse(await readFile(isAbsolute(cache) ? cache : join(baseDir, cache), 'utf8')) as StoredConfig;
+      from = `the cache ${cache} (Redis did not answer)`;
+    } catch {
+      return document;
+    }
+  } finally {
+    client.disconnect();
+  }
+  const merged = withLocalPart(stored.document, document);
+  try {
+    await createGateway(merged as GatewayConfigInput, { baseDir, source, logger: pino({ level: 'silent' }) }).check();
+  } catch (err) {
+    log(`the fleet config ${stored.version} from ${from} cannot run here, starting from ${source}: ${(err as Error).message.split('\n').slice(0, 3).join(' ')}`);
+    return document;
+  }
+  log(`starting from the fleet config ${stored.version} (${from}), with listen, admin and discovery from ${source}`);
+  return merged;
+}

@@ -74,7 +74,11 @@ export class FleetFollower {
       }
     }
     const cached = cacheFile === null ? null : await readCache(cacheFile);
-    if (cached !== null) {
+    if (cached !== null && cached.version === gateway.snapshot.version) {
+      // `meshgate start` already started from it.
+      this.#source = 'cache';
+      log.warn({ version: cached.version, cache: cacheFile }, `Redis unavailable at start: serving the fleet config cached in ${cacheFile} (version ${cached.version}); will converge when Redis is back`);
+    } else if (cached !== null) {
       log.warn({ version: cached.version, cache: cacheFile }, `Redis unavailable at start: serving the fleet config cached in ${cacheFile} (version ${cached.version}); will converge when Redis is back`);
       void this.#apply(cached, 'cache');
     } else {

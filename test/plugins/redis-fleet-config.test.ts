@@ -143,3 +143,32 @@ routes:
   await waitFor(async () => (await version(fresh)) === shiftedVersion, 15_000, 'the new gateway to converge once Redis is back');
   assert.deepEqual(await names(fresh, '/users/x'), new Set(['v2']));
 });
+
+test('a fleet version that needs a restart (accessLog on) is refused by a running gateway and reported; a gateway that starts afterwards starts from it', { timeout: 90_000 }, async (t) => {
+  const redis = await startRedis(t);
+  const api = await startUpstream(t, echo('api'));
+  const dir = await tempDir(t);
+  const [port, adminPort] = [await unusedPort(), await unusedPort()];
+  const file = join(dir, 'gw.yaml');
+  const services = `services:\n  api: { instances: [ { url: "${api.url}" } ] }\n`;
+  await writeFile(file, `listen: { host: 127.0.0.1, port: ${port} }\nadmin: { host: 127.0.0.1, port: ${adminPort} }\ndiscovery: { redis: { url: "${redis.url}", prefix: "${PREFIX}", configCache: false } }\n${services}routes:\n  - { prefix: /api, service: api }\n`);
+  const start = async (): Promise<ChildRun> => {
+    const run = await meshgateCli(t, ['start', '--config', file], {}, 'SIGTERM');
+    await waitFor(() => logLines(run, /listening/).length > 0, 20_000, 'the gateway to listen');
+    return run;
+  };
+  const first = await start();
+  const fleetFile = join(dir, 'fleet.yaml');
+  await writeFile(fleetFile, `accessLog: true\n${services}routes:\n  - { prefix: /api, service: api }\n  - { prefix: /logged, service: api }\n`);
+  const run = await meshgateCli(t, ['apply', '--config', fleetFile, '--redis', redis.url, '--prefix', PREFIX]);
+  assert.equal((await run.exited).code, 1, run.stdout());
+  assert.match(run.stdout(), /REFUSED it, still runs [0-9a-f]{12}: [\s\S]*accessLog: cannot change in a reload \(needs a restart\)/);
+  assert.equal((await sendPath(`http://127.0.0.1:${port}`, '/logged/x')).status, 404, 'not half-applied');
+
+  first.child.kill('SIGTERM');
+  await first.exited;
+  const second = await start();
+  assert.equal(logLines(second, /starting from the fleet config/).length, 1, second.stderr());
+  assert.equal((await sendPath(`http://127.0.0.1:${port}`, '/logged/x')).status, 200);
+  await waitFor(() => second.stdout().includes('"path":"/logged/x"'), 5000, 'the access log the fleet config turned on');
+});
