@@ -100,6 +100,12 @@ const routeShape = {
   ...routeFields,
   /** Largest request body; bigger ones get 413 before the upstream is dialed. */
   maxBodySize: byteSize.optional(),
+  /**
+   * The longest an answer's body may go without a byte once its headers came (server-sent events,
+   * long polls, downloads): then it is cut. The service's `timeout` only covers the wait for the
+   * headers. @default none: a stream may stay quiet as long as it likes
+   */
+  streamTimeout: duration.optional(),
 };
 // Loose: the keys it does not know are plugins' sections (auth, rateLimit, ...), checked by lib/config/sections.ts.
 const route = z.looseObject(routeShape);

@@ -408,6 +408,7 @@ export class Pipeline {
         headers: mesh.upstreamHeaders,
         body: mesh.body,
         timeout: Math.ceil(timeout),
+        streamTimeout: mesh.route!.config.streamTimeout,
         deadlines: this.#deadlines,
       });
       mesh.exchange = exchange;

@@ -27,6 +27,8 @@ export interface UpstreamRequest {
   body: IncomingMessage | Buffer | string | null;
   /** Per-attempt deadline until the response headers, in ms (0: none). */
   timeout: number;
+  /** Longest quiet time between body bytes once the headers came (ms); none when absent. */
+  streamTimeout?: number;
   /** The gateway's deadline keeper, which aborts the attempt when `timeout` passes first. */
   deadlines: Deadlines;
 }
@@ -306,7 +308,8 @@ export function dispatchUpstream(pool: UpstreamPool, req: UpstreamRequest): Upst
       body: req.body,
       // The exchange runs its own deadline until the headers; after them the body may stream as long as it needs.
       headersTimeout: 0,
-      bodyTimeout: 0,
+      // After them, only a body that goes quiet for `streamTimeout` (per route; none by default) is cut.
+      bodyTimeout: req.streamTimeout ?? 0,
       // Upgrades (WebSocket) are not proxied; undici rejects them with an error we map to 502.
     },
     exchange,
