@@ -512,13 +512,26 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
         const slot = this.#plugins.register(plugin, this.#builtins?.rank(plugin));
         this.log.info({ plugin: plugin.name }, `plugin ${plugin.name} started by a reload`);
         this.#pendingSlot = slot;
-        await this.#plugins.setup(slot, () => plugin.setup(this, this.#plugins.scope(slot, () => this.#scopeSnapshot(slot))));
+        try {
+          await this.#plugins.setup(slot, () => plugin.setup(this, this.#plugins.scope(slot, () => this.#scopeSnapshot(slot))));
+        } catch (err) {
+          // Not half a plugin: what its setup added is taken back, and what it started is closed.
+          for (const hook of this.#plugins.abandon(slot)) {
+            try {
+              await hook();
+            } catch (closeErr) {
+              this.emit('gateway:error', closeErr as Error);
+            }
+          }
+          throw new PluginError(`plugin ${plugin.name} could not start: ${(err as Error)?.message ?? String(err)}`);
+        }
       }
     } finally {
       this.#pending = null;
       this.#pendingSlot = -1;
+      // The plugins that did start run (with no section in the snapshot in force, they pass requests on).
+      this.#pipeline!.setChains(this.#plugins.seal());
     }
-    this.#pipeline!.setChains(this.#plugins.seal());
   }
 
   /** What a plugin's scope reads: the config in force, or, for a plugin a reload is starting, the one it will put in force. */

@@ -15,13 +15,14 @@ export class PluginRegistry {
   /** Each plugin's place in the stage chains, by slot (see {@link register}). */
   readonly #ranks: number[] = [];
   readonly #names = new Set<string>();
-  readonly #stages = new Map<Stage, { middleware: Middleware; rank: number; seq: number }[]>(STAGES.map((s) => [s, []]));
+  readonly #stages = new Map<Stage, { middleware: Middleware; rank: number; seq: number; slot: number }[]>(STAGES.map((s) => [s, []]));
   #seq = 0;
   /** The slot of the plugin whose setup is running (its middleware is ranked as it is), or -1. */
   #settingUp = -1;
   readonly #decorators = new Map<string, unknown>();
-  readonly #closeHooks: (() => unknown)[] = [];
-  readonly #configHooks: ((snapshot: ConfigSnapshot, previous: ConfigSnapshot) => unknown)[] = [];
+  /** Hooks, with the slot of the plugin whose setup added them (-1 outside a setup). */
+  readonly #closeHooks: { fn: () => unknown; slot: number }[] = [];
+  readonly #configHooks: { fn: (snapshot: ConfigSnapshot, previous: ConfigSnapshot) => unknown; slot: number }[] = [];
   #sealed = false;
 
   /**
@@ -67,7 +68,7 @@ export class PluginRegistry {
     if (typeof middleware !== 'function') throw new PluginError(`addMiddleware("${stage}", fn): fn must be a function`);
     if (this.#sealed && this.#settingUp === -1) throw new PluginError('middleware must be added from a plugin setup');
     const rank = this.#settingUp === -1 ? Number.MAX_SAFE_INTEGER : this.#ranks[this.#settingUp]!;
-    stack.push({ middleware, rank, seq: this.#seq++ });
+    stack.push({ middleware, rank, seq: this.#seq++, slot: this.#settingUp });
   }
 
   /**
@@ -100,20 +101,41 @@ export class PluginRegistry {
   }
 
   onClose(fn: () => unknown): void {
-    this.#closeHooks.push(fn);
+    this.#closeHooks.push({ fn, slot: this.#settingUp });
   }
 
   /** The close hooks, last registered first. */
   closeHooks(): (() => unknown)[] {
-    return [...this.#closeHooks].reverse();
+    return this.#closeHooks.map((h) => h.fn).reverse();
   }
 
   onConfig(fn: (snapshot: ConfigSnapshot, previous: ConfigSnapshot) => unknown): void {
-    this.#configHooks.push(fn);
+    this.#configHooks.push({ fn, slot: this.#settingUp });
   }
 
-  configHooks(): readonly ((snapshot: ConfigSnapshot, previous: ConfigSnapshot) => unknown)[] {
-    return this.#configHooks;
+  configHooks(): ((snapshot: ConfigSnapshot, previous: ConfigSnapshot) => unknown)[] {
+    return this.#configHooks.map((h) => h.fn);
+  }
+
+  /**
+   * Takes back a plugin whose setup failed (one a reload was starting): its middleware and config
+   * hooks go, its name is free again (the next reload may start it afresh), and its slot holds an
+   * inert placeholder, since snapshots index sections by slot. Returns its close hooks, last
+   * first, for the caller to run: they undo what the setup got to start.
+   */
+  abandon(slot: number): (() => unknown)[] {
+    const plugin = this.#plugins[slot]!;
+    for (const stack of this.#stages.values()) {
+      for (let i = stack.length - 1; i >= 0; i--) if (stack[i]!.slot === slot) stack.splice(i, 1);
+    }
+    for (let i = this.#configHooks.length - 1; i >= 0; i--) if (this.#configHooks[i]!.slot === slot) this.#configHooks.splice(i, 1);
+    const closing: (() => unknown)[] = [];
+    for (let i = this.#closeHooks.length - 1; i >= 0; i--) {
+      if (this.#closeHooks[i]!.slot === slot) closing.push(this.#closeHooks.splice(i, 1)[0]!.fn);
+    }
+    this.#names.delete(plugin.name);
+    this.#plugins[slot] = { name: `(failed) ${plugin.name}`, setup() {} };
+    return closing;
   }
 
   /** The scope of the plugin in `slot`: its sections in the request's snapshot, or in `current()`. */

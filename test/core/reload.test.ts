@@ -167,3 +167,48 @@ describe('reloading the config', () => {
     assert.equal(routes.routes[0].name, 'renamed');
   });
 });
+
+test('a plugin a reload starts whose setup fails is taken back whole: the reload is refused, its middleware and hooks are gone, its close hooks ran, and the next reload starts it afresh', { timeout: 30_000 }, async (t) => {
+  const { Gateway, definePlugin } = await import('../../lib/index.js');
+  const { z } = await import('zod');
+  const api = await startUpstream(t, echo('api'));
+  let attempts = 0;
+  let closed = 0;
+  const flaky = (): ReturnType<typeof definePlugin> =>
+    definePlugin({
+      name: 'flaky',
+      config: { route: { key: 'flaky', schema: z.object({}) } },
+      setup(gateway) {
+        gateway.addMiddleware('onRequest', (ctx, next) => {
+          ctx.set('x-flaky', 'on');
+          return next();
+        });
+        gateway.onClose(() => void closed++);
+        if (attempts++ === 0) throw new Error('boom');
+      },
+    });
+  const catalogue = {
+    plugins: (config: { routes: { flaky?: unknown }[] }) => (config.routes.some((r) => r.flaky !== undefined) ? [flaky()] : []),
+    rank: () => 0,
+  };
+  const gateway = new Gateway(
+    { logLevel: 'silent', listen: { host: '127.0.0.1', port: 0 }, services: { api: { instances: [{ url: api.url }] } }, routes: [{ prefix: '/api', service: 'api' }] },
+    { sections: [flaky()], builtins: catalogue as never },
+  );
+  const { staticDiscovery } = await import('../../plugins/static-discovery/index.js');
+  gateway.use(staticDiscovery());
+  const { url } = await gateway.listen();
+  t.after(() => gateway.close());
+  const version = gateway.snapshot.version;
+  const withFlaky = edited(gateway.document, { routes: [{ prefix: '/api', service: 'api', flaky: {} } as never] });
+
+  await assert.rejects(gateway.reload(withFlaky), /plugin flaky could not start: boom/);
+  assert.equal(gateway.snapshot.version, version);
+  assert.equal(closed, 1, 'what the failed setup started was closed');
+  assert.equal(gateway.hasPlugin('flaky'), false);
+  assert.equal((await sendPath(url, '/api/x')).headers['x-flaky'], undefined, 'its middleware is gone');
+
+  await gateway.reload(withFlaky);
+  assert.equal(gateway.hasPlugin('flaky'), true);
+  assert.equal((await sendPath(url, '/api/x')).headers['x-flaky'], 'on');
+});
