@@ -209,11 +209,20 @@ export async function startingDocument(document: unknown, baseDir: string, sourc
   if (issues.length > 0 || typeof redis.url !== 'string') return document;
   let stored: StoredConfig | null = null;
   let from = 'fleet';
-  const client = connectRedis({ url: redis.url, options: redis.options, cluster: redis.cluster }, { lazyConnect: true, connectTimeout: 1500, commandTimeout: 1500, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  // One try, bounded: no reconnects, no Sentinel retries (ioredis retries Sentinels forever by default).
+  const client = connectRedis(
+    { url: redis.url, options: redis.options, cluster: redis.cluster },
+    { lazyConnect: true, connectTimeout: 1500, commandTimeout: 1500, maxRetriesPerRequest: 0, retryStrategy: () => null, sentinelRetryStrategy: () => null },
+  );
   client.on('error', () => {});
+  let deadline: NodeJS.Timeout | undefined;
   try {
-    await client.connect();
-    stored = await new FleetConfigStore(client, redis.prefix ?? 'meshgate:').current();
+    const read = (async () => {
+      await client.connect();
+      return new FleetConfigStore(client, redis.prefix ?? 'meshgate:').current();
+    })();
+    read.catch(() => {});
+    stored = await Promise.race([read, new Promise<never>((_, reject) => (deadline = setTimeout(() => reject(new Error('Redis did not answer in time')), 3000)))]);
     if (stored === null) return document;
   } catch {
     const cache = redis.configCache ?? '.meshgate-fleet-cache.json';
@@ -225,6 +234,7 @@ export async function startingDocument(document: unknown, baseDir: string, sourc
       return document;
     }
   } finally {
+    clearTimeout(deadline);
     client.disconnect();
   }
   const merged = withLocalPart(stored.document, document);

@@ -82,19 +82,48 @@ export const REDACTED = '[redacted]';
 
 /**
  * A document sent back after `GET /config` has `"[redacted]"` where the running one has secrets:
- * each is put back from `running` at the same path, so a read-change-write round trip keeps them.
- * One with nothing to put back (the path is new) is a problem at its path: it is never a secret.
+ * each is put back from the running document, so a read-change-write round trip keeps them. An
+ * item of a list is matched to the running item it came from by its `name`, or (a route) by what
+ * it matches on, or by being unchanged but for its secrets, never by position alone: a secret
+ * never moves to another entry when entries are removed or reordered. A `"[redacted]"` with no
+ * such origin is a problem at its path: it is never taken as a secret. Plain list items (API keys)
+ * are matched by position only while the list keeps its length.
  */
 export function restoreRedacted(value: unknown, running: unknown, path: (string | number)[] = [], issues: { path: string; message: string }[] = []): unknown {
-  if (value === REDACTED) {
-    if (typeof running === 'string' || typeof running === 'number') return running;
-    issues.push({ path: path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? p : `.${p}`)).join(''), message: `"${REDACTED}" is what GET /config shows in place of a secret; give the secret (or a \${ENV} reference)` });
+  const where = (): string => path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? p : `.${p}`)).join('');
+  if (typeof value === 'string' && value.includes(REDACTED)) {
+    // The value itself, or a URL whose password was shown redacted: the running one, if it is the same but for that.
+    if (value === REDACTED && (typeof running === 'string' || typeof running === 'number')) return running;
+    if (typeof running === 'string' && redactSecrets(running) === value) return running;
+    issues.push({ path: where(), message: `"${REDACTED}" is what GET /config shows in place of a secret; give the secret (or a \${ENV} reference)` });
     return value;
   }
-  if (Array.isArray(value)) return value.map((item, i) => restoreRedacted(item, Array.isArray(running) ? running[i] : undefined, [...path, i], issues));
+  if (Array.isArray(value)) {
+    const before = Array.isArray(running) ? running : [];
+    return value.map((item, i) => restoreRedacted(item, originOf(item, i, value.length, before), [...path, i], issues));
+  }
   if (value !== null && typeof value === 'object') {
     const from = running !== null && typeof running === 'object' && !Array.isArray(running) ? (running as Record<string, unknown>) : {};
     return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, restoreRedacted(v, from[k], [...path, k], issues)]));
   }
   return value;
+}
+
+/** The running list item a sent-back item came from (see {@link restoreRedacted}), or undefined. */
+function originOf(item: unknown, index: number, length: number, running: readonly unknown[]): unknown {
+  if (item === null || typeof item !== 'object' || Array.isArray(item)) return running.length === length ? running[index] : undefined;
+  const key = identity(item as Record<string, unknown>);
+  if (key !== null) return running.find((r) => r !== null && typeof r === 'object' && identity(r as Record<string, unknown>) === key);
+  const shown = canonicalJson(item);
+  const same = running.filter((r) => canonicalJson(redactSecrets(r)) === shown);
+  return same.length === 1 ? same[0] : undefined;
+}
+
+/** What names a list item across edits: its `name`, or, for a route, what it matches on. */
+function identity(item: Record<string, unknown>): string | null {
+  if (typeof item.name === 'string') return `name:${item.name}`;
+  if (item.prefix !== undefined || item.path !== undefined || item.pathRegex !== undefined) {
+    return `route:${canonicalJson({ prefix: item.prefix, path: item.path, pathRegex: item.pathRegex, hosts: item.hosts, methods: item.methods, headers: item.headers, query: item.query })}`;
+  }
+  return null;
 }

@@ -54,9 +54,11 @@ export interface GatewayConfigStatus {
 }
 
 // Stores a version and makes it current, in one step: the history keeps `keep` versions and their
-// documents. With an expected current version (ARGV[5]), nothing happens unless it is still current.
+// documents. With an expected current version (ARGV[5]), nothing happens unless it is still current
+// (a fleet with no version yet has nothing to conflict with: the first gateway's own is expected).
 const PUBLISH = `
-if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then return {err = 'CONFLICT'} end
+local current = redis.call('GET', KEYS[3])
+if ARGV[5] ~= '' and current and current ~= ARGV[5] then return {err = 'CONFLICT'} end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('LREM', KEYS[2], 0, ARGV[1])
 redis.call('LPUSH', KEYS[2], ARGV[1])
@@ -65,10 +67,9 @@ redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
 for _, v in ipairs(dropped) do
   if v ~= ARGV[1] then redis.call('HDEL', KEYS[1], v) end
 end
-local previous = redis.call('GET', KEYS[3])
 redis.call('SET', KEYS[3], ARGV[1])
 redis.call('PUBLISH', ARGV[4], ARGV[1])
-return previous`;
+return current`;
 
 /** The fleet config's store: what `meshgate apply`, `rollback`, `shift`, `status` and every gateway read and write. */
 export class FleetConfigStore {

@@ -39,6 +39,8 @@ export class FleetFollower {
   #again = false;
   #timer: NodeJS.Timeout | null = null;
   #closed = false;
+  /** The version the cache file holds, once this gateway wrote it. */
+  #cachedVersion: string | null = null;
 
   constructor(parts: FleetFollowerParts) {
     this.#parts = parts;
@@ -65,7 +67,11 @@ export class FleetFollower {
           return;
         }
         if (stored === null) log.info('no fleet config in Redis yet: serving the local file');
-        else this.#source = 'fleet';
+        else {
+          // `meshgate start` began from it: the cache must hold it too, for a start while Redis is down.
+          this.#source = 'fleet';
+          await this.#cache(stored);
+        }
         // The fleet knows this gateway from now on (`meshgate status`, `meshgate apply` waits for it).
         await this.report();
         return;
@@ -98,8 +104,10 @@ export class FleetFollower {
           this.#again = false;
           const stored = await this.store.current();
           if (stored === null || this.#closed) continue;
-          if (stored.version === this.#parts.gateway.snapshot.version) this.#source = 'fleet';
-          else if (stored.version !== this.#refused?.version) await this.#apply(stored, 'fleet');
+          if (stored.version === this.#parts.gateway.snapshot.version) {
+            this.#source = 'fleet';
+            await this.#cache(stored);
+          } else if (stored.version !== this.#refused?.version) await this.#apply(stored, 'fleet');
         } while (this.#again && !this.#closed);
         await this.report();
       } catch (err) {
@@ -120,12 +128,24 @@ export class FleetFollower {
       this.#source = source;
       this.#appliedAt = Date.now();
       this.#refused = undefined;
-      if (source === 'fleet' && cacheFile !== null) await writeCache(cacheFile, stored).catch((err: Error) => log.warn({ err: err.message }, `cannot write the fleet config cache ${cacheFile}`));
+      if (source === 'fleet') await this.#cache(stored);
     } catch (err) {
       // The gateway logged every bad path; the fleet hears why too.
       this.#refused = { version: stored.version, error: (err as Error).message };
     }
     await this.report().catch(() => {});
+  }
+
+  /** Keeps `stored` in the cache file, once per version. */
+  async #cache(stored: StoredConfig): Promise<void> {
+    const { cacheFile, log } = this.#parts;
+    if (cacheFile === null || this.#cachedVersion === stored.version) return;
+    try {
+      await writeCache(cacheFile, stored);
+      this.#cachedVersion = stored.version;
+    } catch (err) {
+      log.warn({ err: (err as Error).message }, `cannot write the fleet config cache ${cacheFile}`);
+    }
   }
 
   /** Stores a validated document as the fleet's new version (`PUT /config`, in a fleet). */
