@@ -13,7 +13,7 @@ import { watchConfigFile } from './config/watch.js';
 import type { Gateway } from './core/gateway.js';
 import { createGateway } from './index.js';
 import { createLogger } from './kit/logger.js';
-import { applyCommand, parseRedisTarget, rollbackCommand, shiftCommand, startingDocument, statusCommand } from './fleet-cli.js';
+import { adminStatusCommand, applyCommand, parseRedisTarget, rollbackCommand, shiftCommand, startingDocument, statusCommand } from './fleet-cli.js';
 import { parseDuration } from './config/duration.js';
 import { registerInstance } from './registry/registration.js';
 
@@ -36,6 +36,8 @@ Usage:
                                       make the previous fleet config version (or VERSION) current again
   meshgate status --redis URL [--json]
                                       the fleet: each gateway, the version it runs, its health
+  meshgate status --admin URL [--token T] [--json] [--watch]
+                                      one gateway's services and instances, live with --watch
   meshgate ca init --trust-domain DOMAIN [--out DIR]
                                       create a mesh CA (SPIFFE trust domain)
   meshgate ca issue --service NAME [--ca DIR] [--out DIR] [--ttl 24h] [--dns NAME,...]
@@ -128,14 +130,22 @@ Options:
 ${FLEET_REDIS}
   --wait DURATION     how long to wait for the gateways (default 5s)`,
   status: `meshgate status --redis URL [--json] [--prefix P]
+meshgate status --admin URL [--token T] [--json] [--watch]
 
-Prints the fleet: the current config version, and each gateway that reported in the last minutes
-with the version it runs (and where it came from: fleet, file or cache), when it applied it,
-whether it is ready, its healthy instances, and a version it refused with the reason.
+With --redis: the fleet: the current config version, and each gateway that reported in the last
+minutes with the version it runs (and where it came from: fleet, file or cache), when it applied
+it, whether it is ready, its healthy instances, and a version it refused with the reason.
+
+With --admin: one gateway's services and instances from its admin API, as an aligned table:
+URL, health (or ejected), circuit, requests in flight, weight, zone, version metadata, source and
+lease left; coloured when stdout is a terminal. --watch redraws it every second until Ctrl-C.
 
 Options:
 ${FLEET_REDIS}
-  --json              machine-readable output`,
+  --admin URL         a gateway's admin API (http://127.0.0.1:9901)
+  --token TOKEN       its admin token (default $MESHGATE_ADMIN_TOKEN)
+  --json              machine-readable output
+  --watch             redraw every second (with --admin)`,
   ca: `meshgate ca init --trust-domain DOMAIN [--out DIR]
 meshgate ca issue --service NAME [--ca DIR] [--out DIR] [--ttl 24h] [--dns NAME,...]
 
@@ -198,6 +208,7 @@ export async function main(argv: string[]): Promise<number> {
         json: { type: 'boolean' },
         wait: { type: 'string' },
         'trust-domain': { type: 'string' },
+        admin: { type: 'string' },
         ca: { type: 'string' },
         out: { type: 'string' },
         dns: { type: 'string' },
@@ -251,10 +262,12 @@ export async function main(argv: string[]): Promise<number> {
       return register(values);
     case 'ca':
       return caCommand(positionals[1], values);
+    case 'status':
+      if (typeof values.admin === 'string') return adminStatus(values);
+      return fleetCommand(command, values, configFile);
     case 'apply':
     case 'shift':
     case 'rollback':
-    case 'status':
       return fleetCommand(command, values, configFile);
     default:
       process.stderr.write(`meshgate: unknown command "${command}"\n\n${HELP}\n`);
@@ -439,6 +452,30 @@ async function startCluster(config: GatewayConfigInput, baseDir: string, source:
   handle.gateway.log.info('draining the workers');
   await handle.close();
   return 0;
+}
+
+async function adminStatus(values: Record<string, string | boolean | undefined>): Promise<number> {
+  const stop = new AbortController();
+  const onInt = (): void => stop.abort();
+  process.once('SIGINT', onInt);
+  process.once('SIGTERM', onInt);
+  try {
+    return await adminStatusCommand({
+      admin: values.admin as string,
+      token: typeof values.token === 'string' ? values.token : process.env.MESHGATE_ADMIN_TOKEN,
+      json: values.json === true,
+      watch: values.watch === true,
+      color: process.stdout.isTTY === true && process.env.NO_COLOR === undefined,
+      out: (text) => process.stdout.write(text),
+      signal: stop.signal,
+    });
+  } catch (err) {
+    process.stderr.write(`meshgate status: ${(err as Error).message}\n`);
+    return 1;
+  } finally {
+    process.off('SIGINT', onInt);
+    process.off('SIGTERM', onInt);
+  }
 }
 
 async function caCommand(action: string | undefined, values: Record<string, string | boolean | undefined>): Promise<number> {

@@ -247,3 +247,81 @@ export async function startingDocument(document: unknown, baseDir: string, sourc
   log(`starting from the fleet config ${stored.version} (${from}), with listen, admin and discovery from ${source}`);
   return merged;
 }
+
+/** An instance as `GET /services/:name` shows it. */
+interface AdminInstance {
+  id: string;
+  url: string;
+  weight: number;
+  zone?: string;
+  metadata?: Record<string, unknown>;
+  health: string;
+  circuit: string;
+  ejectedUntil?: string;
+  inflight: number;
+  source?: string;
+  ttl?: number;
+  lastHeartbeat?: string;
+}
+
+/**
+ * `meshgate status --admin URL [--token T] [--json] [--watch]`: one gateway's services and
+ * instances from its admin API, as an aligned table (coloured when stdout is a terminal), JSON,
+ * or a table redrawn every second until Ctrl-C.
+ */
+export async function adminStatusCommand(options: { admin: string; token?: string; json: boolean; watch: boolean; out: (text: string) => void; color: boolean; signal?: AbortSignal }): Promise<number> {
+  const base = options.admin.replace(/\/+$/, '');
+  const headers: Record<string, string> = options.token ? { authorization: `Bearer ${options.token}` } : {};
+  const get = async (path: string): Promise<unknown> => {
+    const res = await fetch(`${base}${path}`, { headers, signal: AbortSignal.timeout(5000) });
+    if (res.status === 401) throw new Error(`${base} needs the admin token (--token or $MESHGATE_ADMIN_TOKEN)`);
+    if (!res.ok) throw new Error(`${base}${path} answered ${res.status}`);
+    return res.json();
+  };
+  const read = async (): Promise<{ name: string; balancer: string; instances: AdminInstance[] }[]> => {
+    const list = (await get('/services')) as { services: { name: string }[] };
+    return Promise.all(list.services.map(async (s) => (await get(`/services/${encodeURIComponent(s.name)}`)) as { name: string; balancer: string; instances: AdminInstance[] }));
+  };
+  const render = (services: Awaited<ReturnType<typeof read>>): string => {
+    if (options.json) return `${JSON.stringify({ admin: base, services }, null, 2)}\n`;
+    const paint = (text: string, code: number): string => (options.color ? `\u001b[${code}m${text}\u001b[0m` : text);
+    const rows: string[][] = [['SERVICE', 'INSTANCE', 'URL', 'HEALTH', 'CIRCUIT', 'INFLIGHT', 'WEIGHT', 'ZONE', 'VERSION', 'SOURCE', 'LEASE']];
+    const colours: number[][] = [[]];
+    for (const service of services) {
+      if (service.instances.length === 0) {
+        rows.push([service.name, '-', '-', 'no instances', '', '', '', '', '', '', '']);
+        colours.push([0, 0, 0, 33]);
+      }
+      for (const inst of service.instances) {
+        const health = inst.ejectedUntil ? 'ejected' : inst.health;
+        const lease = inst.ttl === undefined ? '' : inst.lastHeartbeat ? `${Math.max(0, Math.round((Date.parse(inst.lastHeartbeat) + inst.ttl - Date.now()) / 1000))}s left` : '';
+        rows.push([service.name, inst.id, inst.url, health, inst.circuit, String(inst.inflight), String(inst.weight), inst.zone ?? '', String(inst.metadata?.version ?? ''), inst.source ?? '', lease]);
+        colours.push([0, 0, 0, health === 'healthy' ? 32 : health === 'draining' ? 33 : 31, inst.circuit === 'closed' ? 32 : inst.circuit === 'half-open' ? 33 : 31]);
+      }
+    }
+    const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+    return `${rows
+      .map((r, y) => r.map((cell, i) => {
+        const padded = i === r.length - 1 ? cell : cell.padEnd(widths[i]!);
+        const code = colours[y]?.[i] ?? 0;
+        return code === 0 ? padded : paint(padded, code);
+      }).join('  ').trimEnd())
+      .join('\n')}\n`;
+  };
+  if (!options.watch) {
+    options.out(render(await read()));
+    return 0;
+  }
+  while (!options.signal?.aborted) {
+    let frame: string;
+    try {
+      frame = render(await read());
+    } catch (err) {
+      frame = `${(err as Error).message}\n`;
+    }
+    // Clear the screen and draw again: the table redrawn in place, once a second.
+    options.out(`${options.color ? '\u001b[2J\u001b[H' : ''}${new Date().toISOString()}  ${base}\n${frame}`);
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  return 0;
+}
