@@ -78,7 +78,15 @@ export function metrics(given: MetricsOptions = {}): GatewayPlugin<boolean | { d
         const aggregator = new AggregatorRegistry();
         gateway.admin.router.get('/metrics', async (ctx) => {
           ctx.set('content-type', aggregator.contentType);
-          ctx.body = (await aggregator.clusterMetrics()) + (await registry.metrics());
+          let workers: string;
+          try {
+            workers = await aggregator.clusterMetrics();
+          } catch (err) {
+            // A worker busy past prom-client's 5 s (a loaded machine) fails the whole scrape: ask once more.
+            gateway.log.warn({ err: (err as Error).message }, 'collecting the workers\' metrics failed; asking again');
+            workers = await aggregator.clusterMetrics();
+          }
+          ctx.body = workers + (await registry.metrics());
         });
         return;
       }
