@@ -1,6 +1,6 @@
 import type Router from '@koa/router';
 import type { Context } from 'koa';
-import { configVersion, fillLocalPart, redactSecrets, restoreRedacted } from '../config/fleet.js';
+import { canonicalJson, configVersion, fillLocalPart, redactSecrets, restoreRedacted } from '../config/fleet.js';
 import { ConfigError, MeshError } from '../errors.js';
 import type { AdminHost } from './host.js';
 import { readJsonBody } from './body.js';
@@ -84,11 +84,15 @@ export function configRoutes(router: Router, gateway: AdminHost): void {
     if (ifMatch !== undefined && ifMatch !== running) throw new StaleVersionError(ifMatch, running);
     const document = await proposed(ctx);
     try {
-      // Checked here first: a fleet never stores a version this gateway refuses.
-      await gateway.checkReload(document, { origin: 'admin', report: true });
-      if (gateway.has('fleetConfig')) await gateway.get<FleetConfigStore>('fleetConfig').publish(document, 'admin', ifMatch);
+      if (gateway.has('fleetConfig')) {
+        // Checked here before it is stored: a fleet never stores a version this gateway refuses.
+        await gateway.checkReload(document, { origin: 'admin', report: true });
+        await gateway.get<FleetConfigStore>('fleetConfig').publish(document, 'admin', ifMatch);
+      }
       // The version is compared again in the reload queue: of two writes with one If-Match, one wins.
-      const snapshot = gateway.snapshot.version === configVersion(document) ? gateway.snapshot : await gateway.reload(document, { origin: 'admin', ifMatch });
+      // Already in force: in a fleet the follower may have applied it (it was checked above); else the same document.
+      const applied = gateway.has('fleetConfig') ? gateway.snapshot.version === configVersion(document) : canonicalJson(document) === canonicalJson(gateway.document);
+      const snapshot = applied ? gateway.snapshot : await gateway.reload(document, { origin: 'admin', ifMatch });
       ctx.set('etag', `"${snapshot.version}"`);
       ctx.body = { version: snapshot.version, previous: running, appliedAt: new Date(snapshot.appliedAt).toISOString() };
     } catch (err) {

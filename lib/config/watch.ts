@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { watch } from 'node:fs';
+import { unwatchFile, watch, watchFile } from 'node:fs';
 import { basename, dirname } from 'node:path';
 
 /**
@@ -30,5 +30,28 @@ export function watchConfigFile(file: string, onChange: () => void, settleMs = 2
   return () => {
     watcher.close();
     if (timer !== null) clearTimeout(timer);
+  };
+}
+
+/**
+ * Calls `onChange` once `files` have stopped changing for `settleMs` (default 600 ms, over two
+ * polls): a certificate and its key are written one after the other, and are read together. Polls
+ * (`fs.watchFile`, every 250 ms) so that a file replaced by a rename is still seen. Never keeps the
+ * process alive. Returns a stop function.
+ */
+export function watchFilesSettled(files: readonly string[], onChange: () => void, settleMs = 600): () => void {
+  let timer: NodeJS.Timeout | null = null;
+  const changed = (): void => {
+    if (timer !== null) clearTimeout(timer);
+    timer = setTimeout(() => {
+      timer = null;
+      onChange();
+    }, settleMs);
+    timer.unref();
+  };
+  for (const file of files) watchFile(file, { interval: 250, persistent: false }, changed);
+  return () => {
+    if (timer !== null) clearTimeout(timer);
+    for (const file of files) unwatchFile(file, changed);
   };
 }

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { X509Certificate } from 'node:crypto';
-import { accessSync, constants, readFileSync, unwatchFile, watchFile, type Stats } from 'node:fs';
+import { accessSync, constants, readFileSync } from 'node:fs';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
@@ -10,6 +10,7 @@ import { AdminServer } from '../admin/server.js';
 import type { Balancer, BalancerFactory } from '../balancers/balancer.js';
 import { canonicalJson, configVersion, RESTART_KEYS } from '../config/fleet.js';
 import { readConfigFile, validateConfig } from '../config/load.js';
+import { watchFilesSettled } from '../config/watch.js';
 import type { GatewayConfig } from '../config/schema.js';
 import type { SectionOwner } from '../config/sections.js';
 import { ConfigError, GatewayClosingError, MeshError, PluginError, type ConfigIssue } from '../errors.js';
@@ -655,28 +656,15 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
    */
   #rotateCertificates(server: import('node:https').Server, tls: NonNullable<GatewayConfig['listen']['tls']>): void {
     const files = [tls.cert, tls.key, tls.clientCert ? tls.clientCa : tls.ca].filter((f): f is string => f !== undefined).map((f) => this.resolvePath(f));
-    let timer: NodeJS.Timeout | null = null;
-    const reload = (): void => {
-      timer = null;
+    const stop = watchFilesSettled(files, () => {
       try {
         server.setSecureContext(listenerTlsFiles(tls, (path) => this.resolvePath(path)));
         this.log.info({ files }, 'listener certificate reloaded');
       } catch (err) {
         this.log.error({ err: (err as Error).message, files }, `listener certificate not reloaded, the old one stays: ${(err as Error).message}`);
       }
-    };
-    const changed = (now: Stats, before: Stats): void => {
-      if (now.mtimeMs === before.mtimeMs && now.size === before.size) return;
-      // Key and certificate are written one after the other: read them once both have landed.
-      if (timer !== null) clearTimeout(timer);
-      timer = setTimeout(reload, 600);
-      timer.unref();
-    };
-    for (const file of files) watchFile(file, { interval: 250, persistent: false }, changed);
-    this.onClose(() => {
-      if (timer !== null) clearTimeout(timer);
-      for (const file of files) unwatchFile(file, changed);
     });
+    this.onClose(stop);
   }
 
   /** The proxy's HTTP server, once listening. */

@@ -39,11 +39,12 @@ export function peerIdentity(socket: Socket, by: string | null): PeerIdentity | 
 
 /** The SAN URIs of a certificate. */
 export function sanUris(cert: X509Certificate): string[] {
-  return sanEntries(cert, 'URI');
+  return sanEntries(cert.subjectAltName, 'URI');
 }
 
-function sanEntries(cert: X509Certificate, kind: string): string[] {
-  return (cert.subjectAltName ?? '')
+/** The entries of one kind (`URI`, `DNS`) of a subject alt name as node prints it (`URI:spiffe://a, DNS:b`). */
+export function sanEntries(subjectAltName: string | undefined, kind: string): string[] {
+  return (subjectAltName ?? '')
     .split(/,\s*/)
     .filter((entry) => entry.startsWith(`${kind}:`))
     .map((entry) => entry.slice(kind.length + 1));
@@ -51,7 +52,7 @@ function sanEntries(cert: X509Certificate, kind: string): string[] {
 
 function describe(cert: X509Certificate, by: string | null): PeerIdentity {
   const uris = sanUris(cert);
-  const dns = sanEntries(cert, 'DNS');
+  const dns = sanEntries(cert.subjectAltName, 'DNS');
   const subject = cert.subject.split('\n').reverse().join(',');
   const hash = createHash('sha256').update(cert.raw).digest('hex');
   // Envoy's XFCC: key=value pairs, `;`-separated; a value with `,`, `;`, `=` or `"` is quoted.

@@ -1,5 +1,7 @@
-import { readFileSync, unwatchFile, watchFile } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import type { PeerCertificate } from 'node:tls';
+import { watchFilesSettled } from '../config/watch.js';
+import { sanEntries } from '../http/client-cert.js';
 import type { Pool as UndiciPool } from 'undici';
 import type { ServiceConfig } from '../config/schema.js';
 import { MeshError } from '../errors.js';
@@ -187,8 +189,8 @@ export class InstancePools {
   readonly #refs = new Map<string, number>();
   /** TLS connect options per service, read from files once (per distinct settings, until a file changes). */
   readonly #tls = new Map<string, { json: string; options: Record<string, unknown> }>();
-  /** The TLS files watched, with the services that read them. */
-  readonly #watched = new Map<string, { services: Set<string>; listener: () => void }>();
+  /** Each service's watch on its TLS files (stop functions). */
+  readonly #watched = new Map<string, () => void>();
 
   constructor(pools: UpstreamPools, resolvePath: (path: string) => string) {
     this.#pools = pools;
@@ -224,34 +226,19 @@ export class InstancePools {
    * connect with the new files, and the old pools close once their requests in flight end.
    */
   close(): void {
-    for (const [file, entry] of this.#watched) unwatchFile(file, entry.listener);
+    for (const stop of this.#watched.values()) stop();
     this.#watched.clear();
   }
 
   #watch(service: string, files: string[]): void {
-    for (const file of files) {
-      let entry = this.#watched.get(file);
-      if (entry === undefined) {
-        const services = new Set<string>();
-        let timer: NodeJS.Timeout | null = null;
-        const listener = (): void => {
-          if (timer !== null) clearTimeout(timer);
-          // Key and certificate land one after the other, maybe a poll (250 ms) apart: act once both have.
-          timer = setTimeout(() => {
-            timer = null;
-            for (const name of services) {
-              this.#tls.delete(name);
-              this.#pools.releaseAll(`${name}|tls|`);
-            }
-          }, 600);
-          timer.unref();
-        };
-        entry = { services, listener };
-        this.#watched.set(file, entry);
-        watchFile(file, { interval: 250, persistent: false }, listener);
-      }
-      entry.services.add(service);
-    }
+    this.#watched.get(service)?.();
+    this.#watched.set(
+      service,
+      watchFilesSettled(files, () => {
+        this.#tls.delete(service);
+        this.#pools.releaseAll(`${service}|tls|`);
+      }),
+    );
   }
 
   #tlsOptions(service: string, tls: UpstreamTls): Record<string, unknown> {
@@ -268,7 +255,7 @@ export class InstancePools {
     if (expected !== undefined) {
       // The chain is verified against the CA as always; the name checked is the SPIFFE identity, not the host.
       options.checkServerIdentity = (_host: string, cert: PeerCertificate): Error | undefined => {
-        const uris = (cert.subjectaltname ?? '').split(/,\s*/).filter((e) => e.startsWith('URI:')).map((e) => e.slice(4));
+        const uris = sanEntries(cert.subjectaltname, 'URI');
         return uris.includes(expected) ? undefined : new Error(`the instance's certificate is ${uris.join(', ') || 'without a SAN URI'}, not ${expected}`);
       };
     }
