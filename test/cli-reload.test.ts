@@ -1,10 +1,8 @@
 import assert from 'node:assert/strict';
-import { Agent, request } from 'node:http';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, test, type TestContext } from 'node:test';
-import { echo, logLines, meshgateCli, send, sendPath, startUpstream, unusedPort, waitFor, type ChildRun } from './helpers.js';
+import { echo, keepAliveLoad, logLines, meshgateCli, send, sendPath, startUpstream, tempDir, unusedPort, waitFor, type ChildRun } from './helpers.js';
 
 const LIMIT = { timeout: 120_000 };
 
@@ -14,53 +12,7 @@ function startCli(t: TestContext, file: string, ...flags: string[]): Promise<Chi
 }
 
 async function tempFile(t: TestContext, name: string): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'meshgate-reload-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return join(dir, name);
-}
-
-/** Requests from `clients` loops on keep-alive connections until stopped; counts what came back. */
-function load(url: string, path: string, clients: number): { stop: () => Promise<{ ok: number; failed: string[]; by: Map<string, number> }> } {
-  const agent = new Agent({ keepAlive: true, maxSockets: clients });
-  let running = true;
-  let ok = 0;
-  const failed: string[] = [];
-  const by = new Map<string, number>();
-  const one = (): Promise<void> =>
-    new Promise((resolve) => {
-      const req = request(`${url}${path}`, { agent }, (res) => {
-        let body = '';
-        res.setEncoding('utf8').on('data', (c: string) => (body += c));
-        res.on('end', () => {
-          if (res.statusCode === 200) {
-            ok++;
-            const name = (JSON.parse(body) as { name: string }).name;
-            by.set(name, (by.get(name) ?? 0) + 1);
-          } else failed.push(`status ${res.statusCode}: ${body}`);
-          resolve();
-        });
-        res.on('error', (err) => {
-          failed.push(`response ${err.message}`);
-          resolve();
-        });
-      });
-      req.on('error', (err) => {
-        failed.push(`${(err as NodeJS.ErrnoException).code ?? err.message}`);
-        resolve();
-      });
-      req.end();
-    });
-  const loops = Array.from({ length: clients }, async () => {
-    while (running) await one();
-  });
-  return {
-    stop: async () => {
-      running = false;
-      await Promise.all(loops);
-      agent.destroy();
-      return { ok, failed, by };
-    },
-  };
+  return join(await tempDir(t, 'meshgate-reload-'), name);
 }
 
 describe('meshgate start: live reloads', () => {
@@ -101,7 +53,7 @@ routes:
     assert.equal(before.circuit, 'open');
     const badSeen = bad.seen.length;
 
-    const traffic = load(url, '/api/x', 8);
+    const traffic = keepAliveLoad([url], '/api/x', 8);
     const versions = new Set<string>();
     for (let i = 1; i <= 20; i++) {
       await writeFile(file, config(i));
@@ -178,7 +130,7 @@ routes:
     const run = await startCli(t, file, '--watch');
     const url = `http://127.0.0.1:${port}`;
     await waitFor(() => logLines(run, /watching/).length > 0 && logLines(run, /listening/).length > 0, 15_000, 'the gateway to listen');
-    const traffic = load(url, '/one/x', 2);
+    const traffic = keepAliveLoad([url], '/one/x', 2);
     // Truncate, then write in two pieces, as some editors do.
     await writeFile(file, '');
     await writeFile(file, doc('/one').slice(0, 40));

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { Agent as HttpAgent, createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { connect, type AddressInfo, type Socket } from 'node:net';
 import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -345,4 +345,66 @@ export function logLines(run: ChildRun, message: RegExp): Record<string, unknown
     .filter((line) => line.startsWith('{'))
     .map((line) => JSON.parse(line) as Record<string, unknown>)
     .filter((line) => message.test(String(line.msg)));
+}
+
+/** A temporary directory, removed after the test. */
+export async function tempDir(t: TestContext, prefix = 'meshgate-test-'): Promise<string> {
+  const { mkdtemp, rm } = await import('node:fs/promises');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/**
+ * Requests from `clients` loops on keep-alive connections (spread over `urls`) until stopped:
+ * what came back 200 (counted by the JSON body's `name` when it has one), and every failure
+ * (a status, or a socket error such as ECONNRESET).
+ */
+export function keepAliveLoad(urls: readonly string[], path: string, clients: number): { stop: () => Promise<{ ok: number; failed: string[]; by: Map<string, number> }> } {
+  const agent = new HttpAgent({ keepAlive: true, maxSockets: clients });
+  let running = true;
+  let ok = 0;
+  const failed: string[] = [];
+  const by = new Map<string, number>();
+  const one = (url: string): Promise<void> =>
+    new Promise((resolve) => {
+      const req = httpRequest(`${url}${path}`, { agent }, (res) => {
+        let body = '';
+        res.setEncoding('utf8').on('data', (c: string) => (body += c));
+        res.on('end', () => {
+          if (res.statusCode === 200) {
+            ok++;
+            try {
+              const name = (JSON.parse(body) as { name?: string }).name;
+              if (name !== undefined) by.set(name, (by.get(name) ?? 0) + 1);
+            } catch {
+              // not JSON: counted, not named
+            }
+          } else failed.push(`status ${res.statusCode}: ${body}`);
+          resolve();
+        });
+        res.on('error', (err) => {
+          failed.push(`response ${err.message}`);
+          resolve();
+        });
+      });
+      req.on('error', (err: NodeJS.ErrnoException) => {
+        failed.push(err.code ?? err.message);
+        resolve();
+      });
+      req.end();
+    });
+  const loops = Array.from({ length: clients }, async (_, i) => {
+    while (running) await one(urls[i % urls.length]!);
+  });
+  return {
+    stop: async () => {
+      running = false;
+      await Promise.all(loops);
+      agent.destroy();
+      return { ok, failed, by };
+    },
+  };
 }

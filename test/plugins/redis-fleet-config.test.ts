@@ -1,18 +1,11 @@
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
-import { echo, logLines, meshgateCli, send, sendPath, startUpstream, unusedPort, waitFor, type ChildRun } from '../helpers.js';
+import { echo, logLines, meshgateCli, send, sendPath, startUpstream, tempDir, unusedPort, waitFor, type ChildRun } from '../helpers.js';
 import { startRedis } from '../redis-server.js';
 
 const PREFIX = 'fleet-test:';
-
-async function tempDir(t: TestContext): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'meshgate-fleet-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 /** One gateway of the fleet: its local file (ports, Redis) and the process running it. */
 interface Member {
@@ -23,11 +16,11 @@ interface Member {
 }
 
 test('a fleet on one Redis: apply reaches three gateways within 1 s, status shows one version, shift moves a canary, a refusal is reported, and gateways started while Redis is down serve their cache or file and converge', { timeout: 180_000 }, async (t) => {
-  const data = await tempDir(t);
+  const data = await tempDir(t, 'meshgate-fleet-');
   const redis = await startRedis(t, { args: ['--appendonly', 'yes', '--dir', data] });
   const v1 = await startUpstream(t, echo('v1'));
   const v2 = await startUpstream(t, echo('v2'));
-  const [withCa, withoutCa] = [await tempDir(t), await tempDir(t)];
+  const [withCa, withoutCa] = [await tempDir(t, 'meshgate-fleet-'), await tempDir(t, 'meshgate-fleet-')];
   await writeFile(join(withCa, 'ca.pem'), 'only present on some hosts\n');
 
   const services = `
@@ -147,7 +140,7 @@ routes:
 test('a fleet version that needs a restart (accessLog on) is refused by a running gateway and reported; a gateway that starts afterwards starts from it', { timeout: 90_000 }, async (t) => {
   const redis = await startRedis(t);
   const api = await startUpstream(t, echo('api'));
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'meshgate-fleet-');
   const [port, adminPort] = [await unusedPort(), await unusedPort()];
   const file = join(dir, 'gw.yaml');
   const services = `services:\n  api: { instances: [ { url: "${api.url}" } ] }\n`;

@@ -1,19 +1,11 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { Agent, request } from 'node:http';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, test, type TestContext } from 'node:test';
-import { echo, logLines, meshgateCli, send, sendPath, startUpstream, unusedPort, waitFor, type ChildRun } from '../helpers.js';
+import { echo, keepAliveLoad, logLines, meshgateCli, send, sendPath, startUpstream, tempDir, unusedPort, waitFor, type ChildRun } from '../helpers.js';
 import { redisCli, startRedisCluster, startSentinelGroup } from '../redis-server.js';
 
 const LIMIT = { timeout: 120_000 };
-
-async function tempDir(t: TestContext): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'meshgate-topology-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 /** A gateway process from a local file whose `discovery.redis` is `redis`; resolves once it listens. */
 async function gateway(t: TestContext, dir: string, name: string, redis: Record<string, unknown>, body: string): Promise<{ url: string; admin: string; run: ChildRun }> {
@@ -32,44 +24,11 @@ async function fleetCli(t: TestContext, target: string, ...args: string[]): Prom
   return { code, out: run.stdout() + run.stderr() };
 }
 
-/** Requests from `clients` keep-alive loops on every URL until stopped; resolves with what failed. */
-function load(urls: string[], path: string, clients: number): () => Promise<{ ok: number; failed: string[] }> {
-  const agent = new Agent({ keepAlive: true, maxSockets: clients });
-  let running = true;
-  let ok = 0;
-  const failed: string[] = [];
-  const one = (url: string): Promise<void> =>
-    new Promise((resolve) => {
-      const req = request(`${url}${path}`, { agent }, (res) => {
-        res.resume();
-        res.on('end', () => {
-          if (res.statusCode === 200) ok++;
-          else failed.push(`status ${res.statusCode}`);
-          resolve();
-        });
-      });
-      req.on('error', (err: NodeJS.ErrnoException) => {
-        failed.push(err.code ?? err.message);
-        resolve();
-      });
-      req.end();
-    });
-  const loops = Array.from({ length: clients }, async (_, i) => {
-    while (running) await one(urls[i % urls.length]!);
-  });
-  return async () => {
-    running = false;
-    await Promise.all(loops);
-    agent.destroy();
-    return { ok, failed };
-  };
-}
-
 const version = async (admin: string): Promise<string> => (await send(`${admin}/config`)).json().version;
 
 describe('Redis as it is run for real', () => {
   test('Sentinel: the master fails over under load while a config change is in flight; no request fails and every gateway runs the new version', LIMIT, async (t) => {
-    const dir = await tempDir(t);
+    const dir = await tempDir(t, 'meshgate-topology-');
     const group = await startSentinelGroup(t, dir);
     const v1 = await startUpstream(t, echo('v1'));
     const v2 = await startUpstream(t, echo('v2'));
@@ -80,14 +39,14 @@ describe('Redis as it is run for real', () => {
 
     const next = join(dir, 'next.yaml');
     await writeFile(next, split(0, 100));
-    const stop = load(fleet.map((g) => g.url), '/api/x', 8);
+    const traffic = keepAliveLoad(fleet.map((g) => g.url), '/api/x', 8);
     const before = await group.masterPort();
     await group.master.kill();
     const applied = await fleetCli(t, group.target, 'apply', '--config', next);
     assert.equal(applied.code, 0, applied.out);
     const stored = /stored version ([0-9a-f]{12})/.exec(applied.out)![1]!;
     for (const g of fleet) await waitFor(async () => (await version(g.admin)) === stored, 30_000, 'every gateway on the new version');
-    const { ok, failed } = await stop();
+    const { ok, failed } = await traffic.stop();
     t.diagnostic(`${ok} requests through the failover, ${failed.length} failed`);
     assert.deepEqual(failed, []);
     assert.notEqual(await group.masterPort(), before, 'Sentinel promoted the replica');
@@ -99,7 +58,7 @@ describe('Redis as it is run for real', () => {
   });
 
   test('Cluster: registrations, heartbeats, the fleet config and shared rate limits work with keys spread over three masters', LIMIT, async (t) => {
-    const dir = await tempDir(t);
+    const dir = await tempDir(t, 'meshgate-topology-');
     const cluster = await startRedisCluster(t, dir);
     const upstreams = [await startUpstream(t, echo('alpha')), await startUpstream(t, echo('beta')), await startUpstream(t, echo('gamma'))];
     const names = ['alpha', 'beta', 'gamma'];
