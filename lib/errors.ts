@@ -39,6 +39,7 @@ export const ERROR_CODES = {
   MESH_ERR_PAYLOAD_TOO_LARGE: { status: 413 },
   MESH_ERR_UNAUTHORIZED: { status: 401 },
   MESH_ERR_METHOD_NOT_ALLOWED: { status: 405 },
+  MESH_ERR_UPGRADE_REFUSED: { status: 403 },
   MESH_ERR_CLOSING: { status: 503 },
   MESH_ERR_INTERNAL: { status: 500 },
   MESH_ERR_CONFIG: { status: 500 },
@@ -147,7 +148,7 @@ export class OverloadedError extends MeshError {
 }
 
 /** The limits behind an {@link OverloadedError}. */
-export type OverloadLimit = 'maxRequests' | 'maxPendingRequests' | 'gateway';
+export type OverloadLimit = 'maxRequests' | 'maxPendingRequests' | 'gateway' | 'websocket.maxConnections' | 'routes.websocket.maxConnections';
 
 /** The request is malformed (400). */
 export class BadRequestError extends MeshError {

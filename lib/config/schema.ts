@@ -106,6 +106,21 @@ const routeShape = {
    * headers. @default none: a stream may stay quiet as long as it likes
    */
   streamTimeout: duration.optional(),
+  /**
+   * WebSocket upgrades on this route (on by default): `false` refuses them with 403, or limits
+   * that override the top-level `websocket` ones.
+   */
+  websocket: z
+    .union([
+      z.literal(false),
+      z.strictObject({
+        /** A tunnel with no byte either way for this long is closed. @default the top-level `websocket.idleTimeout` */
+        idleTimeout: duration.optional(),
+        /** Open WebSockets on this route; a handshake past it is answered 503. @default none */
+        maxConnections: positiveInt.optional(),
+      }),
+    ])
+    .optional(),
 };
 // Loose: the keys it does not know are plugins' sections (auth, rateLimit, ...), checked by lib/config/sections.ts.
 const route = z.looseObject(routeShape);
@@ -205,6 +220,15 @@ const configShape = {
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** How long close() waits for in-flight requests before it cuts them off. */
   drainTimeout: duration.default(10_000),
+  /** WebSocket tunnels, gateway-wide (a route's `websocket` may lower them). */
+  websocket: z
+    .strictObject({
+      /** Open WebSockets on the whole gateway; a handshake past it is answered 503. @default none */
+      maxConnections: positiveInt.optional(),
+      /** A tunnel with no byte either way for this long is closed. @default none (TCP keep-alive still finds dead peers) */
+      idleTimeout: duration.optional(),
+    })
+    .default({}),
 };
 export const configSchema = z.looseObject(configShape);
 /** The document's type: the core's fields (the sections' types come from GlobalSections and DiscoverySections). */

@@ -28,6 +28,11 @@ export interface GatewayEvents extends RegistryEvents {
    * metrics and the access log count here. Listeners must be synchronous and cheap.
    */
   'request:end': [ctx: Context, status: number];
+  /**
+   * A WebSocket handshake succeeded: the 101 went to the client and the tunnel is open. Its
+   * `request:end` comes when the tunnel closes (`mesh.upgrade.closedBy` says who closed it).
+   */
+  'tunnel:open': [ctx: Context];
   /** An active health check of an instance passed (`ok`) or failed, whether or not its health changed. */
   'instance:probe': [instance: Instance, ok: boolean];
   /** The retry stage is about to make another attempt. */

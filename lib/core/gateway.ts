@@ -2,8 +2,9 @@ import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { X509Certificate } from 'node:crypto';
 import { accessSync, constants, readFileSync } from 'node:fs';
-import type { IncomingMessage, Server, ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { ServerResponse, type IncomingMessage, type Server } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
 import Koa, { type Context } from 'koa';
 import { AdminServer } from '../admin/server.js';
@@ -13,7 +14,7 @@ import { readConfigFile, validateConfig } from '../config/load.js';
 import { watchFilesSettled } from '../config/watch.js';
 import type { GatewayConfig } from '../config/schema.js';
 import type { SectionOwner } from '../config/sections.js';
-import { ConfigError, GatewayClosingError, MeshError, PluginError, type ConfigIssue } from '../errors.js';
+import { BadRequestError, ConfigError, GatewayClosingError, MeshError, NotImplementedError, PluginError, type ConfigIssue } from '../errors.js';
 import { createLogger, type Logger, type LoggerOptions } from '../kit/logger.js';
 import { LeaseKeeper } from '../registry/leases.js';
 import { LocalRegistrar, type Registrar } from '../registry/registrar.js';
@@ -132,6 +133,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
   #checked: Promise<ConfigSnapshot> | null = null;
   #ready: Promise<void> | null = null;
   #closing = false;
+  #koa: Koa | null = null;
   #closed: Promise<void> | null = null;
   #server: Server | null = null;
 
@@ -579,6 +581,46 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     return (ctx, next) => (this.#pipeline !== null ? this.#pipeline.handle(ctx, next) : this.ready().then(() => this.#pipeline!.handle(ctx, next)));
   }
 
+  /**
+   * Handles a request that asks to switch protocols (the HTTP server's `'upgrade'` event). A
+   * WebSocket handshake goes through the pipeline like any request (route, plugins, balancer,
+   * breaker) and, once an instance answers 101, becomes a tunnel; a refusal is a normal HTTP
+   * answer, after which the connection closes. Another protocol (`h2c`) is ignored, as RFC 9110
+   * allows: the request is served as plain HTTP/1.1. The listener calls this; mounted in a Koa
+   * app, call it from your server: `server.on('upgrade', (req, socket, head) => gateway.handleUpgrade(req, socket, head))`.
+   */
+  handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    const res = new ServerResponse(req);
+    res.shouldKeepAlive = false;
+    res.assignSocket(socket as Socket);
+    // An answer instead of a tunnel ends the connection (the request's bytes after it were never parsed).
+    res.once('finish', () => socket.end());
+    socket.on('error', () => socket.destroy());
+    const protocol = req.headers.upgrade ?? '';
+    const websocket = protocol.toLowerCase() === 'websocket';
+    // Node does not parse the body of an upgrade request, so one cannot be forwarded.
+    const body = req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0';
+    if (websocket ? body || req.method !== 'GET' : body) {
+      const error = websocket
+        ? new BadRequestError('a WebSocket handshake is a GET without a body (RFC 6455 4.1)', 'MESH_ERR_BAD_REQUEST')
+        : new NotImplementedError(`Upgrade: ${protocol} with a request body is not supported; send it without Upgrade`);
+      const json = JSON.stringify(error.toJSON());
+      res.writeHead(error.status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(json) }).end(json);
+      return;
+    }
+    const upgrade = websocket ? { protocol, head, openedAt: 0, closedBy: null } : null;
+    const run = (): Promise<void> => {
+      res.statusCode = 404;
+      return this.#pipeline!.handle(this.#servingApp.createContext(req, res), null, upgrade);
+    };
+    (this.#pipeline !== null ? run() : this.ready().then(run)).catch((err: unknown) => this.emit('gateway:error', err as Error));
+  }
+
+  /** The Koa app whose contexts the listener's requests get (made once, on first use). */
+  get #servingApp(): Koa {
+    return (this.#koa ??= this.app());
+  }
+
   /** A standalone Koa app that proxies every route and answers 404 JSON for the rest. */
   app(): Koa {
     const app = new Koa();
@@ -598,14 +640,14 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     const listen = this.config.listen;
     // The gateway answers every request itself, so Koa's callback (its on-finished listeners,
     // compose and respond()) would be pure overhead; plugins still get a real Koa context.
-    const app = this.app();
+    const app = this.#servingApp;
     const pipeline = this.#pipeline!;
     const handler = (req: IncomingMessage, res: ServerResponse): void => {
       // As Koa's own handler does: an answer a plugin leaves without a status is a 404.
       res.statusCode = 404;
       pipeline.handle(app.createContext(req, res), null).catch((err: unknown) => this.emit('gateway:error', err as Error));
     };
-    const server = createListener(listen, (path) => this.resolvePath(path), handler);
+    const server = createListener(listen, (path) => this.resolvePath(path), handler, (req, socket, head) => this.handleUpgrade(req, socket, head));
     this.#server = server;
     if (listen.tls) this.#rotateCertificates(server as import('node:https').Server, listen.tls);
     if (listen.tls?.clientCert) {
@@ -677,6 +719,11 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     return this.#pipeline?.inflight ?? 0;
   }
 
+  /** WebSockets open right now: tunnels, and handshakes under way. */
+  get websockets(): number {
+    return this.#pipeline?.websockets ?? 0;
+  }
+
   /** True once plugins are set up and until close() begins. */
   get isReady(): boolean {
     return this.#pipeline !== null && !this.#closing;
@@ -709,7 +756,12 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
           resolve();
         });
       });
-      if (pipeline.inflight > 0) this.log.warn({ inflight: pipeline.inflight }, 'drain timeout: cutting off in-flight requests');
+      if (pipeline.inflight > 0) this.log.warn({ inflight: pipeline.inflight, websockets: pipeline.websockets }, 'drain timeout: cutting off in-flight requests and WebSockets');
+    }
+    if (pipeline !== null && pipeline.websockets > 0) {
+      // Tunnels past the drain are cut; their requests end (and are logged) as their sockets close.
+      pipeline.closeTunnels();
+      await Promise.race([pipeline.drained(), new Promise((resolve) => setTimeout(resolve, 1000).unref())]);
     }
     server?.closeAllConnections();
     this.leases.stop();

@@ -35,6 +35,7 @@ import { backendCandidates, chooseBackend } from './backends.js';
 import { upstreamPath, type HeaderEdits, type Route } from './router.js';
 import type { ConfigSnapshot } from './snapshot.js';
 import { MeshState } from './state.js';
+import { Tunnel } from '../upstream/tunnel.js';
 
 /** A composed stage; null when no plugin added middleware to it, so the pipeline calls straight through. */
 export type StageChain = ((ctx: Context, next: Next) => Promise<void>) | null;
@@ -123,11 +124,12 @@ export class Pipeline {
    * Handles one request. `hostNext` is the host app's `next` in mount mode (a request that matches
    * no route goes on to it), null for the standalone listener, where the gateway answers everything.
    */
-  async handle(ctx: Context, hostNext: Next | null): Promise<void> {
+  async handle(ctx: Context, hostNext: Next | null, upgrade: MeshState['upgrade'] = null): Promise<void> {
     const parts = this.#parts;
     const snapshot = parts.snapshot();
     const mesh = new MeshState(snapshot);
     ctx.state.mesh = mesh;
+    mesh.upgrade = upgrade;
     const socket = ctx.req.socket as Socket & { [kFaultyFraming]?: boolean };
     if (socket[kFaultyFraming] === true) {
       // Parsed from bytes that followed a request with faulty framing: possibly smuggled. Never run it.
@@ -198,7 +200,7 @@ export class Pipeline {
         const held = exchange !== null && exchange.state === 'headers';
         const untouched = ctx.body === bodyBefore && res.statusCode === statusBefore;
         if (held && untouched) {
-          const committing = this.#commit(ctx, mesh);
+          const committing = exchange.upgraded !== null ? this.#tunnel(ctx, mesh) : this.#commit(ctx, mesh);
           if (committing !== undefined) await committing;
         } else if (exchange !== null && exchange.failure !== null && untouched) {
           // The held answer broke before it could be sent (the instance reset the connection).
@@ -220,6 +222,7 @@ export class Pipeline {
       answerError(ctx, mesh, error, parts.closing());
     } finally {
       if (mesh.admittedTo !== null) mesh.admittedTo.active--;
+      if (mesh.upgrade !== null) this.#releaseTunnel(mesh);
       res.off('close', onResponseClose);
       if (--this.#inflight === 0 && this.#drained) this.#drained();
       if (parts.events.listenerCount('request:end') > 0) this.#requestEnd(ctx, failed ? finalStatus(ctx, failure) : finalStatus(ctx));
@@ -280,6 +283,10 @@ export class Pipeline {
     const maxRequests = policy.config.maxRequests;
     if (maxRequests !== undefined && service.active >= maxRequests) {
       return Promise.reject(new OverloadedError('maxRequests', `service "${service.name}" has ${service.active} requests in flight (maxRequests ${maxRequests})`));
+    }
+    if (mesh.upgrade !== null) {
+      const refused = this.#admitTunnel(mesh, route);
+      if (refused !== null) return Promise.reject(refused);
     }
     service.active++;
     mesh.admittedTo = service;
@@ -410,6 +417,7 @@ export class Pipeline {
         timeout: Math.ceil(timeout),
         streamTimeout: mesh.route!.config.streamTimeout,
         deadlines: this.#deadlines,
+        upgrade: mesh.upgrade?.protocol,
       });
       mesh.exchange = exchange;
       if (mesh.clientGone) exchange.clientAborted();
@@ -441,6 +449,85 @@ export class Pipeline {
       }
       return;
     }
+  }
+
+  /** Tunnels open or being set up, and per route name: the counts `websocket.maxConnections` limits. */
+  #tunnelCount = 0;
+  readonly #tunnelsByRoute = new Map<string, number>();
+  readonly #tunnels = new Set<Tunnel>();
+  /** Routes a counted handshake holds a place on: released once, when its request ends. */
+  readonly #admitted = new WeakSet<MeshState>();
+
+  /** WebSockets open right now (tunnels, and handshakes under way). */
+  get websockets(): number {
+    return this.#tunnelCount;
+  }
+
+  /** Cuts every open tunnel (close() after the drain timeout). */
+  closeTunnels(): void {
+    for (const tunnel of this.#tunnels) tunnel.close();
+  }
+
+  /** A WebSocket handshake on `route`: refused when the route takes none or a limit is reached, else counted. */
+  #admitTunnel(mesh: MeshState, route: Route): MeshError | null {
+    const own = route.config.websocket;
+    if (own === false) return new MeshError('MESH_ERR_UPGRADE_REFUSED', 403, `route "${route.name}" does not take WebSocket upgrades`);
+    const global = mesh.snapshot!.config.websocket;
+    if (global.maxConnections !== undefined && this.#tunnelCount >= global.maxConnections) {
+      return new OverloadedError('websocket.maxConnections', `the gateway has ${this.#tunnelCount} WebSockets open (websocket.maxConnections ${global.maxConnections})`);
+    }
+    const onRoute = this.#tunnelsByRoute.get(route.name) ?? 0;
+    if (own?.maxConnections !== undefined && onRoute >= own.maxConnections) {
+      return new OverloadedError('routes.websocket.maxConnections', `route "${route.name}" has ${onRoute} WebSockets open (websocket.maxConnections ${own.maxConnections})`);
+    }
+    this.#tunnelCount++;
+    this.#tunnelsByRoute.set(route.name, onRoute + 1);
+    this.#admitted.add(mesh);
+    return null;
+  }
+
+  #releaseTunnel(mesh: MeshState): void {
+    if (!this.#admitted.delete(mesh)) return;
+    this.#tunnelCount--;
+    const name = mesh.route!.name;
+    const left = this.#tunnelsByRoute.get(name)! - 1;
+    if (left === 0) this.#tunnelsByRoute.delete(name);
+    else this.#tunnelsByRoute.set(name, left);
+  }
+
+  /**
+   * The instance switched protocols: the 101 goes to the client (the instance's headers, filtered,
+   * plus the plugins'), then the two sockets are joined until either side closes. Resolves then,
+   * so the request ends (`request:end`, the access log's line) with the tunnel.
+   */
+  async #tunnel(ctx: Context, mesh: MeshState): Promise<void> {
+    const exchange = mesh.exchange!;
+    const res = ctx.res;
+    ctx.respond = false;
+    const extra = takeSetHeaders(res);
+    for (let i = 0; i < mesh.responseHeaders.length; i++) extra.push(mesh.responseHeaders[i]!);
+    const head = responseHeaders(exchange.rawHeaders, extra, exchange.instance.url);
+    const edits = mesh.route?.responseHeaders;
+    if (edits != null) responseHeaderEdits(head, edits);
+    const client = res.socket!;
+    // The socket is the tunnel's now: the response object lets go of it.
+    res.detachSocket(client);
+    res.statusCode = 101;
+    client.write(switchingProtocols(mesh.upgrade!.protocol, head));
+    const route = mesh.route!;
+    const own = route.config.websocket;
+    const idleTimeout = (own === false ? undefined : own?.idleTimeout) ?? mesh.snapshot!.config.websocket.idleTimeout ?? 0;
+    const tunnel = new Tunnel(client, exchange.upgraded!, mesh.upgrade!.head, idleTimeout);
+    exchange.upgraded = null;
+    this.#tunnels.add(tunnel);
+    mesh.upgrade!.openedAt = performance.now();
+    this.#parts.events.emit('tunnel:open', ctx);
+    const end = await tunnel.closed;
+    this.#tunnels.delete(tunnel);
+    mesh.bytesIn = end.bytesIn;
+    mesh.bytesOut = end.bytesOut;
+    mesh.upgrade!.closedBy = end.reason;
+    exchange.endTunnel();
   }
 
   /** Sends the held upstream response: its status and filtered headers, the plugins' headers, then the body. */
@@ -496,6 +583,13 @@ function redirect(ctx: Context, mesh: MeshState, route: Route): Promise<void> {
   ctx.set('location', location);
   ctx.body = '';
   return Promise.resolve();
+}
+
+/** The 101 that completes a handshake: `Connection` and `Upgrade` (hop-by-hop, so not in `head`), then the rest. */
+function switchingProtocols(protocol: string, head: string[]): string {
+  let out = `HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: ${protocol}\r\n`;
+  for (let i = 0; i < head.length; i += 2) out += `${head[i]}: ${head[i + 1]}\r\n`;
+  return out + '\r\n';
 }
 
 /** Refuses a request that would wait for a connection when the service already has `maxPending` waiting. */

@@ -2,13 +2,19 @@ import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { GatewayConfig } from '../config/schema.js';
 
 /**
  * The proxy's listener: HTTP, or HTTPS with `listen.tls`, with the configured limits. CONNECT is
  * refused outright: a gateway is not a forward proxy.
  */
-export function createListener(listen: GatewayConfig['listen'], resolvePath: (path: string) => string, handler: (req: IncomingMessage, res: ServerResponse) => void): Server {
+export function createListener(
+  listen: GatewayConfig['listen'],
+  resolvePath: (path: string) => string,
+  handler: (req: IncomingMessage, res: ServerResponse) => void,
+  upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void,
+): Server {
   const options = {
     maxHeaderSize: listen.maxHeaderSize,
     headersTimeout: listen.headersTimeout,
@@ -29,6 +35,7 @@ export function createListener(listen: GatewayConfig['listen'], resolvePath: (pa
         handler,
       )
     : createHttpServer(options, handler);
+  server.on('upgrade', upgrade);
   server.on('connect', (_req: IncomingMessage, socket: Socket) => {
     const body = JSON.stringify({ error: 'MESH_ERR_METHOD_NOT_ALLOWED', message: 'CONNECT is not supported' });
     socket.end(`HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);

@@ -19,6 +19,18 @@ export interface Principal {
   claims: Readonly<Record<string, unknown>>;
 }
 
+/** A WebSocket handshake and, once the instance switched protocols, its tunnel. */
+export interface Upgrade {
+  /** The protocol the client asked for (`websocket`). */
+  readonly protocol: string;
+  /** What the client sent after its handshake request, before the answer. */
+  readonly head: Buffer;
+  /** When the 101 went to the client (`performance.now()`); 0 while the handshake is under way. */
+  openedAt: number;
+  /** Who closed the tunnel: `client`, `upstream`, `idle` (its idle timeout) or `shutdown` (close() after the drain). */
+  closedBy: 'client' | 'upstream' | 'idle' | 'shutdown' | null;
+}
+
 /**
  * Per-request values plugins keep for themselves or for each other, read with `mesh.get(key)`
  * and written with `mesh.set(key, value)` (as Hono's `c.get`/`c.set`). A plugin declares the
@@ -86,6 +98,8 @@ export class MeshState {
   error: MeshError | null = null;
   /** The client went away; the pipeline stops at the next step. */
   clientGone = false;
+  /** A WebSocket handshake (and its tunnel once open); null for plain HTTP. */
+  upgrade: Upgrade | null = null;
   /** Time the upstream took to send response headers in the final attempt, ms. */
   upstreamMs = 0;
   /** Request body bytes read from a client that declared no length (a chunked upload); 0 otherwise. */

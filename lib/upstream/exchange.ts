@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Dispatcher } from 'undici';
 import {
   BadRequestError,
@@ -31,6 +32,8 @@ export interface UpstreamRequest {
   streamTimeout?: number;
   /** The gateway's deadline keeper, which aborts the attempt when `timeout` passes first. */
   deadlines: Deadlines;
+  /** The protocol a WebSocket handshake asks for (`websocket`): undici sends `Connection: upgrade` and hands over the socket at 101. */
+  upgrade?: string;
 }
 
 /** Statuses whose answers have no body, whatever their headers say (RFC 9110 6.4.1). */
@@ -86,6 +89,8 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler, Deadline {
   #onDone: ((err?: Error) => void) | null = null;
   readonly #method: string;
   readonly #resets: ResetWatch | undefined;
+  /** The instance's socket after it switched protocols (101), until the tunnel takes it or the exchange is discarded. */
+  upgraded: Socket | null = null;
   /** Why the exchange failed, once it has (a held answer cut by the upstream, say). */
   failure: MeshError | null = null;
   /** Settles when the response headers arrive (resolves) or the attempt fails before them (rejects). */
@@ -140,6 +145,33 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler, Deadline {
     this.state = 'headers';
     this.#onHeaders(this);
     return true;
+  }
+
+  /**
+   * The instance switched protocols (101): the socket is ours now, out of undici's pool. It is
+   * held like a response at its headers; the attempt stays in flight (and counts in the instance's
+   * `inflight`, as an open stream does for least-request) until {@link endTunnel}.
+   */
+  onUpgrade(statusCode: number, rawHeaders: Buffer[], socket: Socket): void {
+    this.#clearDeadline();
+    if (this.#abortReason !== null) {
+      socket.destroy();
+      return;
+    }
+    this.statusCode = statusCode;
+    this.rawHeaders = rawHeaders;
+    this.headersMs = performance.now() - this.startedAt;
+    this.upgraded = socket;
+    this.state = 'headers';
+    this.#onHeaders(this);
+  }
+
+  /** The tunnel over {@link upgraded} closed: the attempt is over (its bytes are counted on `mesh`). */
+  endTunnel(): void {
+    if (this.state === 'done' || this.state === 'failed') return;
+    this.state = 'done';
+    this.upgraded = null;
+    this.#release();
   }
 
   onData(chunk: Buffer): boolean {
@@ -229,6 +261,14 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler, Deadline {
   abort(reason: Error): void {
     if (this.state === 'done' || this.state === 'failed') return;
     this.#abortReason ??= reason;
+    if (this.upgraded !== null) {
+      // A switched socket is out of undici: dropping it is closing it.
+      this.upgraded.destroy();
+      this.upgraded = null;
+      this.state = 'failed';
+      this.#release();
+      return;
+    }
     // A response that already arrived whole has nothing left in undici to abort.
     if (this.#complete) this.#fail(reason);
     else if (this.#abort) this.#abort(reason);
@@ -310,7 +350,8 @@ export function dispatchUpstream(pool: UpstreamPool, req: UpstreamRequest): Upst
       headersTimeout: 0,
       // After them, only a body that goes quiet for `streamTimeout` (per route; none by default) is cut.
       bodyTimeout: req.streamTimeout ?? 0,
-      // Upgrades (WebSocket) are not proxied; undici rejects them with an error we map to 502.
+      // A WebSocket handshake: undici adds `Connection: upgrade` and hands the socket to onUpgrade at 101.
+      upgrade: req.upgrade,
     },
     exchange,
   );

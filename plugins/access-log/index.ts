@@ -142,6 +142,7 @@ function formatLine(ctx: Context, status: number, time: string, quoted: QuotedNa
     `"retries":${mesh.attempt > 1 ? mesh.attempt - 1 : 0},"bytesIn":${bytesIn},"bytesOut":${mesh.bytesOut + (exchange?.bytesReceived ?? 0)},` +
     `"requestId":${requestId ? jsonString(requestId) : 'null'},"traceId":${traceId ? jsonString(traceId) : 'null'},` +
     (principal === undefined ? '' : `"principal":${jsonString(principal.id)},`) +
+    (mesh.upgrade === null || mesh.upgrade.openedAt === 0 ? '' : `"websocket":{"closedBy":"${mesh.upgrade.closedBy}"},`) +
     (authorization === undefined ? '' : `"authorization":{"rule":${jsonString(authorization.rule)},"action":"${authorization.action}","enforced":${authorization.enforced}},`) +
     `"flags":"${responseFlags(mesh, status)}","error":${mesh.error ? jsonString(mesh.error.code) : 'null'}}\n`
   );

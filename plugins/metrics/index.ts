@@ -1,5 +1,5 @@
 import { AggregatorRegistry, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import { definePlugin, errorCodeInfo, OverloadedError, type Backend, type CircuitState, type GatewayPlugin, type Instance, type Route, type Service } from '../../lib/index.js';
+import { definePlugin, errorCodeInfo, OverloadedError, type Backend, type CircuitState, type GatewayPlugin, type Instance, type MeshState, type Route, type Service } from '../../lib/index.js';
 import { metricsSections } from './config.js';
 import { FastCounter, FastHistogram, HistogramSeries, type CounterSeries } from './series.js';
 
@@ -140,7 +140,17 @@ export function metrics(given: MetricsOptions = {}): GatewayPlugin<boolean | { d
         return series;
       };
       const faults = new FastCounter('meshgate_faults_injected_total', 'Requests a route\'s fault injection delayed or aborted.', ['route', 'kind'] as const);
-      for (const metric of [requests, requestDuration, upstreamRequests, upstreamDuration, retries, overloaded, backends, faults]) {
+      const handshakes = new FastCounter(
+        'meshgate_websocket_handshakes_total',
+        'WebSocket handshakes by route and the status the client got: 101 opened a tunnel, anything else refused it.',
+        ['route', 'code'] as const,
+      );
+      const tunnelBytes = new FastCounter(
+        'meshgate_websocket_bytes_total',
+        'Bytes through closed WebSocket tunnels: upstream (client to instance) and downstream (instance to client).',
+        ['route', 'direction'] as const,
+      );
+      for (const metric of [requests, requestDuration, upstreamRequests, upstreamDuration, retries, overloaded, backends, faults, handshakes, tunnelBytes]) {
         registry.registerMetric(metric as unknown as Parameters<Registry['registerMetric']>[0]);
       }
       // Across cluster workers: health and instance counts are the same everywhere (first),
@@ -166,6 +176,29 @@ export function metrics(given: MetricsOptions = {}): GatewayPlugin<boolean | { d
         registers: [registry],
         aggregator: 'first',
       });
+
+      const websockets = new Gauge({
+        name: 'meshgate_websocket_connections',
+        help: 'WebSocket tunnels open now, by route.',
+        labelNames: ['route'] as const,
+        registers: [registry],
+        aggregator: 'sum',
+      });
+      gateway.on('tunnel:open', (ctx) => {
+        const route = ctx.state.mesh.route!.name;
+        handshakes.series({ route, code: '101' }).value++;
+        websockets.inc({ route });
+      });
+      /** A WebSocket request ended: a refused handshake, or a tunnel that closed. */
+      const websocketEnd = (route: string, mesh: MeshState, code: number): void => {
+        if (mesh.upgrade!.openedAt === 0) {
+          handshakes.series({ route, code: String(code) }).value++;
+          return;
+        }
+        websockets.dec({ route });
+        tunnelBytes.series({ route, direction: 'upstream' }).value += mesh.bytesIn;
+        tunnelBytes.series({ route, direction: 'downstream' }).value += mesh.bytesOut;
+      };
 
       // Hot-path caches: one entry per (route, method, code) and per (instance, outcome).
       // route -> method -> status code -> series; no key string built per request. Weak: a new
@@ -195,7 +228,10 @@ export function metrics(given: MetricsOptions = {}): GatewayPlugin<boolean | { d
         const backend = mesh.backend;
         const series = seriesFor(route, backend, ctx.req.method!, code);
         series.count.value++;
-        series.duration.observe((mesh.endedAt - mesh.startedAt) / 1000);
+        const upgrade = mesh.upgrade;
+        // A WebSocket's request lasts as long as its tunnel: its latency is the handshake's.
+        series.duration.observe(((upgrade !== null && upgrade.openedAt > 0 ? upgrade.openedAt : mesh.endedAt) - mesh.startedAt) / 1000);
+        if (upgrade !== null) websocketEnd(route?.name ?? '', mesh, code);
         // A split or a subset: which backend took it.
         if (backend !== null && (backend.subset !== null || route!.backends.length > 1)) backendSeries(route!, backend).value++;
         if (mesh.error instanceof OverloadedError) overloaded.series({ service: backend?.service ?? '', limit: mesh.error.limit }).value++;

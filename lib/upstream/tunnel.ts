@@ -1,0 +1,95 @@
+import type { Socket } from 'node:net';
+
+/** How a tunnel ended, and what went through it. */
+export interface TunnelEnd {
+  /** Bytes from the client to the instance (after the handshake). */
+  bytesIn: number;
+  /** Bytes from the instance to the client (after the handshake). */
+  bytesOut: number;
+  /** Why it closed: a side hung up, it went idle, or the gateway cut it (close() after the drain). */
+  reason: 'client' | 'upstream' | 'idle' | 'shutdown';
+}
+
+/** TCP keep-alive probes on both legs, so a peer that vanished without a FIN is found even with no idle timeout. */
+const KEEP_ALIVE_MS = 30_000;
+
+/**
+ * Two sockets joined after a protocol switch (a WebSocket's 101): bytes go both ways as they
+ * come, with backpressure (`pipe` pauses the side whose peer's buffer is full), and neither side
+ * outlives the other. The frames are not parsed: what one side sends the other gets, so any
+ * subprotocol and extension (permessage-deflate) passes through.
+ */
+export class Tunnel {
+  readonly #client: Socket;
+  readonly #upstream: Socket;
+  readonly #clientWritten: number;
+  readonly #upstreamWritten: number;
+  #reason: TunnelEnd['reason'] | null = null;
+  /** Settles once both sockets are closed. */
+  readonly closed: Promise<TunnelEnd>;
+
+  /**
+   * `clientHead` is what the client sent after its handshake (already read by the HTTP parser);
+   * the instance's early bytes are still in its socket (undici puts them back). `idleTimeout` in
+   * ms, 0 for none.
+   */
+  constructor(client: Socket, upstream: Socket, clientHead: Buffer, idleTimeout: number) {
+    this.#client = client;
+    this.#upstream = upstream;
+    this.#clientWritten = client.bytesWritten;
+    this.#upstreamWritten = upstream.bytesWritten;
+    for (const socket of [client, upstream]) {
+      socket.setNoDelay(true);
+      socket.setKeepAlive(true, KEEP_ALIVE_MS);
+    }
+    // The client's socket sees every byte either way: its timeout is the tunnel's idle timeout.
+    client.setTimeout(idleTimeout);
+    if (idleTimeout > 0) client.once('timeout', () => this.#close('idle'));
+    let open = 2;
+    this.closed = new Promise((resolve) => {
+      const onClose = (): void => {
+        if (--open > 0) return;
+        resolve({
+          bytesIn: this.#upstream.bytesWritten - this.#upstreamWritten,
+          bytesOut: this.#client.bytesWritten - this.#clientWritten,
+          reason: this.#reason ?? 'client',
+        });
+      };
+      const clientClosed = (): void => {
+        this.#reason ??= 'client';
+        upstream.destroy();
+        onClose();
+      };
+      const upstreamClosed = (): void => {
+        this.#reason ??= 'upstream';
+        client.destroy();
+        onClose();
+      };
+      // A side that closed while the handshake's answer was on its way has no 'close' left to emit.
+      if (client.closed) clientClosed();
+      else client.once('close', clientClosed);
+      if (upstream.closed) upstreamClosed();
+      else upstream.once('close', upstreamClosed);
+    });
+    // An error on either side (a reset) ends both; 'close' follows it.
+    client.on('error', noop);
+    upstream.on('error', noop);
+    if (clientHead.length > 0) upstream.write(clientHead);
+    // A FIN from one side is passed on (pipe ends the other's writable side); the close follows.
+    client.pipe(upstream);
+    upstream.pipe(client);
+  }
+
+  /** Cuts the tunnel now (both sockets closed at once). */
+  close(): void {
+    this.#close('shutdown');
+  }
+
+  #close(reason: TunnelEnd['reason']): void {
+    this.#reason ??= reason;
+    this.#client.destroy();
+    this.#upstream.destroy();
+  }
+}
+
+function noop(): void {}
