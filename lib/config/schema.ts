@@ -173,6 +173,26 @@ const configShape = {
       requestTimeout: duration.default(60_000),
       /** Idle time of a client keep-alive connection. */
       keepAliveTimeout: duration.default(5_000),
+      /**
+       * HTTP/2 on the listener, beside HTTP/1.1 on the same port: over TLS by ALPN (`h2`, else
+       * `http/1.1`), and without TLS by prior knowledge (a connection that opens with the HTTP/2
+       * preface). `false` turns it off. @default on with `tls`, off without
+       */
+      http2: z
+        .union([
+          z.boolean(),
+          z.strictObject({
+            /** Streams a client may have open on one connection (SETTINGS_MAX_CONCURRENT_STREAMS). @default 100 */
+            maxConcurrentStreams: positiveInt.max(2 ** 31 - 1).default(100),
+            /**
+             * Streams a client may reset per second on one connection (a burst of twice that is
+             * allowed); past it the connection is closed with ENHANCE_YOUR_CALM: the rapid-reset
+             * attack, CVE-2023-44487. @default 100
+             */
+            maxResetsPerSecond: positiveInt.default(100),
+          }),
+        ])
+        .optional(),
     })
     .default({ host: '0.0.0.0', port: 8080, trustProxy: false, maxHeaderSize: 16 * 1024, maxHeaders: 100, pathParameters: 'reject', via: false, headersTimeout: 10_000, requestTimeout: 60_000, keepAliveTimeout: 5_000 }),
   admin: z

@@ -30,7 +30,7 @@ import { loadPluginModules } from './plugin-loader.js';
 import { checkPlugin, type GatewayPlugin, type GatewayRole, type GatewayServices, type PluginHost, type Stage, type StageMiddleware } from './plugin.js';
 import type { Router } from './router.js';
 import { sanUris } from '../http/client-cert.js';
-import { createListener, listenerTlsFiles, urlHost } from './server.js';
+import { closeHttp2Sessions, createListener, listenerTlsFiles, urlHost } from './server.js';
 import { buildSnapshot, type ConfigSnapshot, type ReloadOptions } from './snapshot.js';
 
 export type { ReloadOptions } from './snapshot.js';
@@ -746,6 +746,8 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     const server = this.#server;
     server?.close();
     server?.closeIdleConnections();
+    // HTTP/2 clients get a GOAWAY: streams under way finish, new ones go elsewhere.
+    if (server) closeHttp2Sessions(server, true);
     const pipeline = this.#pipeline;
     if (pipeline !== null && pipeline.inflight > 0) {
       await new Promise<void>((resolve) => {
@@ -764,6 +766,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
       await Promise.race([pipeline.drained(), new Promise((resolve) => setTimeout(resolve, 1000).unref())]);
     }
     server?.closeAllConnections();
+    if (server) closeHttp2Sessions(server, false);
     this.leases.stop();
     for (const hook of this.#plugins.closeHooks()) {
       try {

@@ -145,6 +145,8 @@ export class Pipeline {
         ctx.res.shouldKeepAlive = false;
         throw new BadRequestError('Transfer-Encoding in an HTTP/1.0 request', 'MESH_ERR_BAD_REQUEST');
       }
+      // HTTP/2 names the host in `:authority`; routes (and Koa) read Host.
+      if (ctx.req.httpVersionMajor === 2 && ctx.req.headers.host === undefined) http2Host(ctx.req);
       const target = normalizeTarget(ctx.req.url ?? '/');
       mesh.path = target.path;
       mesh.query = target.query;
@@ -602,6 +604,12 @@ function checkPending(service: Service, maxConnections: number, maxPending: numb
 
 function isTlsFailure(err: unknown): boolean {
   return isTlsErrorCode((err as { cause?: { code?: unknown } })?.cause?.code);
+}
+
+/** An HTTP/2 request's `:authority` as its Host (a request without one is refused with 400 further on). */
+function http2Host(req: Context['req']): void {
+  const authority = req.headers[':authority'];
+  if (typeof authority === 'string') req.headers.host = authority;
 }
 
 function headerValue(value: string | string[] | undefined): string | undefined {

@@ -170,8 +170,16 @@ export function upstreamRequestHeaders(req: IncomingMessage, info: ForwardedInfo
   let host = '';
   let hostSeen = false;
   let via = '';
+  // HTTP/2: the pseudo-headers are the request line, not headers; `:authority` is the Host.
+  const http2 = req.httpVersionMajor === 2;
   for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i]!;
+    let name = raw[i]!;
+    if (http2) {
+      if (name.charCodeAt(0) === 58 /* : */) {
+        if (name !== ':authority') continue;
+        name = 'host';
+      } else if (name.toLowerCase() === 'host' && req.headers[':authority'] !== undefined) continue;
+    }
     let lower = name.toLowerCase();
     if (lower.includes('_')) {
       // Only the underscore spellings of names the gateway owns are dropped; others pass as they are.

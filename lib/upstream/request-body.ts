@@ -25,6 +25,8 @@ export function requestBody(ctx: Context): RequestBody {
     return JSON.stringify(parsed);
   }
   const headers = req.headers;
+  // HTTP/2 has no framing headers: a request has a body unless its HEADERS frame ended the stream.
+  if (req.httpVersionMajor === 2) return (req as unknown as { stream: { endAfterHeaders: boolean } }).stream.endAfterHeaders ? null : req;
   const length = headers['content-length'];
   if (headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')) return req;
   return null;

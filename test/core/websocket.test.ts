@@ -8,6 +8,8 @@ import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { describe, test, type TestContext } from 'node:test';
 import WebSocket, { WebSocketServer } from 'ws';
+import Koa from 'koa';
+import { createGateway } from '../../lib/index.js';
 import { accessLog } from '../../plugins/access-log/index.js';
 import { rawExchange, send, startGateway, statusLines, trackProcessErrors, waitFor } from '../helpers.js';
 
@@ -409,5 +411,26 @@ describe('WebSocket', () => {
     assert.ok(['client', 'upstream'].includes(line.websocket.closedBy), line.websocket.closedBy);
     assert.ok(line.durationMs > 0);
     assert.equal(JSON.parse(lines[1]!).status, 403);
+  });
+
+  test('mounted in a Koa app, the host server hands upgrades to gateway.handleUpgrade', LIMIT, async (t) => {
+    const instance = await startWsInstance(t, 'a');
+    const gateway = createGateway({ logLevel: 'silent', services: { chat: { instances: [{ url: instance.url }] } }, routes: [{ prefix: '/chat', service: 'chat' }] });
+    t.after(() => gateway.close());
+    const app = new Koa();
+    app.use(gateway.middleware());
+    app.use((ctx) => {
+      ctx.body = 'host app';
+    });
+    const server = createServer(app.callback());
+    server.on('upgrade', (req, socket, head) => gateway.handleUpgrade(req, socket, head));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const { ws, greeting } = await connect(wsUrl(url, '/chat'));
+    assert.equal(greeting, 'hello from a');
+    ws.close();
+    await closed(ws);
+    assert.equal((await send(`${url}/elsewhere`)).body, 'host app');
   });
 });

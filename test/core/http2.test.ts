@@ -1,0 +1,176 @@
+/**
+ * HTTP/2 on the gateway's listener: h2c by prior knowledge and h2 over TLS by ALPN, beside
+ * HTTP/1.1 on the same port, with node:http2 and curl as clients and real HTTP/1.1 instances.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { connect, constants, type ClientHttp2Session, type IncomingHttpHeaders } from 'node:http2';
+import { join } from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { promisify } from 'node:util';
+import { echo, send, startGateway, startUpstream, tempDir, waitFor } from '../helpers.js';
+
+const run = promisify(execFile);
+const LIMIT = { timeout: 30_000 };
+
+/** One request on a session: status, headers, body. */
+function h2request(session: ClientHttp2Session, headers: Record<string, string>, body?: string): Promise<{ status: number; headers: IncomingHttpHeaders; body: string }> {
+  return new Promise((resolve, reject) => {
+    const stream = session.request(headers, { endStream: body === undefined });
+    let data = '';
+    let head: IncomingHttpHeaders = {};
+    stream.setEncoding('utf8');
+    stream.on('response', (h) => (head = h));
+    stream.on('data', (chunk: string) => (data += chunk));
+    stream.on('end', () => resolve({ status: Number(head[':status']), headers: head, body: data }));
+    stream.on('error', reject);
+    if (body !== undefined) stream.end(body);
+  });
+}
+
+function h2session(t: TestContext, url: string, options: Parameters<typeof connect>[1] = {}): Promise<ClientHttp2Session> {
+  return new Promise((resolve, reject) => {
+    const session = connect(url, options);
+    t.after(() => session.destroy());
+    session.once('connect', () => resolve(session));
+    session.once('error', reject);
+  });
+}
+
+/** A self-signed certificate for localhost and 127.0.0.1. */
+async function selfSigned(t: TestContext): Promise<{ cert: string; key: string; ca: Buffer }> {
+  const dir = await tempDir(t);
+  const cert = join(dir, 'gw.crt');
+  const key = join(dir, 'gw.key');
+  await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1', '-days', '1']);
+  return { cert, key, ca: await readFile(cert) };
+}
+
+test('h2c by prior knowledge: GET and POST reach the HTTP/1.1 instance with the Host from :authority and no pseudo-headers; HTTP/1.1 still works on the port', LIMIT, async (t) => {
+  const upstream = await startUpstream(t, echo('api'));
+  const { url } = await startGateway(t, {
+    services: { api: { instances: [{ url: upstream.url }] } },
+    routes: [{ prefix: '/api', service: 'api' }],
+    listen: { http2: true },
+  });
+  const session = await h2session(t, url);
+  const get = await h2request(session, { ':path': '/api/items?page=2', 'x-client': 'h2' });
+  assert.equal(get.status, 200);
+  const seen = JSON.parse(get.body);
+  assert.equal(seen.url, '/api/items?page=2');
+  assert.equal(seen.headers.host, new URL(url).host);
+  assert.equal(seen.headers['x-client'], 'h2');
+  assert.equal(seen.headers['x-forwarded-proto'], 'http');
+  assert.ok(!Object.keys(seen.headers).some((name) => name.startsWith(':')), 'no pseudo-header reached the instance');
+  const post = await h2request(session, { ':path': '/api/items', ':method': 'POST', 'content-type': 'text/plain' }, 'a body over h2');
+  assert.equal(JSON.parse(post.body).body, 'a body over h2');
+  // The gateway's own answers keep their shape over h2.
+  const missing = await h2request(session, { ':path': '/nowhere' });
+  assert.equal(missing.status, 404);
+  assert.equal(JSON.parse(missing.body).error, 'MESH_ERR_NO_ROUTE');
+  // Many streams at once on one connection.
+  const many = await Promise.all(Array.from({ length: 50 }, (_, i) => h2request(session, { ':path': `/api/n/${i}` })));
+  assert.deepEqual(many.map((r) => JSON.parse(r.body).url), Array.from({ length: 50 }, (_, i) => `/api/n/${i}`));
+  assert.equal((await send(`${url}/api/h1`)).status, 200);
+  // curl, the way a user would try it.
+  const { stdout } = await run('curl', ['-s', '-i', '--http2-prior-knowledge', `${url}/api/curl`]);
+  assert.match(stdout, /^HTTP\/2 200/);
+});
+
+test('h2 over TLS by ALPN, HTTP/1.1 for clients that do not offer h2; off with listen.http2: false', LIMIT, async (t) => {
+  const upstream = await startUpstream(t, echo('api'));
+  const tls = await selfSigned(t);
+  const { url } = await startGateway(t, {
+    services: { api: { instances: [{ url: upstream.url }] } },
+    routes: [{ prefix: '/api', service: 'api' }],
+    listen: { tls: { cert: tls.cert, key: tls.key } },
+  });
+  const session = await h2session(t, url, { ca: tls.ca });
+  assert.equal((session.socket as import('node:tls').TLSSocket).alpnProtocol, 'h2');
+  const res = await h2request(session, { ':path': '/api/secure' });
+  assert.equal(res.status, 200);
+  assert.equal(JSON.parse(res.body).headers['x-forwarded-proto'], 'https');
+  const h2curl = await run('curl', ['-s', '-i', '--cacert', tls.cert, `${url}/api/curl`]);
+  assert.match(h2curl.stdout, /^HTTP\/2 200/);
+  const h1curl = await run('curl', ['-s', '-i', '--http1.1', '--cacert', tls.cert, `${url}/api/curl`]);
+  assert.match(h1curl.stdout, /^HTTP\/1\.1 200/);
+
+  const off = await startGateway(t, {
+    services: { api: { instances: [{ url: upstream.url }] } },
+    routes: [{ prefix: '/api', service: 'api' }],
+    listen: { tls: { cert: tls.cert, key: tls.key }, http2: false },
+  });
+  const offCurl = await run('curl', ['-s', '-i', '--cacert', tls.cert, `${off.url}/api/curl`]);
+  assert.match(offCurl.stdout, /^HTTP\/1\.1 200/);
+});
+
+test('hop-by-hop response headers are dropped before they could break HTTP/2; repeated headers stay', LIMIT, async (t) => {
+  const upstream = await startUpstream(t, (_req, res) => {
+    res.writeHead(200, ['Connection', 'x-private, keep-alive', 'Keep-Alive', 'timeout=5', 'X-Private', 'no', 'Set-Cookie', 'a=1', 'Set-Cookie', 'b=2', 'Content-Type', 'text/plain']);
+    res.end('ok');
+  });
+  const { url } = await startGateway(t, {
+    services: { api: { instances: [{ url: upstream.url }] } },
+    routes: [{ prefix: '/api', service: 'api' }],
+    listen: { http2: true },
+  });
+  const session = await h2session(t, url);
+  const res = await h2request(session, { ':path': '/api/x' });
+  assert.equal(res.status, 200);
+  assert.equal(res.body, 'ok');
+  assert.equal(res.headers['x-private'], undefined);
+  assert.equal(res.headers['keep-alive'], undefined);
+  assert.deepEqual(res.headers['set-cookie'], ['a=1', 'b=2']);
+});
+
+test('a rapid-reset flood (CVE-2023-44487) closes that connection with ENHANCE_YOUR_CALM, never reaches the instance, and the gateway serves the next client', LIMIT, async (t) => {
+  const upstream = await startUpstream(t, (_req, res) => setTimeout(() => res.end('slow'), 50));
+  const { url } = await startGateway(t, {
+    services: { api: { instances: [{ url: upstream.url }] } },
+    routes: [{ prefix: '/api', service: 'api' }],
+    listen: { http2: { maxConcurrentStreams: 100, maxResetsPerSecond: 50 } },
+  });
+  const attacker = await h2session(t, url);
+  assert.equal(attacker.remoteSettings.maxConcurrentStreams, 100);
+  const goaway = new Promise<number>((resolve) => attacker.once('goaway', (code) => resolve(code)));
+  attacker.on('error', () => {});
+  let sent = 0;
+  // HEADERS then RST_STREAM, again and again, as fast as the client can write them.
+  for (let i = 0; i < 2000 && !attacker.destroyed && !attacker.closed; i++) {
+    try {
+      const stream = attacker.request({ ':path': `/api/flood/${i}` });
+      stream.on('error', () => {});
+      stream.close(constants.NGHTTP2_CANCEL);
+      sent++;
+    } catch {
+      break;
+    }
+    if (i % 100 === 99) await new Promise((resolve) => setImmediate(resolve));
+  }
+  assert.equal(await goaway, constants.NGHTTP2_ENHANCE_YOUR_CALM);
+  assert.ok(sent > 100, `${sent} streams sent`);
+  // Each stream was reset in the same read as its HEADERS: none was proxied.
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  assert.ok(upstream.seen.length <= 5, `${upstream.seen.length} of ${sent} reset streams reached the instance`);
+  const next = await h2session(t, url);
+  assert.equal((await h2request(next, { ':path': '/api/after' })).body, 'slow');
+});
+
+test('close() sends HTTP/2 clients a GOAWAY and lets their streams under way finish', LIMIT, async (t) => {
+  const upstream = await startUpstream(t, (_req, res) => setTimeout(() => res.end('finished'), 300));
+  const { url, gateway } = await startGateway(t, {
+    services: { api: { instances: [{ url: upstream.url }] } },
+    routes: [{ prefix: '/api', service: 'api' }],
+    listen: { http2: true },
+    drainTimeout: 5000,
+  });
+  const session = await h2session(t, url);
+  const goaway = new Promise<void>((resolve) => session.once('goaway', () => resolve()));
+  const pending = h2request(session, { ':path': '/api/slow' });
+  await waitFor(() => upstream.seen.length === 1, 5000, 'the request reached the instance');
+  const closing = gateway.close();
+  await goaway;
+  assert.equal((await pending).body, 'finished');
+  await closing;
+});
