@@ -51,6 +51,12 @@ const instance = z.strictObject({
 });
 
 const serviceShape = {
+    /**
+     * How the gateway talks to the instances: HTTP/1.1, or HTTP/2 (`h2` over TLS to `https://`
+     * instances, `h2c` by prior knowledge to `http://` ones; the URL's scheme decides). gRPC
+     * services need `h2c` or `h2`. @default http1
+     */
+    protocol: z.enum(['http1', 'h2', 'h2c']).default('http1'),
     balancer: z.string().min(1).default('round-robin'),
     hashOn: z.string().regex(HASH_ON, 'expected header:NAME, cookie:NAME, query:NAME, ip or path').optional(),
     instances: z.array(instance).default([]),

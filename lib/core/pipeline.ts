@@ -36,6 +36,7 @@ import { upstreamPath, type HeaderEdits, type Route } from './router.js';
 import type { ConfigSnapshot } from './snapshot.js';
 import { MeshState } from './state.js';
 import { Tunnel } from '../upstream/tunnel.js';
+import { dispatchHttp2 } from '../upstream/http2.js';
 
 /** A composed stage; null when no plugin added middleware to it, so the pipeline calls straight through. */
 export type StageChain = ((ctx: Context, next: Next) => Promise<void>) | null;
@@ -410,7 +411,7 @@ export class Pipeline {
       // Every connection to the instance is busy: the request would wait for one, if the service's queue has room.
       if (maxConnections !== undefined && instance.inflight >= maxConnections) checkPending(service, maxConnections, policy.config.maxPendingRequests);
       const timeout = mesh.tryTimeout > 0 ? Math.min(mesh.tryTimeout, left) : left;
-      const exchange = dispatchUpstream(pools.poolFor(instance, service.name, policy.config.tls, policy.config.maxConnections), {
+      const request = {
         instance,
         method: ctx.req.method!,
         path: instance.basePath + mesh.upstreamPath,
@@ -420,7 +421,13 @@ export class Pipeline {
         streamTimeout: mesh.route!.config.streamTimeout,
         deadlines: this.#deadlines,
         upgrade: mesh.upgrade?.protocol,
-      });
+      };
+      // HTTP/2 to the instances when the service says so; a WebSocket handshake is HTTP/1.1 whatever it says.
+      const protocol = policy.config.protocol;
+      const exchange =
+        (protocol === 'h2' || protocol === 'h2c') && mesh.upgrade === null
+          ? dispatchHttp2(pools.http2For(instance, service.name, policy.config.tls), request)
+          : dispatchUpstream(pools.poolFor(instance, service.name, policy.config.tls, policy.config.maxConnections), request);
       mesh.exchange = exchange;
       if (mesh.clientGone) exchange.clientAborted();
       try {

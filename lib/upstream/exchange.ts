@@ -89,6 +89,8 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler, Deadline {
   #onDone: ((err?: Error) => void) | null = null;
   readonly #method: string;
   readonly #resets: ResetWatch | undefined;
+  /** The response's trailers (flat raw list), when it had any: sent on after the body (gRPC's `grpc-status`). */
+  trailers: (Buffer | string)[] | null = null;
   /** The instance's socket after it switched protocols (101), until the tunnel takes it or the exchange is discarded. */
   upgraded: Socket | null = null;
   /** Why the exchange failed, once it has (a held answer cut by the upstream, say). */
@@ -186,7 +188,8 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler, Deadline {
     return res.write(chunk);
   }
 
-  onComplete(): void {
+  onComplete(trailers?: (Buffer | string)[] | null): void {
+    if (trailers != null && trailers.length > 0) this.trailers = trailers;
     if (this.#resets?.resetting === true && !bodiless(this.statusCode, this.#method)) {
       // The end of this body was a reset, not an orderly close: it was cut, so it must reach the client cut.
       this.onError(new UpstreamResetError(this.instance.url, { code: 'ECONNRESET' }));
@@ -297,6 +300,7 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler, Deadline {
     this.#release();
     const res = this.#res!;
     res.off('drain', onResponseDrain);
+    if (this.trailers !== null) res.addTrailers(trailerObject(this.trailers));
     if (last === undefined) res.end();
     else res.end(last);
     this.#onDone?.();
@@ -334,6 +338,18 @@ type ResponseWithExchange = ServerResponse & { [kExchange]?: UpstreamExchange };
 /** Shared 'drain' listener: one function for every response instead of a closure per exchange. */
 function onResponseDrain(this: ResponseWithExchange): void {
   this[kExchange]?.resumeUpstream();
+}
+
+/** Trailers as `addTrailers` takes them: repeated names joined, as HTTP allows for trailers. */
+function trailerObject(raw: (Buffer | string)[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (let i = 0; i < raw.length; i += 2) {
+    const rawName = raw[i]!;
+    const name = typeof rawName === 'string' ? rawName.toLowerCase() : headerNameToString(rawName);
+    const value = raw[i + 1]!.toString('latin1');
+    out[name] = out[name] === undefined ? value : `${out[name]}, ${value}`;
+  }
+  return out;
 }
 
 /** Starts one attempt. The returned exchange's `headers` promise settles at the response headers. */

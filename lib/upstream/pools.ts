@@ -7,6 +7,7 @@ import type { ServiceConfig } from '../config/schema.js';
 import { MeshError } from '../errors.js';
 import type { Instance } from '../registry/registry.js';
 import { Pool, buildConnector, type Connector } from './undici.js';
+import { Http2Connection } from './http2-connection.js';
 
 /**
  * What a pool's sockets tell its exchanges: whether a socket is being reset right now. undici
@@ -85,6 +86,8 @@ export interface PoolOptions {
  */
 export class UpstreamPools {
   readonly #pools = new Map<string, UndiciPool>();
+  /** HTTP/2 connections, keyed like the pools (a service's `protocol: h2 | h2c`). */
+  readonly #http2 = new Map<string, Http2Connection>();
   readonly #defaults: PoolOptions;
   #closed = false;
   /** This gateway's open upstream connections, by {@link connectionKey}: a request on one of them is the gateway calling itself. */
@@ -116,9 +119,36 @@ export class UpstreamPools {
     return pool;
   }
 
+  /** The HTTP/2 connection to an origin (one per origin and profile: HTTP/2 multiplexes). */
+  http2(origin: string, profile = '', options?: PoolOptions): Http2Connection {
+    const key = profile ? `${profile}|${origin}` : origin;
+    let connection = this.#http2.get(key);
+    if (connection) return connection;
+    if (this.#closed) throw new MeshError('MESH_ERR_CLOSING', 503, 'gateway is shutting down');
+    const opts = { ...this.#defaults, ...options };
+    const connections = this.connections;
+    connection = new Http2Connection({
+      origin,
+      tls: opts.tls,
+      connectTimeout: opts.connectTimeout ?? 5000,
+      onSocket: (socket) => {
+        const id = connectionKey(socket.localAddress, socket.localPort, socket.remoteAddress, socket.remotePort);
+        connections.add(id);
+        socket.once('close', () => connections.delete(id));
+      },
+    });
+    this.#http2.set(key, connection);
+    return connection;
+  }
+
   /** Closes the pool of an origin once its queued requests finish (when no instance uses it any more). */
   release(origin: string, profile = ''): void {
     const key = profile ? `${profile}|${origin}` : origin;
+    const connection = this.#http2.get(key);
+    if (connection) {
+      this.#http2.delete(key);
+      connection.close();
+    }
     const pool = this.#pools.get(key);
     if (!pool) return;
     this.#pools.delete(key);
@@ -133,6 +163,11 @@ export class UpstreamPools {
 
   /** Releases every pool, of any origin, whose profile starts with `prefix` (a service's TLS pools, when its files changed). */
   releaseAll(prefix: string): void {
+    for (const [key, connection] of [...this.#http2]) {
+      if (!key.startsWith(prefix)) continue;
+      this.#http2.delete(key);
+      connection.close();
+    }
     for (const key of [...this.#pools.keys()]) {
       if (!key.startsWith(prefix)) continue;
       const pool = this.#pools.get(key)!;
@@ -143,7 +178,7 @@ export class UpstreamPools {
 
   /** Releases every pool of `origin` whose profile starts with `prefix` ('' for all: the TLS and limit profiles of every service). */
   releaseProfiles(origin: string, prefix: string): void {
-    for (const key of [...this.#pools.keys()]) {
+    for (const key of new Set([...this.#pools.keys(), ...this.#http2.keys()])) {
       if (key.startsWith(prefix) && key.endsWith(`|${origin}`)) this.release(origin, key.slice(0, key.length - origin.length - 1));
     }
   }
@@ -153,6 +188,15 @@ export class UpstreamPools {
     this.#closed = true;
     const pools = [...this.#pools.values()];
     this.#pools.clear();
+    const http2 = [...this.#http2.values()];
+    this.#http2.clear();
+    for (const connection of http2) connection.close();
+    if (http2.length > 0) {
+      const timer = setTimeout(() => {
+        for (const connection of http2) connection.close(false);
+      }, graceMs);
+      timer.unref();
+    }
     await Promise.all(
       pools.map(async (pool) => {
         const timer = setTimeout(() => pool.destroy().catch(() => {}), graceMs);
@@ -204,6 +248,12 @@ export class InstancePools {
     if (tls) options.tls = this.#tlsOptions(service, tls);
     if (connections !== undefined) options.connections = connections;
     return this.#pools.get(instance.origin, profileOf(service, tls !== undefined, connections), options);
+  }
+
+  /** The HTTP/2 connection for an instance of `service` (`protocol: h2 | h2c`), with its TLS settings. */
+  http2For(instance: Instance, service: string, tls: UpstreamTls | undefined): Http2Connection {
+    if (!tls) return this.#pools.http2(instance.origin);
+    return this.#pools.http2(instance.origin, profileOf(service, true, undefined), { tls: this.#tlsOptions(service, tls) });
   }
 
   /** Counts an instance of `origin` in (`1`) or out (`-1`); the last one out, of any service, releases the origin's pools. */

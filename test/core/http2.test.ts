@@ -174,3 +174,93 @@ test('close() sends HTTP/2 clients a GOAWAY and lets their streams under way fin
   assert.equal((await pending).body, 'finished');
   await closing;
 });
+
+/** An HTTP/2 instance (h2c, or h2 over TLS with `tls`): echoes what it saw as JSON, with a trailer. */
+async function startH2Instance(t: TestContext, name: string, tls?: { cert: string; key: string }): Promise<{ url: string; close: () => void; seen: number }> {
+  const { createServer, createSecureServer } = await import('node:http2');
+  const handler = (req: import('node:http2').Http2ServerRequest, res: import('node:http2').Http2ServerResponse): void => {
+    state.seen++;
+    let body = '';
+    req.setEncoding('utf8');
+    req.on('data', (chunk: string) => (body += chunk));
+    req.on('end', () => {
+      if (req.url.includes('reset')) return res.stream.close(constants.NGHTTP2_INTERNAL_ERROR);
+      if (req.url.includes('hang')) return;
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.addTrailers({ 'x-checksum': `sum-${body.length}` });
+      res.end(JSON.stringify({ name, version: req.httpVersion, url: req.url, headers: req.headers, body }));
+    });
+  };
+  const server = tls ? createSecureServer({ cert: await readFile(tls.cert), key: await readFile(tls.key) }, handler) : createServer(handler);
+  const sessions = new Set<import('node:http2').ServerHttp2Session>();
+  server.on('session', (s) => {
+    sessions.add(s);
+    s.on('close', () => sessions.delete(s));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const state = {
+    url: `${tls ? 'https' : 'http'}://127.0.0.1:${(server.address() as import('node:net').AddressInfo).port}`,
+    seen: 0,
+    close: (): void => {
+      for (const s of sessions) s.destroy();
+      server.close();
+    },
+  };
+  t.after(() => state.close());
+  return state;
+}
+
+test('protocol: h2c and h2 to the instances: the request as HTTP/2, bodies both ways, trailers passed back, to HTTP/2 and HTTP/1.1 clients alike', LIMIT, async (t) => {
+  const tls = await selfSigned(t);
+  const [plain, secure] = [await startH2Instance(t, 'plain'), await startH2Instance(t, 'secure', tls)];
+  const { url } = await startGateway(t, {
+    services: {
+      plain: { protocol: 'h2c', instances: [{ url: plain.url }] },
+      secure: { protocol: 'h2', instances: [{ url: secure.url }], tls: { ca: tls.cert } },
+    },
+    routes: [
+      { prefix: '/plain', service: 'plain' },
+      { prefix: '/secure', service: 'secure' },
+    ],
+    listen: { http2: true },
+  });
+  const session = await h2session(t, url);
+  for (const prefix of ['/plain', '/secure']) {
+    const trailers = new Promise<IncomingHttpHeaders>((resolve) => {
+      const stream = session.request({ ':path': `${prefix}/items?q=1`, ':method': 'POST' });
+      stream.on('trailers', resolve);
+      stream.resume();
+      stream.end('twelve bytes');
+    });
+    assert.equal((await trailers)['x-checksum'], 'sum-12', `${prefix}: the instance's trailer reached the h2 client`);
+    const res = await h2request(session, { ':path': `${prefix}/items?q=1`, ':method': 'POST' }, 'twelve bytes');
+    const seen = JSON.parse(res.body);
+    assert.equal(seen.version, '2.0');
+    assert.equal(seen.url, `${prefix}/items?q=1`);
+    assert.equal(seen.body, 'twelve bytes');
+    assert.equal(seen.headers[':authority'], new URL(url).host);
+    assert.equal(seen.headers.te, 'trailers');
+    // An HTTP/1.1 client gets the same answer from the HTTP/2 instance.
+    const h1 = await send(`${url}${prefix}/h1`, { method: 'POST', body: 'from h1' });
+    assert.equal(h1.json().body, 'from h1');
+    assert.equal(h1.json().version, '2.0');
+  }
+});
+
+test('protocol: h2c failures: a reset stream is 502, a hang is 504, a dead instance is retried on the next one', LIMIT, async (t) => {
+  const [a, b] = [await startH2Instance(t, 'a'), await startH2Instance(t, 'b')];
+  const { url } = await startGateway(t, {
+    services: { api: { protocol: 'h2c', instances: [{ url: a.url }, { url: b.url }], timeout: 500, retries: { attempts: 2 } } },
+    routes: [{ prefix: '/api', service: 'api' }],
+  });
+  const reset = await send(`${url}/api/reset`, { method: 'POST', body: 'x' });
+  assert.equal(reset.status, 502);
+  const hang = await send(`${url}/api/hang`, { method: 'POST', body: 'x' });
+  assert.equal(hang.status, 504);
+  a.close();
+  for (let i = 0; i < 4; i++) {
+    const res = await send(`${url}/api/after`);
+    assert.equal(res.status, 200);
+    assert.equal(res.json().name, 'b');
+  }
+});

@@ -1,0 +1,104 @@
+import { constants, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2';
+import type { Readable } from 'node:stream';
+import { UpstreamExchange, type UpstreamRequest } from './exchange.js';
+import { kFailure, type Http2Connection } from './http2-connection.js';
+
+/** Request headers HTTP/2 forbids (RFC 9113 8.2.2), besides those the gateway already dropped as hop-by-hop. */
+const NOT_IN_HTTP2 = new Set(['host', 'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade']);
+
+/**
+ * Sends one attempt over an HTTP/2 connection and drives the same {@link UpstreamExchange} the
+ * undici path does (held at the response headers, backpressure, deadlines, discard), so the
+ * pipeline does not see the protocol. The response's trailers are kept on the exchange and
+ * sent on to the client after the body (`grpc-status`).
+ */
+export function dispatchHttp2(connection: Http2Connection, req: UpstreamRequest): UpstreamExchange {
+  const exchange = new UpstreamExchange(req.instance, req.timeout, req.deadlines, req.method);
+  let stream: ClientHttp2Stream;
+  let session: ClientHttp2Session;
+  try {
+    session = connection.session();
+    stream = session.request(requestHeaders(req), { endStream: req.body === null });
+  } catch (err) {
+    queueMicrotask(() => exchange.onError(err as Error));
+    return exchange;
+  }
+  exchange.onConnect((reason) => {
+    if (!stream.destroyed) stream.close(constants.NGHTTP2_CANCEL);
+    // A stream that never got going reports the reason itself.
+    if (reason !== undefined) fail(reason);
+  });
+  let failed = false;
+  const fail = (err: Error): void => {
+    if (failed) return;
+    failed = true;
+    exchange.onError(err);
+  };
+  let trailers: IncomingHttpHeaders | null = null;
+  stream.on('response', (headers) => {
+    const status = Number(headers[':status']);
+    if (status < 200) return;
+    exchange.onHeaders(status, rawHeaders(headers), () => stream.resume());
+  });
+  stream.on('data', (chunk: Buffer) => {
+    if (!exchange.onData(chunk)) stream.pause();
+  });
+  stream.on('trailers', (headers) => (trailers = headers));
+  stream.on('end', () => {
+    if (failed) return;
+    exchange.trailers = trailers === null ? null : rawHeaders(trailers);
+    exchange.onComplete();
+  });
+  stream.on('error', (err: Error) => fail((session as { [kFailure]?: Error })[kFailure] ?? err));
+  stream.on('close', () => {
+    // Reset by the instance (RST_STREAM), or its connection went away, before the end.
+    if (!stream.readableEnded) fail((session as { [kFailure]?: Error })[kFailure] ?? Object.assign(new Error(`stream reset by ${req.instance.url} (code ${stream.rstCode})`), { code: 'ECONNRESET' }));
+  });
+  const body = req.body;
+  if (body !== null) {
+    if (typeof body === 'string' || Buffer.isBuffer(body)) {
+      exchange.bodyBytesSent = Buffer.byteLength(body);
+      stream.end(body);
+    } else {
+      const source = body as Readable;
+      source.on('data', (chunk: Buffer) => void (exchange.bodyBytesSent += chunk.length));
+      source.on('error', (err) => fail(err));
+      source.pipe(stream);
+    }
+  }
+  return exchange;
+}
+
+/** The attempt's headers as HTTP/2 wants them: the request line as pseudo-headers, the Host as `:authority`, names in lower case. */
+function requestHeaders(req: UpstreamRequest): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = { ':method': req.method, ':path': req.path };
+  const headers = req.headers;
+  for (let i = 0; i < headers.length; i += 2) {
+    const name = headers[i]!.toLowerCase();
+    const value = headers[i + 1]!;
+    if (name === 'host') {
+      out[':authority'] = value;
+      continue;
+    }
+    if (NOT_IN_HTTP2.has(name)) continue;
+    const existing = out[name];
+    if (existing === undefined) out[name] = value;
+    else out[name] = Array.isArray(existing) ? [...existing, value] : [String(existing), value];
+  }
+  // The one TE HTTP/2 allows: the gateway passes trailers on, and gRPC servers insist on it.
+  out.te = 'trailers';
+  return out;
+}
+
+/** Response headers (or trailers) as the flat raw list the exchange works with, pseudo-headers left out. */
+function rawHeaders(headers: IncomingHttpHeaders): Buffer[] {
+  const raw: Buffer[] = [];
+  for (const name of Object.keys(headers)) {
+    if (name.charCodeAt(0) === 58) continue;
+    const value = headers[name];
+    if (value === undefined) continue;
+    if (Array.isArray(value)) for (const v of value) raw.push(Buffer.from(name, 'latin1'), Buffer.from(v, 'latin1'));
+    else raw.push(Buffer.from(name, 'latin1'), Buffer.from(String(value), 'latin1'));
+  }
+  return raw;
+}
