@@ -38,6 +38,7 @@ export type { Health, CircuitState, InstanceSpec, RegistryEvents, PreservedServi
 export type { LeaseKeeper, LeaseVerifier, SelfPreservationPolicy } from './registry/leases.js';
 export type { GatewayEvents, RemovalReason } from './core/events.js';
 export { MeshState, type Upgrade } from './core/state.js';
+export { GrpcStatus, grpcStatusForError } from './http/grpc.js';
 export type { Principal, RequestVariables } from './core/state.js';
 export type { Route, Backend, RouteMatch, Subset, HeaderEdits, ValueCondition } from './core/router.js';
 export { finalStatus, observeOutcome } from './core/outcome.js';

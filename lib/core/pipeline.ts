@@ -15,6 +15,7 @@ import {
   UpstreamTimeoutError,
 } from '../errors.js';
 import { upstreamRequestHeaders } from '../http/headers.js';
+import { grpcTimeout, isGrpcRequest } from '../http/grpc.js';
 import { clientAddress, peerTrusted } from '../http/net.js';
 import { PathParametersError, normalizeTarget, withoutPathParameters } from '../http/path.js';
 import { peerIdentity } from '../http/client-cert.js';
@@ -146,8 +147,11 @@ export class Pipeline {
         ctx.res.shouldKeepAlive = false;
         throw new BadRequestError('Transfer-Encoding in an HTTP/1.0 request', 'MESH_ERR_BAD_REQUEST');
       }
-      // HTTP/2 names the host in `:authority`; routes (and Koa) read Host.
-      if (ctx.req.httpVersionMajor === 2 && ctx.req.headers.host === undefined) http2Host(ctx.req);
+      if (ctx.req.httpVersionMajor === 2) {
+        // HTTP/2 names the host in `:authority`; routes (and Koa) read Host.
+        if (ctx.req.headers.host === undefined) http2Host(ctx.req);
+        mesh.grpc = isGrpcRequest(ctx.req);
+      }
       const target = normalizeTarget(ctx.req.url ?? '/');
       mesh.path = target.path;
       mesh.query = target.query;
@@ -295,6 +299,11 @@ export class Pipeline {
     mesh.admittedTo = service;
     mesh.upstreamPath = upstreamPath(route, mesh.path) + mesh.query;
     mesh.deadline = mesh.startedAt + policy.config.timeout;
+    if (mesh.grpc) {
+      // The caller's deadline, when it is sooner than the route's (grpc-timeout).
+      const callerMs = grpcTimeout(ctx.req.headers['grpc-timeout']);
+      if (callerMs !== undefined) mesh.deadline = Math.min(mesh.deadline, mesh.startedAt + callerMs);
+    }
     const req = ctx.req;
     try {
       const te = req.headers['transfer-encoding'];
@@ -421,6 +430,7 @@ export class Pipeline {
         streamTimeout: mesh.route!.config.streamTimeout,
         deadlines: this.#deadlines,
         upgrade: mesh.upgrade?.protocol,
+        grpc: mesh.grpc,
       };
       // HTTP/2 to the instances when the service says so; a WebSocket handshake is HTTP/1.1 whatever it says.
       const protocol = policy.config.protocol;
@@ -452,9 +462,11 @@ export class Pipeline {
         throw err;
       }
       mesh.upstreamMs = exchange.headersMs;
-      balancer.observe?.(instance, exchange.headersMs, exchange.statusCode >= 500);
+      // A gRPC failure comes with HTTP 200: policies judge the status it stands for.
+      const outcome = exchange.outcomeStatus;
+      balancer.observe?.(instance, exchange.headersMs, outcome >= 500);
       if (events.listenerCount('upstream:response') > 0) {
-        events.emit('upstream:response', instance, { status: exchange.statusCode, durationMs: exchange.headersMs });
+        events.emit('upstream:response', instance, { status: outcome, durationMs: exchange.headersMs });
       }
       return;
     }

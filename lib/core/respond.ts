@@ -3,6 +3,7 @@ import { Transform, pipeline, type Readable } from 'node:stream';
 import type { Context } from 'koa';
 import { MeshError } from '../errors.js';
 import { writeHead } from '../http/headers.js';
+import { answerGrpcError } from '../http/grpc.js';
 import type { MeshState } from './state.js';
 
 /**
@@ -47,10 +48,15 @@ export function answerError(ctx: Context, mesh: MeshState, error: MeshError, clo
     if (!res.destroyed && !res.writableEnded) res.destroy();
     return;
   }
-  const body = JSON.stringify(error.toJSON());
   const head = takeSetHeaders(res);
   const headersWereSet = head.length > 0;
   for (let i = 0; i < mesh.responseHeaders.length; i++) head.push(mesh.responseHeaders[i]!);
+  if (mesh.grpc) {
+    // A gRPC client reads a status, not a body: a trailers-only answer.
+    answerGrpcError(res, error, head);
+    return;
+  }
+  const body = JSON.stringify(error.toJSON());
   // A refusal that says when to come back (overload, a rate limit's own header aside).
   const retryAfter = (error as MeshError & { retryAfter?: number }).retryAfter;
   if (typeof retryAfter === 'number') head.push('retry-after', String(retryAfter));

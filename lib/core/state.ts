@@ -98,6 +98,8 @@ export class MeshState {
   error: MeshError | null = null;
   /** The client went away; the pipeline stops at the next step. */
   clientGone = false;
+  /** A gRPC call (HTTP/2, `content-type: application/grpc*`): errors answer in gRPC form, gRPC statuses count as failures. */
+  grpc = false;
   /** A WebSocket handshake (and its tunnel once open); null for plain HTTP. */
   upgrade: Upgrade | null = null;
   /** Time the upstream took to send response headers in the final attempt, ms. */

@@ -11,6 +11,7 @@ import {
   UpstreamTimeoutError,
 } from '../errors.js';
 import { HOP_BY_HOP, connectionTokens, writeHead } from '../http/headers.js';
+import { grpcOutcomeStatus, grpcStatusIn, respondHeadersOnly } from '../http/grpc.js';
 import type { Instance } from '../registry/registry.js';
 import type { Deadline, Deadlines } from './deadlines.js';
 import { resetWatchOf, type ResetWatch, type UpstreamPool } from './pools.js';
@@ -34,6 +35,8 @@ export interface UpstreamRequest {
   deadlines: Deadlines;
   /** The protocol a WebSocket handshake asks for (`websocket`): undici sends `Connection: upgrade` and hands over the socket at 101. */
   upgrade?: string;
+  /** A gRPC call: the response's `grpc-status` (in its headers, for a trailers-only answer, or its trailers) is read. */
+  grpc?: boolean;
 }
 
 /** Statuses whose answers have no body, whatever their headers say (RFC 9110 6.4.1). */
@@ -89,6 +92,9 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler, Deadline {
   #onDone: ((err?: Error) => void) | null = null;
   readonly #method: string;
   readonly #resets: ResetWatch | undefined;
+  /** A gRPC call's status from the response headers (a trailers-only answer) or, once the body ended, its trailers; null otherwise. */
+  grpcStatus: number | null = null;
+  readonly #grpc: boolean;
   /** The response's trailers (flat raw list), when it had any: sent on after the body (gRPC's `grpc-status`). */
   trailers: (Buffer | string)[] | null = null;
   /** The instance's socket after it switched protocols (101), until the tunnel takes it or the exchange is discarded. */
@@ -98,8 +104,9 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler, Deadline {
   /** Settles when the response headers arrive (resolves) or the attempt fails before them (rejects). */
   readonly headers: Promise<UpstreamExchange>;
 
-  constructor(instance: Instance, timeout: number, deadlines: Deadlines, method = 'GET', resets?: ResetWatch) {
+  constructor(instance: Instance, timeout: number, deadlines: Deadlines, method = 'GET', resets?: ResetWatch, grpc = false) {
     this.instance = instance;
+    this.#grpc = grpc;
     this.#timeout = timeout;
     this.#deadlines = deadlines;
     this.#method = method;
@@ -142,11 +149,17 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler, Deadline {
     this.#clearDeadline();
     this.statusCode = statusCode;
     this.rawHeaders = rawHeaders;
+    if (this.#grpc) this.grpcStatus = grpcStatusIn(rawHeaders);
     this.headersMs = performance.now() - this.startedAt;
     this.#resume = resume;
     this.state = 'headers';
     this.#onHeaders(this);
     return true;
+  }
+
+  /** The status policies judge the answer by: the HTTP status, or for a gRPC call the one its `grpc-status` stands for. */
+  get outcomeStatus(): number {
+    return this.grpcStatus === null ? this.statusCode : grpcOutcomeStatus(this.grpcStatus);
   }
 
   /**
@@ -190,6 +203,7 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler, Deadline {
 
   onComplete(trailers?: (Buffer | string)[] | null): void {
     if (trailers != null && trailers.length > 0) this.trailers = trailers;
+    if (this.#grpc && this.trailers !== null) this.grpcStatus = grpcStatusIn(this.trailers) ?? this.grpcStatus;
     if (this.#resets?.resetting === true && !bodiless(this.statusCode, this.#method)) {
       // The end of this body was a reset, not an orderly close: it was cut, so it must reach the client cut.
       this.onError(new UpstreamResetError(this.instance.url, { code: 'ECONNRESET' }));
@@ -229,6 +243,13 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler, Deadline {
   commit(res: ServerResponse, head: string[], headersWereSet = false): Promise<void> | undefined {
     this.#res = res;
     this.state = 'streaming';
+    if (this.#complete && this.#early === null && this.trailers === null && res.req.httpVersionMajor === 2 && respondHeadersOnly(res, this.statusCode, head)) {
+      // A whole answer without body or trailers, to an HTTP/2 client: one HEADERS frame, as it came
+      // (a gRPC status without a message only reads as a status in that form).
+      this.state = 'done';
+      this.#release();
+      return undefined;
+    }
     writeHead(res, this.statusCode, head, headersWereSet);
     const early = this.#early;
     this.#early = null;
@@ -354,7 +375,7 @@ function trailerObject(raw: (Buffer | string)[]): Record<string, string> {
 
 /** Starts one attempt. The returned exchange's `headers` promise settles at the response headers. */
 export function dispatchUpstream(pool: UpstreamPool, req: UpstreamRequest): UpstreamExchange {
-  const exchange = new UpstreamExchange(req.instance, req.timeout, req.deadlines, req.method, resetWatchOf(pool));
+  const exchange = new UpstreamExchange(req.instance, req.timeout, req.deadlines, req.method, resetWatchOf(pool), req.grpc);
   pool.dispatch(
     {
       origin: req.instance.origin,

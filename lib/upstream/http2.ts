@@ -13,7 +13,7 @@ const NOT_IN_HTTP2 = new Set(['host', 'connection', 'keep-alive', 'proxy-connect
  * sent on to the client after the body (`grpc-status`).
  */
 export function dispatchHttp2(connection: Http2Connection, req: UpstreamRequest): UpstreamExchange {
-  const exchange = new UpstreamExchange(req.instance, req.timeout, req.deadlines, req.method);
+  const exchange = new UpstreamExchange(req.instance, req.timeout, req.deadlines, req.method, undefined, req.grpc);
   let stream: ClientHttp2Stream;
   let session: ClientHttp2Session;
   try {
@@ -46,8 +46,7 @@ export function dispatchHttp2(connection: Http2Connection, req: UpstreamRequest)
   stream.on('trailers', (headers) => (trailers = headers));
   stream.on('end', () => {
     if (failed) return;
-    exchange.trailers = trailers === null ? null : rawHeaders(trailers);
-    exchange.onComplete();
+    exchange.onComplete(trailers === null ? null : rawHeaders(trailers));
   });
   stream.on('error', (err: Error) => fail((session as { [kFailure]?: Error })[kFailure] ?? err));
   stream.on('close', () => {

@@ -168,7 +168,7 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): GatewayPlug
         const breaker = breakers.get(instance);
         if (breaker === undefined || breaker.closed) return next();
         // No exchange after next(): a middleware further in answered itself, which says nothing of the instance.
-        return fireThrough(breaker, next, () => mesh.exchange !== null && isFailure(mesh.exchange.statusCode), instance);
+        return fireThrough(breaker, next, () => mesh.exchange !== null && isFailure(mesh.exchange.outcomeStatus), instance);
       });
 
       gateway.on('upstream:response', (instance, info) => {

@@ -1,5 +1,5 @@
 import { AggregatorRegistry, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import { definePlugin, errorCodeInfo, OverloadedError, type Backend, type CircuitState, type GatewayPlugin, type Instance, type MeshState, type Route, type Service } from '../../lib/index.js';
+import { definePlugin, errorCodeInfo, GrpcStatus, grpcStatusForError, OverloadedError, type Backend, type CircuitState, type GatewayPlugin, type Instance, type MeshState, type Route, type Service } from '../../lib/index.js';
 import { metricsSections } from './config.js';
 import { FastCounter, FastHistogram, HistogramSeries, type CounterSeries } from './series.js';
 
@@ -150,7 +150,12 @@ export function metrics(given: MetricsOptions = {}): GatewayPlugin<boolean | { d
         'Bytes through closed WebSocket tunnels: upstream (client to instance) and downstream (instance to client).',
         ['route', 'direction'] as const,
       );
-      for (const metric of [requests, requestDuration, upstreamRequests, upstreamDuration, retries, overloaded, backends, faults, handshakes, tunnelBytes]) {
+      const grpcCalls = new FastCounter(
+        'meshgate_grpc_requests_total',
+        'gRPC calls answered, by route, service and gRPC status code (the instance\'s grpc-status, or the one the gateway answered with).',
+        ['route', 'service', 'grpc_code'] as const,
+      );
+      for (const metric of [requests, requestDuration, upstreamRequests, upstreamDuration, retries, overloaded, backends, faults, handshakes, tunnelBytes, grpcCalls]) {
         registry.registerMetric(metric as unknown as Parameters<Registry['registerMetric']>[0]);
       }
       // Across cluster workers: health and instance counts are the same everywhere (first),
@@ -232,6 +237,11 @@ export function metrics(given: MetricsOptions = {}): GatewayPlugin<boolean | { d
         // A WebSocket's request lasts as long as its tunnel: its latency is the handshake's.
         series.duration.observe(((upgrade !== null && upgrade.openedAt > 0 ? upgrade.openedAt : mesh.endedAt) - mesh.startedAt) / 1000);
         if (upgrade !== null) websocketEnd(route?.name ?? '', mesh, code);
+        if (mesh.grpc) {
+          const exchange = mesh.exchange;
+          const grpcCode = mesh.error !== null ? grpcStatusForError(mesh.error) : (exchange?.grpcStatus ?? (code === 200 ? GrpcStatus.OK : GrpcStatus.UNKNOWN));
+          grpcCalls.series({ route: route?.name ?? '', service: backend?.service ?? '', grpc_code: String(grpcCode) }).value++;
+        }
         // A split or a subset: which backend took it.
         if (backend !== null && (backend.subset !== null || route!.backends.length > 1)) backendSeries(route!, backend).value++;
         if (mesh.error instanceof OverloadedError) overloaded.series({ service: backend?.service ?? '', limit: mesh.error.limit }).value++;

@@ -7,6 +7,7 @@ import {
   UpstreamResetError,
   UpstreamTimeoutError,
   definePlugin,
+  teeBody,
   type GatewayPlugin,
   type MeshState,
   type Service,
@@ -41,6 +42,8 @@ interface Run {
   idempotent: boolean;
   /** The body can be sent again: none, or buffered. */
   replayable: boolean;
+  /** A gRPC call's body as it streamed to the first attempt, once whole and small enough (for a retry after UNAVAILABLE). */
+  copy: Buffer | null;
 }
 
 /**
@@ -75,14 +78,14 @@ export function retries(options: RetriesOptions = {}): GatewayPlugin<unknown, Re
         const idempotent = (policy.methods ?? IDEMPOTENT_METHODS).includes(ctx.req.method!);
         let budget = budgets.get(service);
         if (!budget) budgets.set(service, (budget = { active: 0, retrying: 0 }));
-        const run: Run = { mesh, next, policy, budget, idempotent, replayable: true };
+        const run: Run = { mesh, next, policy, budget, idempotent, replayable: true, copy: null };
         if (mesh.body !== null) return withBody(run);
         // No body, and most requests end with their first attempt: it runs without an async
         // frame, and only an outcome that may be retried enters the loop.
         budget.active++;
         return next().then(
           // No exchange: a middleware of a later stage answered itself, and its answer stands.
-          () => (idempotent && mesh.exchange !== null && policy.retryOn.includes(mesh.exchange.statusCode) ? retryLoop(run, null) : void budget.active--),
+          () => (mesh.exchange !== null && retryableAnswer(mesh.exchange, idempotent, policy) ? retryLoop(run, null) : void budget.active--),
           (err: unknown) => retryLoop(run, err),
         );
       });
@@ -90,6 +93,9 @@ export function retries(options: RetriesOptions = {}): GatewayPlugin<unknown, Re
       /** A request with a body: made replayable (buffered up to maxReplayBody) before the first attempt. */
       const withBody = async (run: Run): Promise<void> => {
         run.replayable = await makeReplayable(run.mesh, maxReplayBody);
+        // A gRPC call's body has no length: a copy is kept as it streams, so a call the instance
+        // refused with UNAVAILABLE (which says it did not process it) can go to another one.
+        if (!run.replayable && run.mesh.grpc) run.mesh.body = teeBody(run.mesh.body, maxReplayBody, (copy) => void (run.copy = copy));
         run.budget.active++;
         let failure: unknown = null;
         try {
@@ -115,17 +121,17 @@ export function retries(options: RetriesOptions = {}): GatewayPlugin<unknown, Re
         try {
           for (;;) {
             // 0 when a later stage's middleware answered itself: nothing to retry.
-            const status = failure === null ? (mesh.exchange?.statusCode ?? 0) : 0;
+            const status = failure === null ? (mesh.exchange?.outcomeStatus ?? 0) : 0;
             const wanted =
               failure === null
-                ? idempotent && policy.retryOn.includes(status)
+                ? mesh.exchange !== null && retryableAnswer(mesh.exchange, idempotent, policy)
                 : retryableError(failure, idempotent, mesh);
             // Nothing of the request reached the instance (refused, unreachable, a failed handshake,
             // an open circuit): trying another one cannot repeat anything, so neither `attempts` nor
             // the budget holds it back; only running out of untried instances does.
             const free = failure !== null && nothingSent(failure);
             // A body that streams once can still go again if it never left: nothing read, nothing sent.
-            const canReplay = replayable || (free && untouched(mesh.body));
+            const canReplay = replayable || (free && untouched(mesh.body)) || run.copy !== null;
             if (!wanted || (!free && retries >= policy.attempts) || mesh.clientGone || !canReplay || !mesh.hasUntried()) {
               if (failure !== null) throw failure;
               return;
@@ -154,6 +160,7 @@ export function retries(options: RetriesOptions = {}): GatewayPlugin<unknown, Re
               return;
             }
             failure = null;
+            if (!replayable && run.copy !== null && !(free && untouched(mesh.body))) mesh.body = run.copy;
             try {
               await next();
             } catch (err) {
@@ -169,6 +176,15 @@ export function retries(options: RetriesOptions = {}): GatewayPlugin<unknown, Re
       };
     },
   });
+}
+
+/**
+ * Whether an answer calls for another try: a `retryOn` status of an idempotent request, or a gRPC
+ * call's UNAVAILABLE, which the gRPC spec makes safe to retry whatever the method.
+ */
+function retryableAnswer(exchange: { outcomeStatus: number; grpcStatus: number | null }, idempotent: boolean, policy: RetryPolicy): boolean {
+  if (exchange.grpcStatus === 14) return true;
+  return idempotent && policy.retryOn.includes(exchange.outcomeStatus);
 }
 
 /** The attempt failed before anything reached the upstream. */
