@@ -44,6 +44,7 @@ export type { Route, Backend, RouteMatch, Subset, HeaderEdits, ValueCondition } 
 export { finalStatus, observeOutcome } from './core/outcome.js';
 export type { UpstreamExchange } from './upstream/exchange.js';
 export type { UpstreamPool } from './upstream/pools.js';
+export type { Http2Connection } from './upstream/http2-connection.js';
 export { teeBody, type RequestBody } from './upstream/request-body.js';
 export * from './errors.js';
 export { parseDuration, defineSections } from './config/index.js';

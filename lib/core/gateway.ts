@@ -20,6 +20,7 @@ import { LeaseKeeper } from '../registry/leases.js';
 import { LocalRegistrar, type Registrar } from '../registry/registrar.js';
 import { Registry, type Instance, type Service } from '../registry/registry.js';
 import { Deadlines } from '../upstream/deadlines.js';
+import type { Http2Connection } from '../upstream/http2-connection.js';
 import { InstancePools, UpstreamPools, type PoolOptions, type UpstreamPool } from '../upstream/pools.js';
 import { BalancerRegistry } from './balancers.js';
 import type { Middleware, Next } from './compose.js';
@@ -281,6 +282,11 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
   /** The connection pool for an instance (its service's TLS profile included). */
   poolFor(instance: Instance, service: Service = this.registry.requireService(instance.service)): UpstreamPool {
     return this.#instancePools.poolFor(instance, service.name, service.policy.tls, service.policy.maxConnections);
+  }
+
+  /** The HTTP/2 connection to an instance, with its service's TLS settings. */
+  http2For(instance: Instance, service: Service = this.registry.requireService(instance.service)): Http2Connection {
+    return this.#instancePools.http2For(instance, service.name, service.policy.tls);
   }
 
   /**

@@ -10,6 +10,7 @@ import type { SharedBuckets } from '../kit/token-bucket.js';
 import type { LeaseKeeper } from '../registry/leases.js';
 import type { Registrar } from '../registry/registrar.js';
 import type { Instance, Registry, Service } from '../registry/registry.js';
+import type { Http2Connection } from '../upstream/http2-connection.js';
 import type { UpstreamPool } from '../upstream/pools.js';
 import type { Next } from './compose.js';
 import type { GatewayEvents } from './events.js';
@@ -105,6 +106,8 @@ export interface PluginHost extends EventEmitter<GatewayEvents> {
   pluginNames(): string[];
   /** The connection pool for an instance (its service's TLS profile included). */
   poolFor(instance: Instance, service?: Service): UpstreamPool;
+  /** The HTTP/2 connection to an instance (h2 over TLS for `https://` instances with its service's TLS settings, else h2c), for probes that need HTTP/2 (gRPC health checks). */
+  http2For(instance: Instance, service?: Service): Http2Connection;
 }
 
 /** What a gateway process does; see `GatewayOptions.role`. */

@@ -13,6 +13,15 @@ export const healthCheckSchema = z.strictObject({
   unhealthyThreshold: z.number().int().min(1).default(2),
   /** Passed probes in a row that make it healthy again. @default 1 */
   healthyThreshold: z.number().int().min(1).default(1),
+  /**
+   * Probe with the gRPC health checking protocol (`grpc.health.v1.Health/Check` over HTTP/2)
+   * instead of `GET path`: `true` asks about the whole server, `{ service }` about one service.
+   * Only SERVING passes. @default off
+   */
+  grpc: z
+    .union([z.boolean(), z.strictObject({ service: z.string().default('') })])
+    .transform((value) => (value === false ? undefined : value === true ? { service: '' } : value))
+    .optional(),
 });
 
 /** A service's health-check settings, parsed. */

@@ -1,4 +1,5 @@
 import { definePlugin, type GatewayPlugin, type Instance } from '../../lib/index.js';
+import { grpcHealthCheck } from './grpc.js';
 import { healthCheckSections, type HealthCheckPolicy } from './config.js';
 
 export { healthCheckSchema, type HealthCheckPolicy } from './config.js';
@@ -60,14 +61,18 @@ export function healthChecks(options: HealthCheckOptions = {}): GatewayPlugin<un
         timer.unref();
         let failure: string | null = null;
         try {
-          const { statusCode, body } = await gateway.poolFor(instance).request({
-            path: instance.basePath + policy.path,
-            method: 'GET',
-            headers: { 'user-agent': userAgent },
-            signal: abort.signal,
-          });
-          await body.dump();
-          if (statusCode < 200 || statusCode > 299) failure = `status ${statusCode}`;
+          if (policy.grpc !== undefined) {
+            failure = await grpcHealthCheck(gateway.http2For(instance), instance.basePath, policy.grpc.service, userAgent, abort.signal);
+          } else {
+            const { statusCode, body } = await gateway.poolFor(instance).request({
+              path: instance.basePath + policy.path,
+              method: 'GET',
+              headers: { 'user-agent': userAgent },
+              signal: abort.signal,
+            });
+            await body.dump();
+            if (statusCode < 200 || statusCode > 299) failure = `status ${statusCode}`;
+          }
         } catch (err) {
           const e = err as Error & { code?: string };
           failure = abort.signal.aborted ? `timeout (${policy.timeout}ms)` : (e.code ?? e.message);

@@ -15,6 +15,9 @@ const PROTO = fileURLToPath(new URL('../fixtures/echo.proto', import.meta.url));
 const definition = protoLoader.loadSync(PROTO, { keepCase: true, defaults: true });
 const loaded = grpc.loadPackageDefinition(definition) as unknown as { meshtest: { Echo: grpc.ServiceClientConstructor } };
 const Echo = loaded.meshtest.Echo;
+const health = grpc.loadPackageDefinition(protoLoader.loadSync(fileURLToPath(new URL('../fixtures/health.proto', import.meta.url)), { keepCase: true, enums: String, defaults: true })) as unknown as {
+  grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } };
+};
 
 interface Msg {
   text: string;
@@ -28,12 +31,23 @@ interface GrpcInstance {
   calls: number;
   fail: grpc.status | null;
   hang: boolean;
+  /** What grpc.health.v1.Health/Check answers, per service name ('' for the server). */
+  serving: Map<string, string>;
+  healthChecks: string[];
   close(): Promise<void>;
 }
 
 async function startGrpcInstance(t: TestContext, name: string): Promise<GrpcInstance> {
   const server = new grpc.Server();
-  const state: GrpcInstance = { name, url: '', calls: 0, fail: null, hang: false, close: async () => void server.forceShutdown() };
+  const state: GrpcInstance = { name, url: '', calls: 0, fail: null, hang: false, serving: new Map([['', 'SERVING'], ['meshtest.Echo', 'SERVING']]), healthChecks: [], close: async () => void server.forceShutdown() };
+  server.addService(health.grpc.health.v1.Health.service, {
+    Check: (call: grpc.ServerUnaryCall<{ service: string }, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+      state.healthChecks.push(call.request.service);
+      const status = state.serving.get(call.request.service);
+      if (status === undefined) return callback({ code: grpc.status.NOT_FOUND, details: 'unknown service' });
+      callback(null, { status });
+    },
+  });
   server.addService(Echo.service, {
     Unary: (call: grpc.ServerUnaryCall<Msg, Msg>, callback: grpc.sendUnaryData<Msg>) => {
       state.calls++;
@@ -196,4 +210,28 @@ test('an instance failing with INVALID_ARGUMENT is the caller\'s problem: relaye
   await waitFor(() => true);
   const inst = [...gateway.registry.getService('echo')!.instances.values()][0]!;
   assert.equal(inst.ejectedUntil, 0);
+});
+
+test('gRPC health checks (grpc.health.v1.Health/Check) take a NOT_SERVING instance out and bring it back when SERVING', LIMIT, async (t) => {
+  const [a, b] = [await startGrpcInstance(t, 'a'), await startGrpcInstance(t, 'b')];
+  const { url, gateway } = await startGateway(t, {
+    services: {
+      echo: { protocol: 'h2c', instances: [{ url: a.url }, { url: b.url }], healthCheck: { grpc: { service: 'meshtest.Echo' }, interval: '100ms', unhealthyThreshold: 1 } },
+    },
+    routes: [{ prefix: '/meshtest.Echo', service: 'echo' }],
+    listen: { http2: true },
+  });
+  const instanceOf = (inst: GrpcInstance) => [...gateway.registry.getService('echo')!.instances.values()].find((i) => i.url === inst.url)!;
+  await waitFor(() => a.healthChecks.length > 0 && b.healthChecks.length > 0, 5000, 'both instances probed');
+  assert.equal(a.healthChecks[0], 'meshtest.Echo', 'the probe names the configured service');
+  b.serving.set('meshtest.Echo', 'NOT_SERVING');
+  await waitFor(() => instanceOf(b).health === 'unhealthy', 5000, 'b taken out');
+  const c = client(t, url);
+  for (let i = 0; i < 4; i++) assert.equal((await unary(c, { text: 'x' })).text, 'a: x');
+  b.serving.set('meshtest.Echo', 'SERVING');
+  await waitFor(() => instanceOf(b).health === 'healthy', 5000, 'b back');
+  // A service the instance does not know is a failed probe too.
+  a.serving.delete('meshtest.Echo');
+  await waitFor(() => instanceOf(a).health === 'unhealthy', 5000, 'a out: service unknown');
+  assert.equal((await unary(c, { text: 'y' })).text, 'b: y');
 });
