@@ -72,3 +72,12 @@ test('bench/overload.ts in smoke mode measures the gateway with shedding off and
   }
   assert.match(stdout, /^admitted p99 with shedding \/ without: \d+\.\d\dx/m);
 });
+
+test('bench/protocols.ts in smoke mode exits 0 and prints its HTTP/2 and gRPC rows', { timeout: 120_000 }, async (t) => {
+  const stdout = await smokeRun(t, 'bench/protocols.ts');
+  for (const protocol of ['HTTP/2', 'gRPC unary']) {
+    for (const target of ['instance directly', 'bare-h2 proxy', 'meshgate \\(core, h2c both sides\\)']) {
+      assert.match(stdout, new RegExp(`^\\| ${protocol} \\| ${target} \\| [1-9]\\d* \\|`, 'm'), `no ${protocol} row for ${target} in:\n${stdout}`);
+    }
+  }
+});
