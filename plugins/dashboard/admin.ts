@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import type { PassThrough } from 'node:stream';
+import type { Context } from 'koa';
 import { fileURLToPath } from 'node:url';
 import { BadRequestError, MeshError, serverSentEvents, type PluginHost } from '../../lib/index.js';
 import type { DashboardEvent, DashboardLive } from './live.js';
@@ -58,17 +59,17 @@ export function dashboardRoutes(gateway: PluginHost, live: DashboardLive, window
     if (found === undefined) cache.set(name, (found = readAsset(ASSETS[name]!())));
     return found;
   };
-  const page = (): Asset & { csp: string } => {
-    const html = asset('index.html');
+  let page: (Asset & { csp: string }) | undefined;
+  const pageAsset = (): Asset & { csp: string } => {
+    if (page !== undefined) return page;
+    const html = readAsset(join(PUBLIC, 'index.html'));
     // The import map is the page's one inline script: allowed by its hash, nothing else inline.
     const map = /<script type="importmap">([\s\S]*?)<\/script>/.exec(html.body.toString('utf8'))?.[1] ?? '';
     const hash = createHash('sha256').update(map).digest('base64');
-    const csp = `default-src 'none'; script-src 'self' 'sha256-${hash}'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'`;
-    return { ...html, csp };
+    return (page = { ...html, csp: `default-src 'none'; script-src 'self' 'sha256-${hash}'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'` });
   };
-  cache.set('index.html', readAsset(join(PUBLIC, 'index.html')));
-  const servePage = (ctx: Parameters<Parameters<typeof router.get>[1]>[0]): void => {
-    const { body, type, etag, csp } = page();
+  const servePage = (ctx: Context): void => {
+    const { body, type, etag, csp } = pageAsset();
     ctx.set('content-security-policy', csp);
     ctx.set('x-content-type-options', 'nosniff');
     ctx.set('referrer-policy', 'no-referrer');

@@ -1,5 +1,5 @@
 import { describeEvent, Instance, STREAMED_EVENTS, type CircuitState, type PluginHost, type StreamedEvent } from '../../lib/index.js';
-import { SeriesBook, type Point, type RingSeries, type SeriesKind } from './series.js';
+import { latencyBin, SeriesBook, type Point, type RingSeries, type SeriesKind } from './series.js';
 
 /** Events the dashboard keeps for a page that opens later. */
 export const EVENT_HISTORY = 500;
@@ -67,9 +67,11 @@ export class DashboardLive {
   /** Counts one answered request: in the gateway's series, its route's and its service's. */
   record(route: string | undefined, service: string | undefined, ms: number, error: boolean): void {
     const bucket = this.bucket;
-    this.book.total.record(bucket, ms, error);
-    if (route !== undefined) this.book.get('route', route, true).record(bucket, ms, error);
-    if (service !== undefined) this.book.get('service', service, true).record(bucket, ms, error);
+    const bin = latencyBin(ms);
+    const book = this.book;
+    book.total.record(bucket, bin, error);
+    if (route !== undefined) (book.routes.get(route) ?? book.get('route', route, true)).record(bucket, bin, error);
+    if (service !== undefined) (book.services.get(service) ?? book.get('service', service, true)).record(bucket, bin, error);
   }
 
   /** Starts keeping the gateway's streamed events (registrations, health, circuits, config). */

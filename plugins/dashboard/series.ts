@@ -17,7 +17,7 @@ export function binUpperBound(i: number): number {
   return i >= LATENCY_BINS - 1 ? Infinity : LOWEST_MS * 2 ** (i / 2);
 }
 
-/** The latency bin of `ms`: two bins per doubling, so a quantile read from the bins is within 19% of the true value. */
+/** The latency bin of `ms`: two bins per doubling, so a quantile read from the bins lies in the true value's bin, within a factor of √2 of it. */
 export function latencyBin(ms: number): number {
   if (!(ms > LOWEST_MS)) return 0;
   const bin = Math.ceil(2 * Math.log2(ms / LOWEST_MS));
@@ -73,13 +73,13 @@ export class RingSeries {
     this.#held = new Float64Array(slots).fill(-1);
   }
 
-  /** Counts one request that took `ms` in bucket `bucket`. */
-  record(bucket: number, ms: number, error: boolean): void {
+  /** Counts one request in bucket `bucket`, its latency in bin `bin` ({@link latencyBin}). */
+  record(bucket: number, bin: number, error: boolean): void {
     const offset = this.#row(bucket);
     const counts = this.counts;
     counts[offset]!++;
     if (error) counts[offset + 1]!++;
-    counts[offset + 2 + latencyBin(ms)]!++;
+    counts[offset + 2 + bin]!++;
   }
 
   /** Adds a row of {@link STRIDE} numbers (another process's counts) into bucket `bucket`. */

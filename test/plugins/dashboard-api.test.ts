@@ -35,7 +35,7 @@ describe('the ring buffer', () => {
     for (let i = 0; i < 10_000; i++) {
       const ms = i % 100 === 0 ? 200 + (i % 700) : 2 + ((i * 7919) % 1000) / 100;
       values.push(ms);
-      series.record(7, ms, i % 10 === 0);
+      series.record(7, latencyBin(ms), i % 10 === 0);
     }
     values.sort((a, b) => a - b);
     const point = series.sum(7, 7);
@@ -50,11 +50,11 @@ describe('the ring buffer', () => {
 
   test('a slot is cleared when a new bucket reuses it; sums and points see only the window', () => {
     const series = new RingSeries(3);
-    series.record(10, 1, false);
-    series.record(11, 1, true);
-    series.record(11, 1, false);
+    series.record(10, 2, false);
+    series.record(11, 2, true);
+    series.record(11, 2, false);
     assert.deepEqual([series.sum(10, 11).count, series.sum(10, 11).errors], [3, 1]);
-    series.record(13, 1, false); // slot of bucket 10
+    series.record(13, 2, false); // slot of bucket 10
     assert.equal(series.sum(10, 13).count, 3, 'bucket 10 is gone, 11 and 13 stay');
     assert.deepEqual(series.points(11, 13).map((p) => p.count), [2, 0, 1]);
     assert.equal(series.active(12, 12), false);
@@ -64,11 +64,11 @@ describe('the ring buffer', () => {
   test('take() hands over what a bucket counted since the last take, and add() merges it elsewhere', () => {
     const worker = new RingSeries(2);
     const primary = new RingSeries(10);
-    worker.record(5, 3, false);
-    worker.record(5, 300, true);
+    worker.record(5, latencyBin(3), false);
+    worker.record(5, latencyBin(300), true);
     primary.add(5, worker.take(5)!);
     assert.equal(worker.take(5), null, 'nothing new');
-    worker.record(5, 3, false);
+    worker.record(5, latencyBin(3), false);
     primary.add(5, worker.take(5)!);
     const point = primary.sum(5, 5);
     assert.deepEqual([point.count, point.errors], [3, 1]);
