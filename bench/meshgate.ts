@@ -38,9 +38,9 @@ export async function startMeshgate(upstream: string, port = 0): Promise<{ gatew
 
 /** The built-in plugins each stack must run (static discovery is always on) and those it must not. */
 const STACK_PLUGINS: Record<StackName, { on: string[]; off: string[] }> = {
-  core: { on: [], off: ['trace-context', 'metrics', 'access-log', 'health-check', 'circuit-breaker', 'retries'] },
-  standard: { on: ['trace-context', 'metrics', 'health-check', 'circuit-breaker', 'retries'], off: ['access-log'] },
-  'standard+log': { on: ['trace-context', 'metrics', 'health-check', 'circuit-breaker', 'retries', 'access-log'], off: [] },
+  core: { on: [], off: ['trace-context', 'metrics', 'dashboard', 'access-log', 'health-check', 'circuit-breaker', 'retries'] },
+  standard: { on: ['trace-context', 'metrics', 'dashboard', 'health-check', 'circuit-breaker', 'retries'], off: ['access-log'] },
+  'standard+log': { on: ['trace-context', 'metrics', 'dashboard', 'health-check', 'circuit-breaker', 'retries', 'access-log'], off: [] },
 };
 
 /**

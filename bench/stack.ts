@@ -2,7 +2,7 @@
  * The gateway configurations the benchmarks measure, in one place.
  * - `core`: one route, round-robin, no plugin beyond static discovery (issue 2's yardstick).
  * - `standard`: what a production user turns on: least-request, circuit breaker, health checks,
- *   metrics on the admin port, retries and trace context; access log off (issue 8's yardstick).
+ *   metrics and the dashboard on the admin port, retries and trace context; access log off (issue 8's yardstick).
  * - `standard+log`: the same with the JSON access log on (written to /dev/null by the bench).
  */
 import type { GatewayConfigInput } from '../lib/index.js';
@@ -10,7 +10,7 @@ import type { GatewayConfigInput } from '../lib/index.js';
 export type StackName = 'core' | 'standard' | 'standard+log';
 
 /** The plugins of the standard stack that {@link stackConfig} can leave out, to price each one. */
-export const STANDARD_PLUGINS = ['trace-context', 'metrics', 'health-check', 'circuit-breaker', 'retries'] as const;
+export const STANDARD_PLUGINS = ['trace-context', 'metrics', 'dashboard', 'health-check', 'circuit-breaker', 'retries'] as const;
 export type StandardPlugin = (typeof STANDARD_PLUGINS)[number];
 
 /** `stack`'s config; with `without`, the same stack minus that one plugin (core has none to leave out). */
@@ -20,6 +20,7 @@ export function stackConfig(stack: StackName, upstream: string, port = 0, withou
   const service = config.services!.bench as { healthCheck?: unknown; circuitBreaker?: unknown; retries?: unknown };
   if (without === 'trace-context') config.tracing = false;
   else if (without === 'metrics') config.metrics = false;
+  else if (without === 'dashboard') config.dashboard = false;
   else if (without === 'health-check') delete service.healthCheck;
   else if (without === 'circuit-breaker') delete service.circuitBreaker;
   else delete service.retries;

@@ -5,6 +5,7 @@ import { accessLogSections } from '../plugins/access-log/config.js';
 import { authSections } from '../plugins/auth/config.js';
 import { authorizationSections } from '../plugins/authorization/config.js';
 import { corsSections } from '../plugins/cors/config.js';
+import { dashboardSections } from '../plugins/dashboard/config.js';
 import { circuitBreakerSections } from '../plugins/circuit-breaker/config.js';
 import { dnsDiscoverySections } from '../plugins/dns-discovery/config.js';
 import { faultSections } from '../plugins/fault-injection/config.js';
@@ -31,6 +32,7 @@ const REDIS_DISCOVERY: Builtin<undefined> = { name: 'redis-discovery', config: r
 const DNS_DISCOVERY: Builtin<object> = { name: 'dns-discovery', config: dnsDiscoverySections, load: async () => (await import('../plugins/dns-discovery/index.js')).dnsDiscovery };
 const TRACE_CONTEXT: Builtin<undefined> = { name: 'trace-context', config: traceContextSections, load: async () => (await import('../plugins/trace-context/index.js')).traceContext };
 const METRICS: Builtin<{ cluster?: 'primary' | 'worker' }> = { name: 'metrics', config: metricsSections, load: async () => (await import('../plugins/metrics/index.js')).metrics };
+const DASHBOARD: Builtin<object> = { name: 'dashboard', config: dashboardSections, load: async () => (await import('../plugins/dashboard/index.js')).dashboard };
 const ACCESS_LOG: Builtin<object> = { name: 'access-log', config: accessLogSections, load: async () => (await import('../plugins/access-log/index.js')).accessLog };
 const AUTH: Builtin<object> = { name: 'auth', config: authSections, load: async () => (await import('../plugins/auth/index.js')).auth };
 const CORS: Builtin<object> = { name: 'cors', config: corsSections, load: async () => (await import('../plugins/cors/index.js')).cors };
@@ -48,7 +50,7 @@ const RETRIES: Builtin<object> = { name: 'retries', config: retriesSections, loa
  * The config sections of every built-in plugin, whether or not a config turns it on: the config
  * schema is the core's fields plus these plus the registered plugins' own.
  */
-export const BUILTIN_SECTIONS: readonly SectionOwner[] = [LOAD_SHEDDING, REDIS_DISCOVERY, DNS_DISCOVERY, TRACE_CONTEXT, METRICS, ACCESS_LOG, CORS, AUTH, AUTHORIZATION, RATE_LIMIT, HEALTH_CHECK, CIRCUIT_BREAKER, OUTLIER_DETECTION, ZONE_AWARE, FAULT_INJECTION, MIRROR, RETRIES];
+export const BUILTIN_SECTIONS: readonly SectionOwner[] = [LOAD_SHEDDING, REDIS_DISCOVERY, DNS_DISCOVERY, TRACE_CONTEXT, METRICS, DASHBOARD, ACCESS_LOG, CORS, AUTH, AUTHORIZATION, RATE_LIMIT, HEALTH_CHECK, CIRCUIT_BREAKER, OUTLIER_DETECTION, ZONE_AWARE, FAULT_INJECTION, MIRROR, RETRIES];
 
 /**
  * A built-in plugin whose module loads when the gateway starts, not when meshgate is imported:
@@ -72,7 +74,7 @@ function lazy<O>(builtin: Builtin<O>, options: O): GatewayPlugin {
 const STUBS = new WeakSet<GatewayPlugin>();
 
 /** The order of the built-ins in every stage chain: the order {@link builtinPlugins} lists them in. */
-const ORDER = ['static-discovery', 'redis-discovery', 'dns-discovery', 'load-shedding', 'trace-context', 'metrics', 'access-log', 'cors', 'auth', 'authorization', 'rate-limit', 'fault-injection', 'mirror', 'health-check', 'circuit-breaker', 'outlier-detection', 'zone-aware', 'retries'];
+const ORDER = ['static-discovery', 'redis-discovery', 'dns-discovery', 'load-shedding', 'trace-context', 'metrics', 'dashboard', 'access-log', 'cors', 'auth', 'authorization', 'rate-limit', 'fault-injection', 'mirror', 'health-check', 'circuit-breaker', 'outlier-detection', 'zone-aware', 'retries'];
 
 /** A built-in plugin's place in the stage chains, so one a reload turns on runs where it would have at boot; undefined for other plugins. */
 export function builtinRank(plugin: GatewayPlugin): number | undefined {
@@ -99,6 +101,8 @@ export function builtinPlugins(config: GatewayConfig, role: GatewayRole = 'stand
   if (config.metrics !== false && (config.metrics !== undefined || config.admin !== undefined)) {
     plugins.push(lazy(METRICS, { cluster: role === 'standalone' ? undefined : role }));
   }
+  // The dashboard comes with the admin port, as metrics do; its workers count and report to the primary.
+  if (config.dashboard !== false && (config.dashboard !== undefined || config.admin !== undefined)) plugins.push(lazy(DASHBOARD, {}));
   if (config.accessLog !== undefined && config.accessLog !== false) plugins.push(lazy(ACCESS_LOG, {}));
   // Who is asking, then how often: rate limits may key on the authenticated subject.
   // Preflights carry no credentials: CORS answers them before authentication could refuse them.

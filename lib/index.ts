@@ -37,6 +37,7 @@ export { Registry, Service, Instance, UnknownInstanceError, UnknownServiceError,
 export type { Health, CircuitState, InstanceSpec, RegistryEvents, PreservedService } from './registry/registry.js';
 export type { LeaseKeeper, LeaseVerifier, SelfPreservationPolicy } from './registry/leases.js';
 export type { GatewayEvents, RemovalReason } from './core/events.js';
+export { STREAMED_EVENTS, describeEvent, serverSentEvents, type StreamedEvent } from './admin/events.js';
 export { MeshState, type Upgrade } from './core/state.js';
 export { GrpcStatus, grpcStatusForError } from './http/grpc.js';
 export type { Principal, RequestVariables } from './core/state.js';

@@ -1,9 +1,6 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { test } from 'node:test';
-import { accepts, send, spawnNode, startUpstream, unusedPort, waitFor } from './helpers.js';
+import { send, startCluster, startUpstream, waitFor } from './helpers.js';
 
 const TOKEN = 'cluster-token';
 
@@ -16,32 +13,13 @@ function sample(text: string, series: string): number {
 test('workers: 2 shares the listener; metrics on the primary add up across workers; registrations reach every worker; SIGTERM drains and exits 0', { timeout: 60_000 }, async (t) => {
   const a = await startUpstream(t);
   const b = await startUpstream(t);
-  const port = await unusedPort();
-  const adminPort = await unusedPort();
-  const dir = await mkdtemp(join(tmpdir(), 'meshgate-cluster-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  const file = join(dir, 'meshgate.yaml');
-  await writeFile(
-    file,
-    [
-      'workers: 2',
-      'logLevel: warn',
-      `listen: { host: 127.0.0.1, port: ${port} }`,
-      `admin: { port: ${adminPort}, token: ${TOKEN} }`,
-      `services: { api: { instances: [ { url: "${a.url}" } ] } }`,
-      'routes: [ { prefix: /api, service: api } ]',
-    ].join('\n'),
-  );
-  const run = await spawnNode(t, ['--import', 'tsx', 'lib/cli.ts', 'start', '--config', file], { cwd: process.cwd() });
-  // logLevel: warn keeps the listening line quiet: wait for the listener itself.
-  await waitFor(() => accepts(port), 20_000, `the cluster to listen; stderr:\n${run.stderr()}`);
+  const { port, admin, run } = await startCluster(t, [`services: { api: { instances: [ { url: "${a.url}" } ] } }`, 'routes: [ { prefix: /api, service: api } ]'], TOKEN);
 
   const N = 60;
   const results = await Promise.all(Array.from({ length: N }, () => send(`http://127.0.0.1:${port}/api/x`)));
   assert.ok(results.every((r) => r.status === 200));
   assert.equal(a.seen.length, N);
 
-  const admin = `http://127.0.0.1:${adminPort}`;
   const metrics = await send(`${admin}/metrics`);
   assert.equal(metrics.status, 200);
   // Each worker counts only what it served; the primary's /metrics is their sum.
@@ -68,23 +46,11 @@ test('workers: 2 shares the listener; metrics on the primary add up across worke
 
 test('workers: 2 keeps the rate limit the user wrote: the buckets are the primary\'s, shared by every worker', { timeout: 60_000 }, async (t) => {
   const upstream = await startUpstream(t);
-  const port = await unusedPort();
-  const dir = await mkdtemp(join(tmpdir(), 'meshgate-cluster-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  const file = join(dir, 'meshgate.yaml');
-  await writeFile(
-    file,
-    [
-      'workers: 2',
-      'logLevel: warn',
-      `listen: { host: 127.0.0.1, port: ${port} }`,
-      `services: { api: { instances: [ { url: "${upstream.url}" } ] } }`,
-      // A slow refill (one token every 5 s), so the count below is exact.
-      'routes: [ { prefix: /api, service: api, rateLimit: { rps: 0.2, burst: 4 } } ]',
-    ].join('\n'),
-  );
-  const run = await spawnNode(t, ['--import', 'tsx', 'lib/cli.ts', 'start', '--config', file], { cwd: process.cwd() });
-  await waitFor(() => accepts(port), 20_000, `the cluster to listen; stderr:\n${run.stderr()}`);
+  const { port, run } = await startCluster(t, [
+    `services: { api: { instances: [ { url: "${upstream.url}" } ] } }`,
+    // A slow refill (one token every 5 s), so the count below is exact.
+    'routes: [ { prefix: /api, service: api, rateLimit: { rps: 0.2, burst: 4 } } ]',
+  ]);
   // New connections each: the primary hands them to the workers in turn.
   const results = await Promise.all(Array.from({ length: 12 }, () => send(`http://127.0.0.1:${port}/api/x`, { headers: { connection: 'close' } })));
   const admitted = results.filter((r) => r.status === 200).length;
@@ -97,25 +63,16 @@ test('workers: 2 keeps the rate limit the user wrote: the buckets are the primar
 
 test('workers: 2 reloads as one: SIGHUP on the primary, then PUT /config, reach every worker', { timeout: 60_000 }, async (t) => {
   const a = await startUpstream(t);
-  const port = await unusedPort();
-  const adminPort = await unusedPort();
-  const dir = await mkdtemp(join(tmpdir(), 'meshgate-cluster-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  const file = join(dir, 'meshgate.yaml');
-  const config = (routes: string): string =>
-    ['workers: 2', 'logLevel: warn', `listen: { host: 127.0.0.1, port: ${port} }`, `admin: { port: ${adminPort}, token: ${TOKEN} }`, `services: { api: { instances: [ { url: "${a.url}" } ] } }`, `routes: ${routes}`].join('\n');
-  await writeFile(file, config('[ { prefix: /one, service: api } ]'));
-  const run = await spawnNode(t, ['--import', 'tsx', 'lib/cli.ts', 'start', '--config', file], { cwd: process.cwd() });
-  await waitFor(() => accepts(port), 20_000, `the cluster to listen; stderr:\n${run.stderr()}`);
+  const config = (routes: string): string[] => [`services: { api: { instances: [ { url: "${a.url}" } ] } }`, `routes: ${routes}`];
+  const { port, admin, run, write } = await startCluster(t, config('[ { prefix: /one, service: api } ]'), TOKEN);
   // New connections each: the primary hands them to the workers in turn, so both answer.
   const statuses = async (path: string): Promise<Set<number>> => new Set((await Promise.all(Array.from({ length: 20 }, () => send(`http://127.0.0.1:${port}${path}`)))).map((r) => r.status));
 
-  await writeFile(file, config('[ { prefix: /two, service: api } ]'));
+  await write(config('[ { prefix: /two, service: api } ]'));
   run.child.kill('SIGHUP');
   await waitFor(async () => [...(await statuses('/two/x'))].join() === '200', 10_000, 'every worker to route /two');
   assert.deepEqual(await statuses('/one/x'), new Set([404]));
 
-  const admin = `http://127.0.0.1:${adminPort}`;
   const put = await send(`${admin}/config`, {
     method: 'PUT',
     headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },

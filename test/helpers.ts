@@ -408,3 +408,30 @@ export function keepAliveLoad(urls: readonly string[], path: string, clients: nu
     },
   };
 }
+
+/** A cluster started by `meshgate start` from a config file: its ports, the file (rewrite it, then SIGHUP) and the process. */
+export interface ClusterRun {
+  port: number;
+  /** The admin URL, when `adminToken` was given. */
+  admin: string;
+  file: string;
+  run: ChildRun;
+  /** Rewrites the config file: `workers: 2`, quiet logs, the ports, then `lines`. */
+  write(lines: readonly string[]): Promise<void>;
+}
+
+/** `meshgate start` with `workers: 2` on free ports (an admin port too with `adminToken`), waited for until it accepts connections. */
+export async function startCluster(t: TestContext, lines: readonly string[], adminToken?: string): Promise<ClusterRun> {
+  const { writeFile } = await import('node:fs/promises');
+  const { join } = await import('node:path');
+  const port = await unusedPort();
+  const adminPort = await unusedPort();
+  const file = join(await tempDir(t, 'meshgate-cluster-'), 'meshgate.yaml');
+  const write = (more: readonly string[]): Promise<void> =>
+    writeFile(file, ['workers: 2', 'logLevel: warn', `listen: { host: 127.0.0.1, port: ${port} }`, ...(adminToken === undefined ? [] : [`admin: { port: ${adminPort}, token: ${adminToken} }`]), ...more].join('\n'));
+  await write(lines);
+  const run = await spawnNode(t, ['--import', 'tsx', 'lib/cli.ts', 'start', '--config', file], { cwd: ROOT });
+  // logLevel: warn keeps the listening line quiet: wait for the listener itself.
+  await waitFor(() => accepts(port), 20_000, `the cluster to listen; stderr:\n${run.stderr()}`);
+  return { port, admin: `http://127.0.0.1:${adminPort}`, file, run, write };
+}

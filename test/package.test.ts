@@ -112,6 +112,17 @@ test('the packed package installs into a fresh project and typechecks there what
   const script = "import('meshgate').then(async (m) => { const g = m.createGateway({ logLevel: 'silent' }); await g.ready(); await g.close(); console.log(typeof m.definePlugin); })";
   const { stdout } = await run(process.execPath, ['-e', script], { cwd: dir });
   assert.equal(stdout.trim(), 'function');
+  // The dashboard's page and its libraries come from the installed package, not the source tree.
+  const page = `import('meshgate').then(async (m) => {
+    const g = m.createGateway({ logLevel: 'silent', listen: { port: 0 }, admin: { port: 0 } });
+    const { adminUrl } = await g.listen();
+    const out = [];
+    for (const p of ['/', '/dashboard/assets/app.js', '/dashboard/assets/app.css', '/dashboard/assets/preact.js', '/dashboard/assets/hooks.js', '/dashboard/assets/htm.js', '/dashboard/assets/uplot.js', '/dashboard/assets/uplot.css']) out.push(p + ' ' + (await fetch(adminUrl + p)).status);
+    await g.close();
+    console.log(out.join('\\n'));
+  })`;
+  const served = await run(process.execPath, ['-e', page], { cwd: dir });
+  assert.deepEqual(served.stdout.trim().split('\n').filter((line) => !line.endsWith(' 200')), [], served.stdout);
 });
 
 test('npm install on a fresh clone leaves package-lock.json as committed', { timeout: 120_000 }, async (t) => {

@@ -21,6 +21,7 @@ export class AdminServer {
   /** The admin routes; plugins add theirs in `setup`. */
   readonly router = new Router();
   readonly #gateway: AdminHost;
+  readonly #anonymous = new Set<string>(PUBLIC_ADMIN_PATHS);
   #server: Server | null = null;
 
   constructor(gateway: AdminHost) {
@@ -39,6 +40,14 @@ export class AdminServer {
     controlPlaneRoutes(this.router, gateway);
     configRoutes(this.router, gateway);
     eventStreamRoute(this.router, gateway);
+  }
+
+  /**
+   * Lets requests for exactly `path` through without the admin token, as `/healthz` is: for what
+   * holds no data (a page and its scripts, which then ask for the token). Call it in `setup`.
+   */
+  allowAnonymous(path: string): void {
+    this.#anonymous.add(path);
   }
 
   /** The token admin requests must present: `admin.token`, else `MESHGATE_ADMIN_TOKEN`. */
@@ -67,7 +76,7 @@ export class AdminServer {
       }
     });
     app.use(async (ctx, next) => {
-      if (PUBLIC_ADMIN_PATHS.has(ctx.path)) return next();
+      if (this.#anonymous.has(ctx.path)) return next();
       const token = this.token;
       if (token !== undefined && !tokenMatches(bearerToken(ctx.get('authorization') || undefined), token)) {
         throw new MeshError('MESH_ERR_UNAUTHORIZED', 401, 'missing or wrong admin token');

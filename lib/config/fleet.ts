@@ -8,11 +8,11 @@ import { createHash } from 'node:crypto';
 export const LOCAL_KEYS = ['listen', 'admin', 'discovery', 'workers'] as const;
 
 /**
- * Keys whose plugins read them once, when they start (the metrics registry, the trace exporter,
+ * Keys whose plugins read them once, when they start (the metrics registry, the dashboard's series, the trace exporter,
  * the access log's destination, the plugin modules): a reload that changes them is refused with a
  * restart message rather than half-applied.
  */
-export const RESTART_KEYS = [...LOCAL_KEYS, 'plugins', 'metrics', 'tracing', 'accessLog'] as const;
+export const RESTART_KEYS = [...LOCAL_KEYS, 'plugins', 'metrics', 'tracing', 'accessLog', 'dashboard'] as const;
 
 /** The fleet's part of a config document: everything but {@link LOCAL_KEYS}. */
 export function fleetPart(document: unknown): Record<string, unknown> {

@@ -80,8 +80,11 @@ export interface PluginHost extends EventEmitter<GatewayEvents> {
   registrar: Registrar;
   readonly leases: LeaseKeeper;
   readonly log: Logger;
-  /** The admin (control-plane) server; plugins add routes to `admin.router`. */
-  readonly admin: { readonly router: KoaRouter };
+  /**
+   * The admin (control-plane) server; plugins add routes to `admin.router`, which need the admin
+   * token unless `admin.allowAnonymous(path)` exempts that exact path (a page that holds no data).
+   */
+  readonly admin: { readonly router: KoaRouter; allowAnonymous(path: string): void };
   readonly role: GatewayRole;
   /** The balancers' random source (seedable through `GatewayOptions.random`). */
   readonly random: () => number;
