@@ -14,14 +14,14 @@ import {
   UpstreamResetError,
   UpstreamTimeoutError,
 } from '../errors.js';
-import { upstreamRequestHeaders } from '../http/headers.js';
+import { upstreamRequestHeaders, validField } from '../http/headers.js';
 import { grpcTimeout, isGrpcRequest } from '../http/grpc.js';
 import { clientAddress, peerTrusted } from '../http/net.js';
 import { PathParametersError, normalizeTarget, withoutPathParameters } from '../http/path.js';
 import { peerIdentity } from '../http/client-cert.js';
 import { decimalMs } from '../kit/decimal.js';
 import type { Logger } from '../kit/logger.js';
-import type { Registry, Service } from '../registry/registry.js';
+import type { Instance, Registry, Service } from '../registry/registry.js';
 import type { Deadlines } from '../upstream/deadlines.js';
 import { dispatchUpstream, isClientFault, isTlsErrorCode, responseHeaders } from '../upstream/exchange.js';
 import { connectionKey, type InstancePools } from '../upstream/pools.js';
@@ -148,8 +148,9 @@ export class Pipeline {
         throw new BadRequestError('Transfer-Encoding in an HTTP/1.0 request', 'MESH_ERR_BAD_REQUEST');
       }
       if (ctx.req.httpVersionMajor === 2) {
-        // HTTP/2 names the host in `:authority`; routes (and Koa) read Host.
-        if (ctx.req.headers.host === undefined) http2Host(ctx.req);
+        // HTTP/2 names the host in `:authority`, which wins over a Host header (RFC 9113 8.3.1), as
+        // it does for Koa and for the instance: routes must match what the instance will see.
+        http2Host(ctx.req);
         mesh.grpc = isGrpcRequest(ctx.req);
       }
       const target = normalizeTarget(ctx.req.url ?? '/');
@@ -418,7 +419,9 @@ export class Pipeline {
       if (left <= 0) throw new UpstreamTimeoutError(instance.url, policy.config.timeout);
       const maxConnections = policy.config.maxConnections;
       // Every connection to the instance is busy: the request would wait for one, if the service's queue has room.
-      if (maxConnections !== undefined && instance.inflight >= maxConnections) checkPending(service, maxConnections, policy.config.maxPendingRequests);
+      if (maxConnections !== undefined && instance.inflight - (this.#tunnelsOn.get(instance) ?? 0) >= maxConnections) {
+        checkPending(service, maxConnections, policy.config.maxPendingRequests, this.#tunnelsOn);
+      }
       const timeout = mesh.tryTimeout > 0 ? Math.min(mesh.tryTimeout, left) : left;
       const request = {
         instance,
@@ -476,6 +479,8 @@ export class Pipeline {
   #tunnelCount = 0;
   readonly #tunnelsByRoute = new Map<string, number>();
   readonly #tunnels = new Set<Tunnel>();
+  /** Open tunnels per instance: in its `inflight` (load for least-request) but out of its pool. */
+  readonly #tunnelsOn = new WeakMap<Instance, number>();
   /** Routes a counted handshake holds a place on: released once, when its request ends. */
   readonly #admitted = new WeakSet<MeshState>();
 
@@ -541,10 +546,18 @@ export class Pipeline {
     const tunnel = new Tunnel(client, exchange.upgraded!, mesh.upgrade!.head, idleTimeout);
     exchange.upgraded = null;
     this.#tunnels.add(tunnel);
+    const instance = exchange.instance;
+    this.#tunnelsOn.set(instance, (this.#tunnelsOn.get(instance) ?? 0) + 1);
+    // A tunnel is not a request in flight for the service's maxRequests (websocket.maxConnections bounds tunnels).
+    if (mesh.admittedTo !== null) {
+      mesh.admittedTo.active--;
+      mesh.admittedTo = null;
+    }
     mesh.upgrade!.openedAt = performance.now();
     this.#parts.events.emit('tunnel:open', ctx);
     const end = await tunnel.closed;
     this.#tunnels.delete(tunnel);
+    this.#tunnelsOn.set(instance, this.#tunnelsOn.get(instance)! - 1);
     mesh.bytesIn = end.bytesIn;
     mesh.bytesOut = end.bytesOut;
     mesh.upgrade!.closedBy = end.reason;
@@ -609,15 +622,20 @@ function redirect(ctx: Context, mesh: MeshState, route: Route): Promise<void> {
 /** The 101 that completes a handshake: `Connection` and `Upgrade` (hop-by-hop, so not in `head`), then the rest. */
 function switchingProtocols(protocol: string, head: string[]): string {
   let out = `HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: ${protocol}\r\n`;
-  for (let i = 0; i < head.length; i += 2) out += `${head[i]}: ${head[i + 1]}\r\n`;
+  // Written by hand, so checked by hand: a field with CR or LF (a plugin's header from the query) is dropped, never sent.
+  for (let i = 0; i < head.length; i += 2) if (validField(head[i]!, head[i + 1]!)) out += `${head[i]}: ${head[i + 1]}\r\n`;
   return out + '\r\n';
 }
 
 /** Refuses a request that would wait for a connection when the service already has `maxPending` waiting. */
-function checkPending(service: Service, maxConnections: number, maxPending: number | undefined): void {
+function checkPending(service: Service, maxConnections: number, maxPending: number | undefined, tunnels: WeakMap<Instance, number>): void {
   if (maxPending === undefined) return;
   let pending = 0;
-  for (const inst of service.instances.values()) if (inst.inflight > maxConnections) pending += inst.inflight - maxConnections;
+  for (const inst of service.instances.values()) {
+    // Tunnels count as load on an instance, but their sockets left the pool: they hold no connection of it.
+    const requests = inst.inflight - (tunnels.get(inst) ?? 0);
+    if (requests > maxConnections) pending += requests - maxConnections;
+  }
   if (pending >= maxPending) throw new OverloadedError('maxPendingRequests', `service "${service.name}" has ${pending} requests waiting for a connection (maxPendingRequests ${maxPending})`);
 }
 
@@ -625,7 +643,7 @@ function isTlsFailure(err: unknown): boolean {
   return isTlsErrorCode((err as { cause?: { code?: unknown } })?.cause?.code);
 }
 
-/** An HTTP/2 request's `:authority` as its Host (a request without one is refused with 400 further on). */
+/** An HTTP/2 request's `:authority` as its Host (without either, it is refused with 400 further on). */
 function http2Host(req: Context['req']): void {
   const authority = req.headers[':authority'];
   if (typeof authority === 'string') req.headers.host = authority;

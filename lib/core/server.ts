@@ -102,6 +102,7 @@ function serveHttp2(server: Server, listen: GatewayConfig['listen'], settings: H
   h2server.on('session', (session: ServerHttp2Session) => {
     sessions.add(session);
     session.once('close', () => sessions.delete(session));
+    idleSessions(session, listen.headersTimeout, listen.keepAliveTimeout);
     // A peer that breaks the protocol loses its connection, not the gateway.
     session.on('error', () => session.destroy());
     guardResets(session, settings.maxResetsPerSecond);
@@ -145,8 +146,9 @@ function startStream(handler: (req: Http2ServerRequest, res: Http2ServerResponse
  */
 function sniffPreface(socket: Socket, timeout: number, decide: (isHttp2: boolean) => void): void {
   let seen: Buffer = Buffer.alloc(0);
-  const onTimeout = (): void => void socket.destroy();
-  socket.setTimeout(timeout, onTimeout);
+  // A deadline, not an idle timer: a byte at a time must not hold the socket any longer.
+  const timer = setTimeout(() => socket.destroy(), timeout);
+  timer.unref();
   const onData = (chunk: Buffer): void => {
     seen = seen.length === 0 ? chunk : Buffer.concat([seen, chunk]);
     const n = Math.min(seen.length, PREFACE.length);
@@ -155,15 +157,43 @@ function sniffPreface(socket: Socket, timeout: number, decide: (isHttp2: boolean
     if (matches && n < PREFACE.length) return;
     socket.off('data', onData);
     socket.off('error', onError);
-    socket.setTimeout(0);
-    socket.off('timeout', onTimeout);
+    clearTimeout(timer);
     socket.pause();
     socket.unshift(seen);
     decide(matches);
   };
-  const onError = (): void => void socket.destroy();
+  const onError = (): void => {
+    clearTimeout(timer);
+    socket.destroy();
+  };
   socket.on('data', onData);
   socket.on('error', onError);
+}
+
+/**
+ * The HTTP/2 side of the listener's timeouts: a connection must open its first stream within
+ * `headersTimeout`, and one with no stream open and nothing sent for `keepAliveTimeout` is closed
+ * (GOAWAY, so its client knows), as an idle HTTP/1.1 keep-alive connection is. A quiet stream (a
+ * gRPC server stream between messages) keeps its connection.
+ */
+function idleSessions(session: ServerHttp2Session, headersTimeout: number, keepAliveTimeout: number): void {
+  let open = 0;
+  let started = false;
+  session.setTimeout(headersTimeout);
+  // on(), not setTimeout's callback, which node:http2 runs once only.
+  session.on('timeout', () => {
+    if (open > 0) return;
+    if (started) session.close();
+    else session.destroy();
+  });
+  session.on('stream', (stream) => {
+    if (!started) {
+      started = true;
+      session.setTimeout(keepAliveTimeout);
+    }
+    open++;
+    stream.once('close', () => open--);
+  });
 }
 
 /**

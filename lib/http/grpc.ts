@@ -124,6 +124,7 @@ export function answerGrpcError(res: ServerResponse, error: MeshError, head: str
   headers['content-type'] = 'application/grpc';
   headers['grpc-status'] = String(grpcStatusForError(error));
   headers['grpc-message'] = encodeURIComponent(`${error.code}: ${error.expose ? error.message : 'internal error'}`);
+  res.statusCode = 200;
   const stream = (res as unknown as Http2ServerResponse).stream;
   if (stream !== undefined && !stream.headersSent) {
     headers[':status'] = '200';
@@ -142,6 +143,8 @@ export function answerGrpcError(res: ServerResponse, error: MeshError, head: str
 export function respondHeadersOnly(res: ServerResponse, status: number, head: readonly string[]): boolean {
   const stream = (res as unknown as Http2ServerResponse).stream;
   if (stream === undefined || stream.headersSent || stream.destroyed) return false;
+  // What the access log and metrics read: the compatibility response is bypassed.
+  res.statusCode = status;
   const headers: Record<string, string | string[]> = { ':status': String(status) };
   for (let i = 0; i < head.length; i += 2) {
     const name = head[i]!.toLowerCase();

@@ -1,4 +1,4 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { validateHeaderName, validateHeaderValue, type IncomingMessage, type ServerResponse } from 'node:http';
 import { BadRequestError, MeshError } from '../errors.js';
 
 /**
@@ -34,6 +34,56 @@ const GATEWAY_OWNED: ReadonlySet<string> = new Set([
  * kept only from a peer `listen.trustProxy` trusts, like the client's `X-Forwarded-For` chain.
  */
 const TRUSTED_ONLY: ReadonlySet<string> = new Set(['forwarded', 'x-real-ip']);
+
+/**
+ * Headers HTTP/2 allows once only (node:http2's list, from RFC 9110's singleton fields): a second
+ * one makes Node throw, where HTTP/1.1 passes it on.
+ */
+const HTTP2_SINGLE_VALUE: ReadonlySet<string> = new Set([
+  'access-control-allow-credentials', 'access-control-max-age', 'access-control-request-method', 'age', 'authorization',
+  'content-encoding', 'content-language', 'content-length', 'content-location', 'content-md5', 'content-range', 'content-type',
+  'date', 'dnt', 'etag', 'expires', 'from', 'host', 'if-match', 'if-modified-since', 'if-none-match', 'if-range',
+  'if-unmodified-since', 'last-modified', 'location', 'max-forwards', 'proxy-authorization', 'range', 'referer', 'retry-after',
+  'tk', 'upgrade-insecure-requests', 'user-agent', 'x-content-type-options',
+]);
+
+/** Whether a name and value can go out as a header field (no CR, LF or other invalid characters). */
+export function validField(name: string, value: string): boolean {
+  try {
+    validateHeaderName(name);
+    validateHeaderValue(name, value);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether HTTP/2 allows the header (lower-case name) once only. */
+export function isSingleValue(name: string): boolean {
+  return HTTP2_SINGLE_VALUE.has(name);
+}
+
+/**
+ * A flat header list made fit for HTTP/2: the first of each single-value header kept (a repeat is
+ * the sender's error; the first is what an HTTP/1.1 reader would use too), connection-specific
+ * headers dropped. Returns `head` itself when it has nothing to change (the usual case).
+ */
+export function http2Head(head: string[]): string[] {
+  let seen: Set<string> | null = null;
+  let out: string[] | null = null;
+  for (let i = 0; i < head.length; i += 2) {
+    const name = head[i]!.toLowerCase();
+    let drop = HOP_BY_HOP.has(name);
+    if (!drop && HTTP2_SINGLE_VALUE.has(name)) {
+      seen ??= new Set();
+      drop = seen.has(name);
+      seen.add(name);
+    }
+    if (drop) out ??= head.slice(0, i);
+    else if (out !== null) out.push(head[i]!, head[i + 1]!);
+  }
+  return out ?? head;
+}
 
 /**
  * Writes the status line and a flat header list. Node's `writeHead(status, array)` keeps repeated

@@ -10,7 +10,7 @@ import {
   UpstreamResetError,
   UpstreamTimeoutError,
 } from '../errors.js';
-import { HOP_BY_HOP, connectionTokens, writeHead } from '../http/headers.js';
+import { HOP_BY_HOP, connectionTokens, http2Head, validField, writeHead } from '../http/headers.js';
 import { grpcOutcomeStatus, grpcStatusIn, respondHeadersOnly } from '../http/grpc.js';
 import type { Instance } from '../registry/registry.js';
 import type { Deadline, Deadlines } from './deadlines.js';
@@ -92,8 +92,13 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler, Deadline {
   #onDone: ((err?: Error) => void) | null = null;
   readonly #method: string;
   readonly #resets: ResetWatch | undefined;
-  /** A gRPC call's status from the response headers (a trailers-only answer) or, once the body ended, its trailers; null otherwise. */
+  /**
+   * A gRPC call's status in the response headers (a trailers-only answer: no message was sent),
+   * which policies judge; null otherwise. A status in trailers comes after messages the client has
+   * had, so it never makes an attempt a retry: see {@link grpcFinalStatus}.
+   */
   grpcStatus: number | null = null;
+  #trailerGrpcStatus: number | null = null;
   readonly #grpc: boolean;
   /** The response's trailers (flat raw list), when it had any: sent on after the body (gRPC's `grpc-status`). */
   trailers: (Buffer | string)[] | null = null;
@@ -157,6 +162,11 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler, Deadline {
     return true;
   }
 
+  /** The call's gRPC status as the client got it: the trailers', else the headers'; null when there was none (yet). */
+  get grpcFinalStatus(): number | null {
+    return this.#trailerGrpcStatus ?? this.grpcStatus;
+  }
+
   /** The status policies judge the answer by: the HTTP status, or for a gRPC call the one its `grpc-status` stands for. */
   get outcomeStatus(): number {
     return this.grpcStatus === null ? this.statusCode : grpcOutcomeStatus(this.grpcStatus);
@@ -203,7 +213,7 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler, Deadline {
 
   onComplete(trailers?: (Buffer | string)[] | null): void {
     if (trailers != null && trailers.length > 0) this.trailers = trailers;
-    if (this.#grpc && this.trailers !== null) this.grpcStatus = grpcStatusIn(this.trailers) ?? this.grpcStatus;
+    if (this.#grpc && this.trailers !== null) this.#trailerGrpcStatus = grpcStatusIn(this.trailers);
     if (this.#resets?.resetting === true && !bodiless(this.statusCode, this.#method)) {
       // The end of this body was a reset, not an orderly close: it was cut, so it must reach the client cut.
       this.onError(new UpstreamResetError(this.instance.url, { code: 'ECONNRESET' }));
@@ -243,14 +253,26 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler, Deadline {
   commit(res: ServerResponse, head: string[], headersWereSet = false): Promise<void> | undefined {
     this.#res = res;
     this.state = 'streaming';
-    if (this.#complete && this.#early === null && this.trailers === null && res.req.httpVersionMajor === 2 && respondHeadersOnly(res, this.statusCode, head)) {
-      // A whole answer without body or trailers, to an HTTP/2 client: one HEADERS frame, as it came
-      // (a gRPC status without a message only reads as a status in that form).
-      this.state = 'done';
-      this.#release();
-      return undefined;
+    if (res.req.httpVersionMajor === 2) {
+      // HTTP/2 refuses a repeated single-value header (two Content-Type) that HTTP/1.1 lets through.
+      head = http2Head(head);
+      if (this.#complete && this.#early === null && this.trailers === null && respondHeadersOnly(res, this.statusCode, head)) {
+        // A whole answer without body or trailers, to an HTTP/2 client: one HEADERS frame, as it came
+        // (a gRPC status without a message only reads as a status in that form).
+        this.state = 'done';
+        this.#release();
+        return undefined;
+      }
     }
-    writeHead(res, this.statusCode, head, headersWereSet);
+    try {
+      writeHead(res, this.statusCode, head, headersWereSet);
+    } catch (err) {
+      // A header Node will not send: the instance's answer cannot be relayed (502), and the attempt is over.
+      this.state = 'headers';
+      this.#res = null;
+      this.abort(new UpstreamProtocolError(this.instance.url, (err as Error).message));
+      throw this.failure ?? new UpstreamProtocolError(this.instance.url, (err as Error).message);
+    }
     const early = this.#early;
     this.#early = null;
     if (this.#complete && (early === null || early.length === 1)) {
@@ -361,12 +383,20 @@ function onResponseDrain(this: ResponseWithExchange): void {
   this[kExchange]?.resumeUpstream();
 }
 
-/** Trailers as `addTrailers` takes them: repeated names joined, as HTTP allows for trailers. */
+/** Fields that never belong in trailers (RFC 9110 6.5.1): framing, routing, connection-specific ones. */
+const NOT_TRAILERS = new Set(['content-length', 'content-type', 'content-encoding', 'host', 'authorization', 'set-cookie']);
+
+/**
+ * An instance's trailers as `addTrailers` takes them, repeated names joined: minus hop-by-hop and
+ * other fields trailers may not carry, which node:http2 would refuse by throwing, and with no
+ * invalid value (the undici path passes values through unchecked).
+ */
 function trailerObject(raw: (Buffer | string)[]): Record<string, string> {
   const out: Record<string, string> = {};
   for (let i = 0; i < raw.length; i += 2) {
     const rawName = raw[i]!;
     const name = typeof rawName === 'string' ? rawName.toLowerCase() : headerNameToString(rawName);
+    if (HOP_BY_HOP.has(name) || NOT_TRAILERS.has(name) || name.charCodeAt(0) === 58 || !validField(name, raw[i + 1]!.toString('latin1'))) continue;
     const value = raw[i + 1]!.toString('latin1');
     out[name] = out[name] === undefined ? value : `${out[name]}, ${value}`;
   }
@@ -455,6 +485,9 @@ const CONNECT_CODES = new Set([
   'EHOSTDOWN',
   'EADDRNOTAVAIL',
   'UND_ERR_CONNECT_TIMEOUT',
+  // HTTP/2: the instance refused the stream (REFUSED_STREAM) or was already going away: nothing was processed.
+  'ERR_HTTP2_STREAM_REFUSED',
+  'ERR_HTTP2_GOAWAY_SESSION',
 ]);
 
 const TLS_CODE = /CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO_VERIFY/;
@@ -473,7 +506,17 @@ export function isTlsErrorCode(code: unknown): boolean {
  * shorter or longer than its declared length). The client's fault: 400, never counted against an
  * instance, never retried.
  */
-const CLIENT_FAULT_CODES = new Set(['UND_ERR_INVALID_ARG', 'UND_ERR_NOT_SUPPORTED', 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH', 'ERR_INVALID_CHAR', 'ERR_INVALID_HTTP_TOKEN']);
+const CLIENT_FAULT_CODES = new Set([
+  'UND_ERR_INVALID_ARG',
+  'UND_ERR_NOT_SUPPORTED',
+  'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH',
+  'ERR_INVALID_CHAR',
+  'ERR_INVALID_HTTP_TOKEN',
+  // node:http2 refusing the client's headers (a repeated single-value header, a forbidden value)
+  'ERR_HTTP2_HEADER_SINGLE_VALUE',
+  'ERR_HTTP2_INVALID_HEADER_VALUE',
+  'ERR_HTTP2_INVALID_CONNECTION_HEADERS',
+]);
 
 /** Whether an attempt failed because of what the client sent, not because of the instance. */
 export function isClientFault(err: unknown): boolean {

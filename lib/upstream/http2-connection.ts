@@ -36,7 +36,8 @@ export class Http2Connection {
   session(): ClientHttp2Session {
     if (this.#closed) throw new MeshError('MESH_ERR_CLOSING', 503, 'gateway is shutting down');
     const current = this.#session;
-    if (current !== null && !current.closed && !current.destroyed && !(current as { goawayReceived?: boolean }).goawayReceived) return current;
+    // A session told to go away is dropped from #session by its 'goaway' listener.
+    if (current !== null && !current.closed && !current.destroyed) return current;
     const spec = this.#spec;
     const session = connect(spec.origin, { ...spec.tls, settings: { enablePush: false } });
     this.#session = session;

@@ -2,6 +2,7 @@ import { constants, type ClientHttp2Session, type ClientHttp2Stream, type Incomi
 import type { Readable } from 'node:stream';
 import { UpstreamExchange, type UpstreamRequest } from './exchange.js';
 import { kFailure, type Http2Connection } from './http2-connection.js';
+import { isSingleValue } from '../http/headers.js';
 
 /** Request headers HTTP/2 forbids (RFC 9113 8.2.2), besides those the gateway already dropped as hop-by-hop. */
 const NOT_IN_HTTP2 = new Set(['host', 'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade']);
@@ -38,6 +39,13 @@ export function dispatchHttp2(connection: Http2Connection, req: UpstreamRequest)
   stream.on('response', (headers) => {
     const status = Number(headers[':status']);
     if (status < 200) return;
+    // After the headers, a body that goes quiet for the route's streamTimeout is cut (as undici's bodyTimeout).
+    if (req.streamTimeout !== undefined && req.streamTimeout > 0) {
+      stream.setTimeout(req.streamTimeout, () => {
+        fail(Object.assign(new Error(`no body byte from ${req.instance.url} for ${req.streamTimeout} ms`), { code: 'UND_ERR_BODY_TIMEOUT' }));
+        stream.close(constants.NGHTTP2_CANCEL);
+      });
+    }
     exchange.onHeaders(status, rawHeaders(headers), () => stream.resume());
   });
   stream.on('data', (chunk: Buffer) => {
@@ -51,7 +59,13 @@ export function dispatchHttp2(connection: Http2Connection, req: UpstreamRequest)
   stream.on('error', (err: Error) => fail((session as { [kFailure]?: Error })[kFailure] ?? err));
   stream.on('close', () => {
     // Reset by the instance (RST_STREAM), or its connection went away, before the end.
-    if (!stream.readableEnded) fail((session as { [kFailure]?: Error })[kFailure] ?? Object.assign(new Error(`stream reset by ${req.instance.url} (code ${stream.rstCode})`), { code: 'ECONNRESET' }));
+    if (stream.readableEnded) return;
+    const refused = stream.rstCode === constants.NGHTTP2_REFUSED_STREAM;
+    fail(
+      (session as { [kFailure]?: Error })[kFailure] ??
+        // REFUSED_STREAM: the instance did not process it, so it may go elsewhere at no risk (RFC 9113 8.7).
+        Object.assign(new Error(`stream ${refused ? 'refused' : 'reset'} by ${req.instance.url} (code ${stream.rstCode})`), { code: refused ? 'ERR_HTTP2_STREAM_REFUSED' : 'ECONNRESET' }),
+    );
   });
   const body = req.body;
   if (body !== null) {
@@ -82,7 +96,8 @@ function requestHeaders(req: UpstreamRequest): OutgoingHttpHeaders {
     if (NOT_IN_HTTP2.has(name)) continue;
     const existing = out[name];
     if (existing === undefined) out[name] = value;
-    else out[name] = Array.isArray(existing) ? [...existing, value] : [String(existing), value];
+    // A repeated single-value header (two User-Agent) keeps its first value: node:http2 refuses repeats.
+    else if (!isSingleValue(name)) out[name] = Array.isArray(existing) ? [...existing, value] : [String(existing), value];
   }
   // The one TE HTTP/2 allows: the gateway passes trailers on, and gRPC servers insist on it.
   out.te = 'trailers';

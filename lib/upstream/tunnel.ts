@@ -12,6 +12,8 @@ export interface TunnelEnd {
 
 /** TCP keep-alive probes on both legs, so a peer that vanished without a FIN is found even with no idle timeout. */
 const KEEP_ALIVE_MS = 30_000;
+/** How long a half-closed tunnel waits for its other side's FIN. */
+const HALF_CLOSE_MS = 5_000;
 
 /**
  * Two sockets joined after a protocol switch (a WebSocket's 101): bytes go both ways as they
@@ -74,6 +76,11 @@ export class Tunnel {
     // An error on either side (a reset) ends both; 'close' follows it.
     client.on('error', noop);
     upstream.on('error', noop);
+    // One side finished sending (FIN): the other gets HALF_CLOSE_MS to finish too, then both close,
+    // so a peer that never answers a half-close does not hold the tunnel open.
+    const halfClosed = (): void => void setTimeout(() => this.#close(this.#reason ?? 'client'), HALF_CLOSE_MS).unref();
+    client.once('end', halfClosed);
+    upstream.once('end', halfClosed);
     if (clientHead.length > 0) upstream.write(clientHead);
     // A FIN from one side is passed on (pipe ends the other's writable side); the close follows.
     client.pipe(upstream);

@@ -42,7 +42,7 @@ export function grpcHealthCheck(connection: Http2Connection, basePath: string, s
     });
     stream.on('end', () => {
       signal.removeEventListener('abort', onAbort);
-      if (status !== '0') return resolve(`grpc-status ${status ?? 'missing'}${message ? ` (${decodeURIComponent(message)})` : ''}`);
+      if (status !== '0') return resolve(`grpc-status ${status ?? 'missing'}${message ? ` (${percentDecoded(message)})` : ''}`);
       const serving = servingStatus(Buffer.concat(chunks));
       resolve(serving === 1 ? null : SERVING_STATUS[serving] ?? `serving status ${serving}`);
     });
@@ -75,6 +75,15 @@ function servingStatus(frame: Buffer): number {
     else return 0;
   }
   return 0;
+}
+
+/** `grpc-message` is percent-encoded; an instance's malformed one is shown as it came. */
+function percentDecoded(message: string): string {
+  try {
+    return decodeURIComponent(message);
+  } catch {
+    return message;
+  }
 }
 
 function varint(value: number): Buffer {

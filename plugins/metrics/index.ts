@@ -239,7 +239,7 @@ export function metrics(given: MetricsOptions = {}): GatewayPlugin<boolean | { d
         if (upgrade !== null) websocketEnd(route?.name ?? '', mesh, code);
         if (mesh.grpc) {
           const exchange = mesh.exchange;
-          const grpcCode = mesh.error !== null ? grpcStatusForError(mesh.error) : (exchange?.grpcStatus ?? (code === 200 ? GrpcStatus.OK : GrpcStatus.UNKNOWN));
+          const grpcCode = mesh.error !== null ? grpcStatusForError(mesh.error) : (exchange?.grpcFinalStatus ?? (code === 200 ? GrpcStatus.OK : GrpcStatus.UNKNOWN));
           grpcCalls.series({ route: route?.name ?? '', service: backend?.service ?? '', grpc_code: String(grpcCode) }).value++;
         }
         // A split or a subset: which backend took it.

@@ -264,3 +264,60 @@ test('protocol: h2c failures: a reset stream is 502, a hang is 504, a dead insta
     assert.equal(res.json().name, 'b');
   }
 });
+
+test('an instance that breaks HTTP/2 rules cannot break the gateway: hop-by-hop trailers, repeated single-value headers, and a headers-only 204 is logged as 204', LIMIT, async (t) => {
+  const upstream = await startUpstream(t, (req, res) => {
+    if (req.url === '/api/empty') {
+      res.writeHead(204);
+      return res.end();
+    }
+    res.writeHead(200, ['Content-Type', 'text/plain', 'Content-Type', 'text/html', 'ETag', '"a"', 'ETag', '"b"', 'Trailer', 'x-sum, keep-alive']);
+    res.addTrailers([['x-sum', '42'], ['keep-alive', 'timeout=5'], ['te', 'trailers']]);
+    res.end('body');
+  });
+  const ended: { path: string; status: number }[] = [];
+  const { url, gateway } = await startGateway(
+    t,
+    { services: { api: { instances: [{ url: upstream.url }] } }, routes: [{ prefix: '/api', service: 'api' }], listen: { http2: true } },
+    { setup: (gw) => gw.on('request:end', (ctx, status) => ended.push({ path: ctx.path, status })) },
+  );
+  const session = await h2session(t, url);
+  const trailers = new Promise<IncomingHttpHeaders>((resolve) => {
+    const stream = session.request({ ':path': '/api/x' });
+    stream.on('trailers', resolve);
+    stream.resume();
+  });
+  const res = await h2request(session, { ':path': '/api/x' });
+  assert.equal(res.status, 200);
+  assert.equal(res.body, 'body');
+  assert.equal(res.headers['content-type'], 'text/plain', 'the first of a repeated single-value header');
+  const got = await trailers;
+  assert.equal(got['x-sum'], '42');
+  assert.equal(got['keep-alive'], undefined);
+  const empty = await h2request(session, { ':path': '/api/empty' });
+  assert.equal(empty.status, 204);
+  await waitFor(() => ended.some((e) => e.path === '/api/empty'), 5000, 'the 204 ended');
+  assert.equal(ended.find((e) => e.path === '/api/empty')!.status, 204);
+  for (const inst of gateway.registry.getService('api')!.instances.values()) assert.equal(inst.inflight, 0);
+});
+
+test(':authority wins over a Host header for routing, as for the instance; a repeated User-Agent to an HTTP/2 instance keeps its first value', LIMIT, async (t) => {
+  const [pub, internal] = [await startH2Instance(t, 'public'), await startH2Instance(t, 'internal')];
+  const { url } = await startGateway(t, {
+    services: { pub: { protocol: 'h2c', instances: [{ url: pub.url }] }, internal: { protocol: 'h2c', instances: [{ url: internal.url }] } },
+    routes: [
+      { prefix: '/', hosts: ['public.example'], service: 'pub' },
+      { prefix: '/', hosts: ['internal.example'], service: 'internal' },
+    ],
+    listen: { http2: true },
+  });
+  const session = await h2session(t, url);
+  const res = await h2request(session, { ':path': '/x', ':authority': 'internal.example', host: 'public.example' });
+  const seen = JSON.parse(res.body);
+  assert.equal(seen.name, 'internal', 'routed by :authority');
+  assert.equal(seen.headers[':authority'], 'internal.example');
+  // HTTP/1.1 allows the repeat; node:http2 would refuse it.
+  const h1 = await send(`${url}/y`, { headers: { host: 'public.example', 'user-agent': ['first', 'second'] } });
+  assert.equal(h1.status, 200);
+  assert.equal(h1.json().headers['user-agent'], 'first');
+});

@@ -9,7 +9,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { describe, test, type TestContext } from 'node:test';
 import WebSocket, { WebSocketServer } from 'ws';
 import Koa from 'koa';
-import { createGateway } from '../../lib/index.js';
+import { createGateway, definePlugin } from '../../lib/index.js';
 import { accessLog } from '../../plugins/access-log/index.js';
 import { rawExchange, send, startGateway, statusLines, trackProcessErrors, waitFor } from '../helpers.js';
 
@@ -432,5 +432,41 @@ describe('WebSocket', () => {
     ws.close();
     await closed(ws);
     assert.equal((await send(`${url}/elsewhere`)).body, 'host app');
+  });
+
+  test('a header a plugin adds to the 101 with CR/LF in it is dropped, not injected; open tunnels take no connection from plain requests', LIMIT, async (t) => {
+    const instance = await startWsInstance(t, 'a');
+    const { url } = await startGateway(
+      t,
+      {
+        services: { chat: { instances: [{ url: instance.url }], maxConnections: 1, maxPendingRequests: 0, maxRequests: 1 } },
+        routes: [{ prefix: '/chat', service: 'chat' }],
+      },
+      {
+        setup: (gw) =>
+          gw.use(
+            definePlugin({
+              name: 'echo-query',
+              setup(host) {
+                host.addMiddleware('onRequest', (ctx, next) => {
+                  if (ctx.state.mesh.upgrade === null) return next();
+                  ctx.state.mesh.responseHeaders.push('x-echo', 'a\r\nset-cookie: session=attacker');
+                  ctx.state.mesh.responseHeaders.push('x-fine', 'yes');
+                  return next();
+                });
+              },
+            }),
+          ),
+      },
+    );
+    const port = Number(new URL(url).port);
+    const raw = await rawExchange(port, `GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`, 300);
+    assert.match(raw.text, /^HTTP\/1\.1 101 /);
+    assert.doesNotMatch(raw.text, /set-cookie/i);
+    assert.match(raw.text, /x-fine: yes/);
+    // Two open tunnels on a service with one connection, no queue and one request at a time: plain requests still pass.
+    const open = [await connect(wsUrl(url, '/chat')), await connect(wsUrl(url, '/chat'))];
+    for (let i = 0; i < 3; i++) assert.equal((await send(`${url}/chat/plain`)).status, 200);
+    for (const { ws } of open) ws.close();
   });
 });
