@@ -193,6 +193,13 @@ export class ClientAbortedError extends MeshError {
 }
 
 /** The gateway is shutting down and takes no new requests (503). */
+/** A WebSocket handshake on a route that takes none (`routes[].websocket: false`): 403. */
+export class UpgradeRefusedError extends MeshError {
+  constructor(route: string) {
+    super('MESH_ERR_UPGRADE_REFUSED', 403, `route "${route}" does not take WebSocket upgrades`);
+  }
+}
+
 export class GatewayClosingError extends MeshError {
   constructor() {
     super('MESH_ERR_CLOSING', 503, 'gateway is shutting down');

@@ -12,6 +12,7 @@ import {
   NotImplementedError,
   OverloadedError,
   UpstreamResetError,
+  UpgradeRefusedError,
   UpstreamTimeoutError,
 } from '../errors.js';
 import { upstreamRequestHeaders, validField } from '../http/headers.js';
@@ -497,7 +498,7 @@ export class Pipeline {
   /** A WebSocket handshake on `route`: refused when the route takes none or a limit is reached, else counted. */
   #admitTunnel(mesh: MeshState, route: Route): MeshError | null {
     const own = route.config.websocket;
-    if (own === false) return new MeshError('MESH_ERR_UPGRADE_REFUSED', 403, `route "${route.name}" does not take WebSocket upgrades`);
+    if (own === false) return new UpgradeRefusedError(route.name);
     const global = mesh.snapshot!.config.websocket;
     if (global.maxConnections !== undefined && this.#tunnelCount >= global.maxConnections) {
       return new OverloadedError('websocket.maxConnections', `the gateway has ${this.#tunnelCount} WebSockets open (websocket.maxConnections ${global.maxConnections})`);

@@ -1,5 +1,5 @@
 import { connect, type ClientHttp2Session } from 'node:http2';
-import { MeshError } from '../errors.js';
+import { GatewayClosingError } from '../errors.js';
 
 /** On a session: the error it failed with, which its streams report instead of their own. */
 export const kFailure = Symbol('meshgate.sessionFailure');
@@ -34,7 +34,7 @@ export class Http2Connection {
 
   /** A live session: the current one, or a new one when it is gone or going away. */
   session(): ClientHttp2Session {
-    if (this.#closed) throw new MeshError('MESH_ERR_CLOSING', 503, 'gateway is shutting down');
+    if (this.#closed) throw new GatewayClosingError();
     const current = this.#session;
     // A session told to go away is dropped from #session by its 'goaway' listener.
     if (current !== null && !current.closed && !current.destroyed) return current;

@@ -4,7 +4,7 @@ import { watchFilesSettled } from '../config/watch.js';
 import { sanEntries } from '../http/client-cert.js';
 import type { Pool as UndiciPool } from 'undici';
 import type { ServiceConfig } from '../config/schema.js';
-import { MeshError } from '../errors.js';
+import { GatewayClosingError } from '../errors.js';
 import type { Instance } from '../registry/registry.js';
 import { Pool, buildConnector, type Connector } from './undici.js';
 import { Http2Connection } from './http2-connection.js';
@@ -102,7 +102,7 @@ export class UpstreamPools {
     const key = profile ? `${profile}|${origin}` : origin;
     let pool = this.#pools.get(key);
     if (pool) return pool;
-    if (this.#closed) throw new MeshError('MESH_ERR_CLOSING', 503, 'gateway is shutting down');
+    if (this.#closed) throw new GatewayClosingError();
     const opts = { ...this.#defaults, ...options };
     const watch: ResetWatch = { resetting: false };
     pool = new Pool(origin, {
@@ -124,7 +124,7 @@ export class UpstreamPools {
     const key = profile ? `${profile}|${origin}` : origin;
     let connection = this.#http2.get(key);
     if (connection) return connection;
-    if (this.#closed) throw new MeshError('MESH_ERR_CLOSING', 503, 'gateway is shutting down');
+    if (this.#closed) throw new GatewayClosingError();
     const opts = { ...this.#defaults, ...options };
     const connections = this.connections;
     connection = new Http2Connection({
