@@ -65,7 +65,7 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler, Deadline {
   /** Response status, 0 until the headers arrive. */
   statusCode = 0;
   /** Response headers as undici gave them (raw name/value buffers). */
-  rawHeaders: Buffer[] = [];
+  rawHeaders: (Buffer | string)[] = [];
   /** Time to response headers in ms. */
   headersMs = 0;
   /** Request body bytes written to the upstream; 0 means a failed attempt is safe to replay. */
@@ -143,7 +143,7 @@ export class UpstreamExchange implements Dispatcher.DispatchHandler, Deadline {
     this.bodyBytesSent = totalBytesSent;
   }
 
-  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
+  onHeaders(statusCode: number, rawHeaders: (Buffer | string)[], resume: () => void): boolean {
     // 1xx responses other than 101 are informational (103 Early Hints): the final answer follows.
     if (statusCode < 200) return true;
     if (statusCode > 599) {
@@ -432,7 +432,7 @@ export function dispatchUpstream(pool: UpstreamPool, req: UpstreamRequest): Upst
  * well-known name as an interned lower-case string without decoding the bytes, which saved 4.9k
  * of the core's 156k instructions per request (3%).
  */
-export function responseHeaders(raw: Buffer[], extra: string[], instanceUrl = 'the instance'): string[] {
+export function responseHeaders(raw: readonly (Buffer | string)[], extra: string[], instanceUrl = 'the instance'): string[] {
   const out: string[] = [];
   let named: Set<string> | null = null;
   const replaced = replacedNames(extra);

@@ -104,15 +104,18 @@ function requestHeaders(req: UpstreamRequest): OutgoingHttpHeaders {
   return out;
 }
 
-/** Response headers (or trailers) as the flat raw list the exchange works with, pseudo-headers left out. */
-function rawHeaders(headers: IncomingHttpHeaders): Buffer[] {
-  const raw: Buffer[] = [];
+/**
+ * Response headers (or trailers) as the flat raw list the exchange works with, pseudo-headers left
+ * out. Strings, not Buffers: node:http2 already decoded them, and the exchange reads either.
+ */
+function rawHeaders(headers: IncomingHttpHeaders): string[] {
+  const raw: string[] = [];
   for (const name of Object.keys(headers)) {
     if (name.charCodeAt(0) === 58) continue;
     const value = headers[name];
     if (value === undefined) continue;
-    if (Array.isArray(value)) for (const v of value) raw.push(Buffer.from(name, 'latin1'), Buffer.from(v, 'latin1'));
-    else raw.push(Buffer.from(name, 'latin1'), Buffer.from(String(value), 'latin1'));
+    if (Array.isArray(value)) for (const v of value) raw.push(name, v);
+    else raw.push(name, String(value));
   }
   return raw;
 }
