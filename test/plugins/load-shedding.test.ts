@@ -49,8 +49,10 @@ describe('load shedding (overload)', () => {
     }
     let during: Awaited<ReturnType<typeof send>>[] = [];
     let admitted = 0;
-    // A batch lands between two windows now and then: the lag goes on, so a later batch is shed.
-    for (let batch = 0; batch < 5 && !during.some((r) => r.status === 503); batch++) {
+    // A batch lands between two windows now and then (more often on a loaded machine, where the
+    // windows and the blocks drift): the lag goes on, so a later batch within 5 s is shed.
+    const until = performance.now() + 5000;
+    for (let batch = 0; performance.now() < until && !during.some((r) => r.status === 503); batch++) {
       during = await Promise.all(Array.from({ length: 10 }, (_, i) => send(`${url}/api/during/${batch}/${i}`)));
       admitted += during.filter((r) => r.status === 200).length;
     }
