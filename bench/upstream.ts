@@ -20,6 +20,10 @@ export async function startUpstream(port = 0): Promise<{ server: Server; port: n
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': length });
     res.end(UPSTREAM_BODY);
   });
+  // Idle sockets stay open past any client's keep-alive: a proxy running 50 times slower under
+  // valgrind (bench:instructions) would otherwise send a request on a socket this side just closed,
+  // and the bare proxy, which does not retry, would answer 502.
+  server.keepAliveTimeout = 60_000;
   await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
   return { server, port: (server.address() as AddressInfo).port };
 }
