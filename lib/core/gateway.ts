@@ -599,8 +599,9 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
     const res = new ServerResponse(req);
     res.shouldKeepAlive = false;
     res.assignSocket(socket as Socket);
-    // An answer instead of a tunnel ends the connection (the request's bytes after it were never parsed).
-    res.once('finish', () => socket.end());
+    // An answer instead of a tunnel ends the connection (the request's bytes after it were never
+    // parsed), closed once written: the HTTP server's timeouts no longer watch this socket.
+    res.once('finish', () => (socket as Socket).destroySoon());
     socket.on('error', () => socket.destroy());
     const protocol = req.headers.upgrade ?? '';
     const websocket = protocol.toLowerCase() === 'websocket';
