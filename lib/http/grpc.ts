@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Http2ServerResponse } from 'node:http2';
 import type { MeshError } from '../errors.js';
+import { http2Head } from './headers.js';
 
 /**
  * gRPC on the gateway's side of things: recognising a call, the status an instance answered with,
@@ -119,19 +120,14 @@ export function grpcStatusForError(error: MeshError): number {
  * headers plugins set, sent along.
  */
 export function answerGrpcError(res: ServerResponse, error: MeshError, head: string[]): void {
-  const headers: Record<string, string> = {};
-  for (let i = 0; i < head.length; i += 2) headers[head[i]!.toLowerCase()] = head[i + 1]!;
-  headers['content-type'] = 'application/grpc';
-  headers['grpc-status'] = String(grpcStatusForError(error));
-  headers['grpc-message'] = encodeURIComponent(`${error.code}: ${error.expose ? error.message : 'internal error'}`);
-  res.statusCode = 200;
-  const stream = (res as unknown as Http2ServerResponse).stream;
-  if (stream !== undefined && !stream.headersSent) {
-    headers[':status'] = '200';
-    stream.respond(headers, { endStream: true });
-    return;
-  }
-  res.writeHead(200, headers);
+  // The plugins' headers, but the gRPC fields are the gateway's.
+  const fields: string[] = [];
+  for (let i = 0; i < head.length; i += 2) if (!GRPC_FIELDS.has(head[i]!.toLowerCase())) fields.push(head[i]!, head[i + 1]!);
+  fields.push('content-type', 'application/grpc', 'grpc-status', String(grpcStatusForError(error)));
+  fields.push('grpc-message', encodeURIComponent(`${error.code}: ${error.expose ? error.message : 'internal error'}`));
+  const out = http2Head(fields);
+  if (respondHeadersOnly(res, 200, out)) return;
+  res.writeHead(200, out);
   res.end();
 }
 
@@ -154,6 +150,9 @@ export function respondHeadersOnly(res: ServerResponse, status: number, head: re
   stream.respond(headers, { endStream: true });
   return true;
 }
+
+/** The fields of a gRPC status the gateway writes itself. */
+const GRPC_FIELDS: ReadonlySet<string> = new Set(['content-type', 'grpc-status', 'grpc-message']);
 
 const TIMEOUT_UNITS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 0.001, n: 0.000001 };
 

@@ -99,7 +99,7 @@ export class UpstreamPools {
 
   /** The pool for an origin; `profile` separates pools with different TLS options for one origin. */
   get(origin: string, profile = '', options?: PoolOptions): UndiciPool {
-    const key = profile ? `${profile}|${origin}` : origin;
+    const key = poolKey(origin, profile);
     let pool = this.#pools.get(key);
     if (pool) return pool;
     if (this.#closed) throw new GatewayClosingError();
@@ -121,7 +121,7 @@ export class UpstreamPools {
 
   /** The HTTP/2 connection to an origin (one per origin and profile: HTTP/2 multiplexes). */
   http2(origin: string, profile = '', options?: PoolOptions): Http2Connection {
-    const key = profile ? `${profile}|${origin}` : origin;
+    const key = poolKey(origin, profile);
     let connection = this.#http2.get(key);
     if (connection) return connection;
     if (this.#closed) throw new GatewayClosingError();
@@ -143,7 +143,7 @@ export class UpstreamPools {
 
   /** Closes the pool of an origin once its queued requests finish (when no instance uses it any more). */
   release(origin: string, profile = ''): void {
-    const key = profile ? `${profile}|${origin}` : origin;
+    const key = poolKey(origin, profile);
     const connection = this.#http2.get(key);
     if (connection) {
       this.#http2.delete(key);
@@ -213,6 +213,11 @@ export class UpstreamPools {
   }
 }
 
+
+/** Where an origin's pool and HTTP/2 connection of one profile are kept: `profile|origin`, or the origin alone. */
+function poolKey(origin: string, profile: string): string {
+  return profile ? `${profile}|${origin}` : origin;
+}
 
 /** The pool profile of a service's own pools: its TLS settings and connection limit make them its own. */
 function profileOf(service: string, tls: boolean, connections: number | undefined): string {
