@@ -24,6 +24,9 @@ export const httpUrl = z.string().refine((value) => {
   }
 }, { message: 'expected an http:// or https:// URL' });
 
+/** `listen.http2: true` (or TLS with `http2` unset) means these. */
+export const HTTP2_LISTENER_DEFAULTS = { maxConcurrentStreams: 100, maxResetsPerSecond: 100 } as const;
+
 const port = z.number().int().min(0).max(65535);
 const positiveInt = z.number().int().min(1);
 
@@ -189,13 +192,13 @@ const configShape = {
           z.boolean(),
           z.strictObject({
             /** Streams a client may have open on one connection (SETTINGS_MAX_CONCURRENT_STREAMS). @default 100 */
-            maxConcurrentStreams: positiveInt.max(2 ** 31 - 1).default(100),
+            maxConcurrentStreams: positiveInt.max(2 ** 31 - 1).default(HTTP2_LISTENER_DEFAULTS.maxConcurrentStreams),
             /**
              * Streams a client may reset per second on one connection (a burst of twice that is
              * allowed); past it the connection is closed with ENHANCE_YOUR_CALM: the rapid-reset
              * attack, CVE-2023-44487. @default 100
              */
-            maxResetsPerSecond: positiveInt.default(100),
+            maxResetsPerSecond: positiveInt.default(HTTP2_LISTENER_DEFAULTS.maxResetsPerSecond),
           }),
         ])
         .optional(),

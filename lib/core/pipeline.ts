@@ -435,6 +435,7 @@ export class Pipeline {
         deadlines: this.#deadlines,
         upgrade: mesh.upgrade?.protocol,
         grpc: mesh.grpc,
+        grpcTimeout: mesh.grpc && ctx.req.headers['grpc-timeout'] !== undefined ? timeout : undefined,
       };
       // HTTP/2 to the instances when the service says so; a WebSocket handshake is HTTP/1.1 whatever it says.
       const protocol = policy.config.protocol;

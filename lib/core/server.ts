@@ -5,7 +5,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type { Duplex } from 'node:stream';
-import type { GatewayConfig } from '../config/schema.js';
+import { HTTP2_LISTENER_DEFAULTS, type GatewayConfig } from '../config/schema.js';
 
 /**
  * The proxy's listener: HTTP, or HTTPS with `listen.tls`, with the configured limits. CONNECT is
@@ -77,7 +77,7 @@ interface Http2Settings {
 function http2Settings(listen: GatewayConfig['listen']): Http2Settings | null {
   const option = listen.http2 ?? listen.tls !== undefined;
   if (option === false) return null;
-  return option === true ? { maxConcurrentStreams: 100, maxResetsPerSecond: 100 } : option;
+  return option === true ? HTTP2_LISTENER_DEFAULTS : option;
 }
 
 /** The connection preface every HTTP/2 client sends first (RFC 9113 3.4). */

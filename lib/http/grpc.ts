@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Http2ServerResponse } from 'node:http2';
 import type { MeshError } from '../errors.js';
-import { http2Head } from './headers.js';
+import { addField, http2Head } from './headers.js';
 
 /**
  * gRPC on the gateway's side of things: recognising a call, the status an instance answered with,
@@ -142,11 +142,7 @@ export function respondHeadersOnly(res: ServerResponse, status: number, head: re
   // What the access log and metrics read: the compatibility response is bypassed.
   res.statusCode = status;
   const headers: Record<string, string | string[]> = { ':status': String(status) };
-  for (let i = 0; i < head.length; i += 2) {
-    const name = head[i]!.toLowerCase();
-    const existing = headers[name];
-    headers[name] = existing === undefined ? head[i + 1]! : [...(Array.isArray(existing) ? existing : [existing]), head[i + 1]!];
-  }
+  for (let i = 0; i < head.length; i += 2) addField(headers, head[i]!.toLowerCase(), head[i + 1]!);
   stream.respond(headers, { endStream: true });
   return true;
 }
@@ -162,4 +158,10 @@ export function grpcTimeout(value: string | string[] | undefined): number | unde
   const match = /^(\d{1,8})([HMSmun])$/.exec(value);
   if (match === null) return undefined;
   return Number(match[1]) * TIMEOUT_UNITS[match[2]!]!;
+}
+
+/** ms as a `grpc-timeout` value: whole milliseconds while they fit the 8 digits, else whole seconds (rounded up). */
+export function grpcTimeoutValue(ms: number): string {
+  const whole = Math.max(1, Math.ceil(ms));
+  return whole < 1e8 ? `${whole}m` : `${Math.min(Math.ceil(whole / 1000), 99_999_999)}S`;
 }

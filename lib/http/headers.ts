@@ -63,6 +63,34 @@ export function isSingleValue(name: string): boolean {
   return HTTP2_SINGLE_VALUE.has(name);
 }
 
+/** Adds a field to a header object as node:http2 takes them: a repeated name becomes a list. */
+export function addField(headers: Record<string, string | string[] | number | undefined>, name: string, value: string): void {
+  const existing = headers[name];
+  if (existing === undefined) headers[name] = value;
+  else if (Array.isArray(existing)) existing.push(value);
+  else headers[name] = [String(existing), value];
+}
+
+/** Fields that never belong in trailers (RFC 9110 6.5.1): framing, routing, connection-specific ones. */
+const NOT_TRAILERS: ReadonlySet<string> = new Set(['content-length', 'content-type', 'content-encoding', 'host', 'authorization', 'set-cookie']);
+
+/**
+ * Trailers (a flat raw list, either way: an instance's or a client's) as `addTrailers` and
+ * `sendTrailers` take them, repeated names joined: minus hop-by-hop fields, pseudo-headers and
+ * other fields trailers may not carry, which node:http2 would refuse by throwing, and minus any
+ * invalid value (the undici path passes values through unchecked).
+ */
+export function trailerObject(raw: readonly (Buffer | string)[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toString('latin1').toLowerCase();
+    const value = raw[i + 1]!.toString('latin1');
+    if (HOP_BY_HOP.has(name) || NOT_TRAILERS.has(name) || name.charCodeAt(0) === 58 || !validField(name, value)) continue;
+    out[name] = out[name] === undefined ? value : `${out[name]}, ${value}`;
+  }
+  return out;
+}
+
 /**
  * A flat header list made fit for HTTP/2: the first of each single-value header kept (a repeat is
  * the sender's error; the first is what an HTTP/1.1 reader would use too), connection-specific

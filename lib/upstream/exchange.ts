@@ -10,7 +10,7 @@ import {
   UpstreamResetError,
   UpstreamTimeoutError,
 } from '../errors.js';
-import { HOP_BY_HOP, connectionTokens, http2Head, validField, writeHead } from '../http/headers.js';
+import { HOP_BY_HOP, connectionTokens, http2Head, trailerObject, writeHead } from '../http/headers.js';
 import { grpcOutcomeStatus, grpcStatusIn, respondHeadersOnly } from '../http/grpc.js';
 import type { Instance } from '../registry/registry.js';
 import type { Deadline, Deadlines } from './deadlines.js';
@@ -37,6 +37,8 @@ export interface UpstreamRequest {
   upgrade?: string;
   /** A gRPC call: the response's `grpc-status` (in its headers, for a trailers-only answer, or its trailers) is read. */
   grpc?: boolean;
+  /** The time this attempt has, as the `grpc-timeout` sent in place of the caller's (ms), when the caller sent one. */
+  grpcTimeout?: number;
 }
 
 /** Statuses whose answers have no body, whatever their headers say (RFC 9110 6.4.1). */
@@ -381,26 +383,6 @@ type ResponseWithExchange = ServerResponse & { [kExchange]?: UpstreamExchange };
 /** Shared 'drain' listener: one function for every response instead of a closure per exchange. */
 function onResponseDrain(this: ResponseWithExchange): void {
   this[kExchange]?.resumeUpstream();
-}
-
-/** Fields that never belong in trailers (RFC 9110 6.5.1): framing, routing, connection-specific ones. */
-const NOT_TRAILERS = new Set(['content-length', 'content-type', 'content-encoding', 'host', 'authorization', 'set-cookie']);
-
-/**
- * An instance's trailers as `addTrailers` takes them, repeated names joined: minus hop-by-hop and
- * other fields trailers may not carry, which node:http2 would refuse by throwing, and with no
- * invalid value (the undici path passes values through unchecked).
- */
-function trailerObject(raw: (Buffer | string)[]): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (let i = 0; i < raw.length; i += 2) {
-    const rawName = raw[i]!;
-    const name = typeof rawName === 'string' ? rawName.toLowerCase() : headerNameToString(rawName);
-    if (HOP_BY_HOP.has(name) || NOT_TRAILERS.has(name) || name.charCodeAt(0) === 58 || !validField(name, raw[i + 1]!.toString('latin1'))) continue;
-    const value = raw[i + 1]!.toString('latin1');
-    out[name] = out[name] === undefined ? value : `${out[name]}, ${value}`;
-  }
-  return out;
 }
 
 /** Starts one attempt. The returned exchange's `headers` promise settles at the response headers. */

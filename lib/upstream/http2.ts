@@ -1,8 +1,9 @@
 import { constants, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2';
-import type { Readable } from 'node:stream';
+import type { IncomingMessage } from 'node:http';
 import { UpstreamExchange, type UpstreamRequest } from './exchange.js';
 import { kFailure, type Http2Connection } from './http2-connection.js';
-import { isSingleValue } from '../http/headers.js';
+import { grpcTimeoutValue } from '../http/grpc.js';
+import { addField, isSingleValue, trailerObject } from '../http/headers.js';
 
 /** Request headers HTTP/2 forbids (RFC 9113 8.2.2), besides those the gateway already dropped as hop-by-hop. */
 const NOT_IN_HTTP2 = new Set(['host', 'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade']);
@@ -19,7 +20,8 @@ export function dispatchHttp2(connection: Http2Connection, req: UpstreamRequest)
   let session: ClientHttp2Session;
   try {
     session = connection.session();
-    stream = session.request(requestHeaders(req), { endStream: req.body === null });
+    // A streamed body ends with the client's trailers (or none): the last frame waits for them.
+    stream = session.request(requestHeaders(req), { endStream: req.body === null, waitForTrailers: isStream(req.body) });
   } catch (err) {
     queueMicrotask(() => exchange.onError(err as Error));
     return exchange;
@@ -69,17 +71,23 @@ export function dispatchHttp2(connection: Http2Connection, req: UpstreamRequest)
   });
   const body = req.body;
   if (body !== null) {
-    if (typeof body === 'string' || Buffer.isBuffer(body)) {
+    if (!isStream(body)) {
       exchange.bodyBytesSent = Buffer.byteLength(body);
       stream.end(body);
     } else {
-      const source = body as Readable;
-      source.on('data', (chunk: Buffer) => void (exchange.bodyBytesSent += chunk.length));
-      source.on('error', (err) => fail(err));
-      source.pipe(stream);
+      body.on('data', (chunk: Buffer) => void (exchange.bodyBytesSent += chunk.length));
+      body.on('error', (err) => fail(err));
+      // The client's trailers follow the body; none go out as an empty DATA frame that ends the stream.
+      stream.on('wantTrailers', () => stream.sendTrailers(trailerObject(body.rawTrailers)));
+      body.pipe(stream);
     }
   }
   return exchange;
+}
+
+/** Whether the body streams from the client (rather than being a buffer the gateway holds). */
+function isStream(body: UpstreamRequest['body']): body is IncomingMessage {
+  return body !== null && typeof body !== 'string' && !Buffer.isBuffer(body);
 }
 
 /** The attempt's headers as HTTP/2 wants them: the request line as pseudo-headers, the Host as `:authority`, names in lower case. */
@@ -93,14 +101,14 @@ function requestHeaders(req: UpstreamRequest): OutgoingHttpHeaders {
       out[':authority'] = value;
       continue;
     }
-    if (NOT_IN_HTTP2.has(name)) continue;
-    const existing = out[name];
-    if (existing === undefined) out[name] = value;
+    if (NOT_IN_HTTP2.has(name) || (name === 'grpc-timeout' && req.grpcTimeout !== undefined)) continue;
     // A repeated single-value header (two User-Agent) keeps its first value: node:http2 refuses repeats.
-    else if (!isSingleValue(name)) out[name] = Array.isArray(existing) ? [...existing, value] : [String(existing), value];
+    if (out[name] === undefined || !isSingleValue(name)) addField(out, name, value);
   }
   // The one TE HTTP/2 allows: the gateway passes trailers on, and gRPC servers insist on it.
   out.te = 'trailers';
+  // The caller's deadline less the time already spent (in the gateway, on earlier attempts), capped by the route's.
+  if (req.grpcTimeout !== undefined) out['grpc-timeout'] = grpcTimeoutValue(req.grpcTimeout);
   return out;
 }
 

@@ -60,8 +60,7 @@ export function meterBody(req: IncomingMessage, body: RequestBody, limit: number
   });
   req.on('error', (err) => counter.destroy(err));
   req.pipe(counter);
-  // undici streams this in place of the request; it keeps the IncomingMessage type for the proxy's sake.
-  return Object.assign(counter, { headers: req.headers }) as unknown as IncomingMessage;
+  return standIn(counter, req);
 }
 
 const SAFE_TO_REPEAT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
@@ -120,5 +119,16 @@ export function teeBody(body: RequestBody, limit: number, done: (copy: Buffer | 
   });
   tee.on('close', () => settle(null));
   body.pipe(tee);
-  return Object.assign(tee, { headers: body.headers }) as unknown as IncomingMessage;
+  return standIn(tee, body);
+}
+
+/**
+ * A stream sent upstream in place of the client's request: it carries the request's headers, and
+ * its trailers once the body has ended (what an HTTP/2 instance gets after the last DATA frame).
+ */
+function standIn(stream: Transform, req: IncomingMessage): IncomingMessage {
+  return Object.defineProperties(stream, {
+    headers: { value: req.headers },
+    rawTrailers: { get: () => req.rawTrailers },
+  }) as unknown as IncomingMessage;
 }

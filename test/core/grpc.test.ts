@@ -31,6 +31,10 @@ interface GrpcInstance {
   calls: number;
   fail: grpc.status | null;
   hang: boolean;
+  /** How long unary calls wait before they answer (or fail), in ms. */
+  delay: number;
+  /** The deadline each unary call arrived with, as ms left (Infinity for none). */
+  deadlinesLeft: number[];
   /** What grpc.health.v1.Health/Check answers, per service name ('' for the server). */
   serving: Map<string, string>;
   healthChecks: string[];
@@ -39,7 +43,7 @@ interface GrpcInstance {
 
 async function startGrpcInstance(t: TestContext, name: string): Promise<GrpcInstance> {
   const server = new grpc.Server();
-  const state: GrpcInstance = { name, url: '', calls: 0, fail: null, hang: false, serving: new Map([['', 'SERVING'], ['meshtest.Echo', 'SERVING']]), healthChecks: [], close: async () => void server.forceShutdown() };
+  const state: GrpcInstance = { name, url: '', calls: 0, fail: null, hang: false, delay: 0, deadlinesLeft: [], serving: new Map([['', 'SERVING'], ['meshtest.Echo', 'SERVING']]), healthChecks: [], close: async () => void server.forceShutdown() };
   server.addService(health.grpc.health.v1.Health.service, {
     Check: (call: grpc.ServerUnaryCall<{ service: string }, unknown>, callback: grpc.sendUnaryData<unknown>) => {
       state.healthChecks.push(call.request.service);
@@ -51,9 +55,13 @@ async function startGrpcInstance(t: TestContext, name: string): Promise<GrpcInst
   server.addService(Echo.service, {
     Unary: (call: grpc.ServerUnaryCall<Msg, Msg>, callback: grpc.sendUnaryData<Msg>) => {
       state.calls++;
+      const deadline = call.getDeadline();
+      state.deadlinesLeft.push(deadline instanceof Date ? deadline.getTime() - Date.now() : Number(deadline) - Date.now());
       if (state.hang) return;
-      if (state.fail !== null) return callback({ code: state.fail, details: `${name} fails` });
-      callback(null, { text: `${name}: ${call.request.text}`, n: call.request.n });
+      setTimeout(() => {
+        if (state.fail !== null) return callback({ code: state.fail, details: `${name} fails` });
+        callback(null, { text: `${name}: ${call.request.text}`, n: call.request.n });
+      }, state.delay);
     },
     ServerStream: (call: grpc.ServerWritableStream<Msg, Msg>) => {
       state.calls++;
@@ -192,6 +200,40 @@ test('UNAVAILABLE from an instance is retried on another and counts as a failure
   const metrics = (await send(`${adminUrl}/metrics`)).body;
   assert.match(metrics, /meshgate_grpc_requests_total\{route="echo",service="echo",grpc_code="0"\} 6/);
   assert.match(metrics, /meshgate_upstream_requests_total\{service="echo",instance="[^"]+",outcome="5xx"\} 2/);
+});
+
+test('the instance gets the time the call has left as grpc-timeout: the caller\'s deadline less what an earlier attempt took, capped by the route\'s timeout', LIMIT, async (t) => {
+  const [bad, good] = [await startGrpcInstance(t, 'bad'), await startGrpcInstance(t, 'good')];
+  bad.fail = grpc.status.UNAVAILABLE;
+  bad.delay = 500;
+  const { url } = await startGateway(t, {
+    services: {
+      echo: { protocol: 'h2c', balancer: 'round-robin', instances: [{ url: bad.url }, { url: good.url }], retries: { attempts: 1 } },
+      capped: { protocol: 'h2c', instances: [{ url: good.url }], timeout: 2000 },
+    },
+    routes: [
+      { path: '/meshtest.Echo/Unary', headers: { 'x-target': 'capped' }, service: 'capped' },
+      { prefix: '/meshtest.Echo', service: 'echo' },
+    ],
+    listen: { http2: true },
+  });
+  const c = client(t, url);
+  // Round robin: within two calls one goes to the bad instance first, and is retried on the good one.
+  for (let call = 0; bad.calls === 0; call++) {
+    assert.ok(call < 2, 'round robin sent a call to the bad instance');
+    await unary(c, { text: 'x' }, new grpc.Metadata(), { deadline: Date.now() + 10_000 });
+  }
+  const retried = good.deadlinesLeft.at(-1)!;
+  assert.ok(retried <= 9500 && retried > 5000, `the retry had ${retried} ms left of 10 s, 500 ms of which the first attempt took`);
+
+  const capped = new grpc.Metadata();
+  capped.set('x-target', 'capped');
+  await unary(c, { text: 'x' }, capped, { deadline: Date.now() + 20_000 });
+  const left = good.deadlinesLeft.at(-1)!;
+  assert.ok(left <= 2000 && left > 500, `the route's 2 s cap the caller's 20 s: ${left} ms left`);
+  // A caller without a deadline: none is made up.
+  await unary(c, { text: 'x' }, capped);
+  assert.equal(good.deadlinesLeft.at(-1), Infinity);
 });
 
 test('an instance\'s trailers-only INVALID_ARGUMENT reaches the client with its details; the caller\'s problem is not retried nor counted against the instance', LIMIT, async (t) => {

@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
+import { request as httpRequest } from 'node:http';
 import { connect, constants, type ClientHttp2Session, type IncomingHttpHeaders } from 'node:http2';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -188,7 +189,7 @@ async function startH2Instance(t: TestContext, name: string, tls?: { cert: strin
       if (req.url.includes('hang')) return;
       res.writeHead(200, { 'content-type': 'application/json' });
       res.addTrailers({ 'x-checksum': `sum-${body.length}` });
-      res.end(JSON.stringify({ name, version: req.httpVersion, url: req.url, headers: req.headers, body }));
+      res.end(JSON.stringify({ name, version: req.httpVersion, url: req.url, headers: req.headers, body, trailers: req.trailers }));
     });
   };
   const server = tls ? createSecureServer({ cert: await readFile(tls.cert), key: await readFile(tls.key) }, handler) : createServer(handler);
@@ -210,7 +211,7 @@ async function startH2Instance(t: TestContext, name: string, tls?: { cert: strin
   return state;
 }
 
-test('protocol: h2c and h2 to the instances: the request as HTTP/2, bodies both ways, trailers passed back, to HTTP/2 and HTTP/1.1 clients alike', LIMIT, async (t) => {
+test('protocol: h2c and h2 to the instances: the request as HTTP/2, bodies and trailers both ways, to HTTP/2 and HTTP/1.1 clients alike', LIMIT, async (t) => {
   const tls = await selfSigned(t);
   const [plain, secure] = [await startH2Instance(t, 'plain'), await startH2Instance(t, 'secure', tls)];
   const { url } = await startGateway(t, {
@@ -240,10 +241,40 @@ test('protocol: h2c and h2 to the instances: the request as HTTP/2, bodies both 
     assert.equal(seen.body, 'twelve bytes');
     assert.equal(seen.headers[':authority'], new URL(url).host);
     assert.equal(seen.headers.te, 'trailers');
+    assert.deepEqual(seen.trailers, {}, 'no trailers from the client, none made up');
     // An HTTP/1.1 client gets the same answer from the HTTP/2 instance.
     const h1 = await send(`${url}${prefix}/h1`, { method: 'POST', body: 'from h1' });
     assert.equal(h1.json().body, 'from h1');
     assert.equal(h1.json().version, '2.0');
+
+    // The client's trailers reach the instance after the body, from an HTTP/2 client and from a
+    // chunked HTTP/1.1 one; fields trailers may not carry are left out.
+    const fromH2 = await new Promise<string>((resolve, reject) => {
+      const stream = session.request({ ':path': `${prefix}/trailers`, ':method': 'POST' }, { waitForTrailers: true });
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'x-client-sum': 'h2-5', 'content-type': 'text/evil' }));
+      let data = '';
+      stream.setEncoding('utf8');
+      stream.on('data', (chunk: string) => (data += chunk));
+      stream.on('end', () => resolve(data));
+      stream.on('error', reject);
+      stream.end('hello');
+    });
+    assert.equal(JSON.parse(fromH2).body, 'hello');
+    assert.deepEqual(JSON.parse(fromH2).trailers, { 'x-client-sum': 'h2-5' });
+    const fromH1 = await new Promise<string>((resolve, reject) => {
+      const req = httpRequest(`${url}${prefix}/trailers`, { method: 'POST', headers: { 'transfer-encoding': 'chunked', trailer: 'x-client-sum' } }, (res) => {
+        let data = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => (data += chunk));
+        res.on('end', () => resolve(data));
+      });
+      req.on('error', reject);
+      req.write('chunked ');
+      req.addTrailers({ 'x-client-sum': 'h1-8', authorization: 'Bearer not-in-trailers' });
+      req.end('body');
+    });
+    assert.equal(JSON.parse(fromH1).body, 'chunked body');
+    assert.deepEqual(JSON.parse(fromH1).trailers, { 'x-client-sum': 'h1-8' });
   }
 });
 
