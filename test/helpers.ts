@@ -357,6 +357,19 @@ export async function tempDir(t: TestContext, prefix = 'meshgate-test-'): Promis
   return dir;
 }
 
+/** A self-signed certificate for localhost and 127.0.0.1 (made by `openssl` in a temp folder): paths, and the certificate as a CA. */
+export async function selfSigned(t: TestContext): Promise<{ cert: string; key: string; ca: Buffer }> {
+  const { execFile } = await import('node:child_process');
+  const { promisify } = await import('node:util');
+  const { readFile } = await import('node:fs/promises');
+  const { join } = await import('node:path');
+  const dir = await tempDir(t);
+  const cert = join(dir, 'gw.crt');
+  const key = join(dir, 'gw.key');
+  await promisify(execFile)('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1', '-days', '1']);
+  return { cert, key, ca: await readFile(cert) };
+}
+
 /**
  * Requests from `clients` loops on keep-alive connections (spread over `urls`) until stopped:
  * what came back 200 (counted by the JSON body's `name` when it has one), and every failure

@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { X509Certificate } from 'node:crypto';
 import { accessSync, constants, readFileSync } from 'node:fs';
 import { ServerResponse, type IncomingMessage, type Server } from 'node:http';
+import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
@@ -26,6 +27,7 @@ import { BalancerRegistry } from './balancers.js';
 import type { Middleware, Next } from './compose.js';
 import type { GatewayEvents } from './events.js';
 import { Pipeline } from './pipeline.js';
+import { answerBareError } from './respond.js';
 import { PluginRegistry } from './plugin-host.js';
 import { loadPluginModules } from './plugin-loader.js';
 import { checkPlugin, type GatewayPlugin, type GatewayRole, type GatewayServices, type PluginHost, type Stage, type StageMiddleware } from './plugin.js';
@@ -33,6 +35,7 @@ import type { Router } from './router.js';
 import { sanUris } from '../http/client-cert.js';
 import { closeHttp2Sessions, createListener, listenerTlsFiles, urlHost } from './server.js';
 import { buildSnapshot, type ConfigSnapshot, type ReloadOptions } from './snapshot.js';
+import type { Upgrade } from './state.js';
 
 export type { ReloadOptions } from './snapshot.js';
 
@@ -611,11 +614,31 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
       const error = websocket
         ? new BadRequestError('a WebSocket handshake is a GET without a body (RFC 6455 4.1)', 'MESH_ERR_BAD_REQUEST')
         : new NotImplementedError(`Upgrade: ${protocol} with a request body is not supported; send it without Upgrade`);
-      const json = JSON.stringify(error.toJSON());
-      res.writeHead(error.status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(json) }).end(json);
+      answerBareError(res, error);
       return;
     }
-    const upgrade = websocket ? { protocol, head, openedAt: 0, closedBy: null } : null;
+    this.#handshake(req, res, websocket ? { protocol, head, openedAt: 0, closedBy: null } : null);
+  }
+
+  /**
+   * A WebSocket over HTTP/2 (RFC 8441): an extended CONNECT with `:protocol: websocket` on a
+   * listener stream. It goes through the pipeline as the HTTP/1.1 handshake it stands for (a GET
+   * with `Upgrade: websocket`, as Envoy translates it), so routes and plugins see one kind of
+   * handshake; the instance gets that handshake over HTTP/1.1, the client a 200 once it switched.
+   * Any other CONNECT is refused: the gateway is not a forward proxy.
+   */
+  #extendedConnect(req: Http2ServerRequest, res: Http2ServerResponse): void {
+    const protocol = req.headers[':protocol'];
+    if (protocol === undefined) return answerBareError(res as unknown as ServerResponse, new MeshError('MESH_ERR_METHOD_NOT_ALLOWED', 405, 'CONNECT is not supported'));
+    if (protocol !== 'websocket') return answerBareError(res as unknown as ServerResponse, new NotImplementedError(`CONNECT with :protocol ${protocol} is not supported; only websocket is`));
+    (req as { method: string }).method = 'GET';
+    req.headers.upgrade = 'websocket';
+    req.headers.connection = 'upgrade';
+    this.#handshake(req as unknown as IncomingMessage, res as unknown as ServerResponse, { protocol, head: Buffer.alloc(0), openedAt: 0, closedBy: null, stream: res.stream });
+  }
+
+  /** Runs a handshake through the pipeline (once the gateway is ready); `upgrade` null: served as a plain request. */
+  #handshake(req: IncomingMessage, res: ServerResponse, upgrade: Upgrade | null): void {
     const run = (): Promise<void> => {
       res.statusCode = 404;
       return this.#pipeline!.handle(this.#servingApp.createContext(req, res), null, upgrade);
@@ -654,7 +677,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
       res.statusCode = 404;
       pipeline.handle(app.createContext(req, res), null).catch((err: unknown) => this.emit('gateway:error', err as Error));
     };
-    const server = createListener(listen, (path) => this.resolvePath(path), handler, (req, socket, head) => this.handleUpgrade(req, socket, head));
+    const server = createListener(listen, (path) => this.resolvePath(path), handler, (req, socket, head) => this.handleUpgrade(req, socket, head), (req, res) => this.#extendedConnect(req, res));
     this.#server = server;
     if (listen.tls) this.#rotateCertificates(server as import('node:https').Server, listen.tls);
     if (listen.tls?.clientCert) {

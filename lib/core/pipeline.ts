@@ -1,6 +1,8 @@
 import type { EventEmitter } from 'node:events';
 import type { ServerResponse } from 'node:http';
+import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { Context } from 'koa';
 import {
   BadRequestError,
@@ -15,7 +17,7 @@ import {
   UpgradeRefusedError,
   UpstreamTimeoutError,
 } from '../errors.js';
-import { upstreamRequestHeaders, validField } from '../http/headers.js';
+import { http2Fields, http2Head, upstreamRequestHeaders, validField } from '../http/headers.js';
 import { grpcTimeout, isGrpcRequest } from '../http/grpc.js';
 import { clientAddress, peerTrusted } from '../http/net.js';
 import { PathParametersError, normalizeTarget, withoutPathParameters } from '../http/path.js';
@@ -133,6 +135,8 @@ export class Pipeline {
     const mesh = new MeshState(snapshot);
     ctx.state.mesh = mesh;
     mesh.upgrade = upgrade;
+    // Over HTTP/2 a WebSocket client sends no key (RFC 8441 5): the instance's HTTP/1.1 handshake needs one.
+    if (upgrade?.stream !== undefined) mesh.setUpstreamHeader('sec-websocket-key', randomBytes(16).toString('base64'));
     const socket = ctx.req.socket as Socket & { [kFaultyFraming]?: boolean };
     if (socket[kFaultyFraming] === true) {
       // Parsed from bytes that followed a request with faulty framing: possibly smuggled. Never run it.
@@ -313,7 +317,8 @@ export class Pipeline {
         // Only chunked is understood: another coding (gzip, chunked) would be lost in forwarding (RFC 9112 6.1).
         if (te.toLowerCase() !== 'chunked') throw new NotImplementedError(`Transfer-Encoding "${te}" is not supported`);
       }
-      mesh.body = requestBody(ctx);
+      // A handshake has no body: after it, the client's bytes are the tunnel's.
+      mesh.body = mesh.upgrade === null ? requestBody(ctx) : null;
       // A body without a declared length is counted as it streams (bytesIn), and cut at maxBodySize.
       if (mesh.body !== null) mesh.body = meterBody(req, mesh.body, route.config.maxBodySize, (total) => void (mesh.bytesIn = total));
       const socket = req.socket as Socket & { [kOwnConnection]?: string | null };
@@ -537,15 +542,27 @@ export class Pipeline {
     const head = responseHeaders(exchange.rawHeaders, extra, exchange.instance.url);
     const edits = mesh.route?.responseHeaders;
     if (edits != null) responseHeaderEdits(head, edits);
-    const client = res.socket!;
-    // The socket is the tunnel's now: the response object lets go of it.
-    res.detachSocket(client);
-    res.statusCode = 101;
-    client.write(switchingProtocols(mesh.upgrade!.protocol, head));
+    const upgrade = mesh.upgrade!;
+    let client: Duplex;
+    if (upgrade.stream !== undefined) {
+      // RFC 8441: the stream is the tunnel, opened by a 200 without the instance's Sec-WebSocket-Accept.
+      client = upgrade.stream;
+      res.off('close', onResponseClose);
+      res.statusCode = 200;
+      const fields = http2Fields(200, http2Head(head));
+      delete fields['sec-websocket-accept'];
+      upgrade.stream.respond(fields);
+    } else {
+      client = res.socket!;
+      // The socket is the tunnel's now: the response object lets go of it.
+      res.detachSocket(client as Socket);
+      res.statusCode = 101;
+      client.write(switchingProtocols(upgrade.protocol, head));
+    }
     const route = mesh.route!;
     const own = route.config.websocket;
     const idleTimeout = (own === false ? undefined : own?.idleTimeout) ?? mesh.snapshot!.config.websocket.idleTimeout ?? 0;
-    const tunnel = new Tunnel(client, exchange.upgraded!, mesh.upgrade!.head, idleTimeout);
+    const tunnel = new Tunnel(client, exchange.upgraded!, upgrade.head, idleTimeout);
     exchange.upgraded = null;
     this.#tunnels.add(tunnel);
     const instance = exchange.instance;
@@ -555,14 +572,14 @@ export class Pipeline {
       mesh.admittedTo.active--;
       mesh.admittedTo = null;
     }
-    mesh.upgrade!.openedAt = performance.now();
+    upgrade.openedAt = performance.now();
     this.#parts.events.emit('tunnel:open', ctx);
     const end = await tunnel.closed;
     this.#tunnels.delete(tunnel);
     this.#tunnelsOn.set(instance, this.#tunnelsOn.get(instance)! - 1);
     mesh.bytesIn = end.bytesIn;
     mesh.bytesOut = end.bytesOut;
-    mesh.upgrade!.closedBy = end.reason;
+    upgrade.closedBy = end.reason;
     exchange.endTunnel();
   }
 

@@ -73,6 +73,15 @@ export function answerError(ctx: Context, mesh: MeshState, error: MeshError, clo
   res.end(body);
 }
 
+/**
+ * Answers `{ "error": code, "message": text }` before any request state exists (a handshake the
+ * listener refuses before the pipeline): no plugins' headers, and the connection's fate is the caller's.
+ */
+export function answerBareError(res: ServerResponse, error: MeshError): void {
+  const body = JSON.stringify(error.toJSON());
+  res.writeHead(error.status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) }).end(body);
+}
+
 /** Puts the headers of `mesh.responseHeaders` on the response: they replace earlier ones, except the list headers. */
 export function applyResponseHeaders(res: ServerResponse, headers: readonly string[]): void {
   for (let i = 0; i < headers.length; i += 2) {

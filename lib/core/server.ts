@@ -16,6 +16,7 @@ export function createListener(
   resolvePath: (path: string) => string,
   handler: (req: IncomingMessage, res: ServerResponse) => void,
   upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void,
+  extendedConnect: (req: Http2ServerRequest, res: Http2ServerResponse) => void,
 ): Server {
   const options = {
     maxHeaderSize: listen.maxHeaderSize,
@@ -41,7 +42,7 @@ export function createListener(
       )
     : createHttpServer(options, handler);
   server.on('upgrade', upgrade);
-  if (http2 !== null) serveHttp2(server, listen, http2, handler as unknown as (req: Http2ServerRequest, res: Http2ServerResponse) => void);
+  if (http2 !== null) serveHttp2(server, listen, http2, handler as unknown as (req: Http2ServerRequest, res: Http2ServerResponse) => void, extendedConnect);
   server.on('connect', (_req: IncomingMessage, socket: Socket) => {
     const body = JSON.stringify({ error: 'MESH_ERR_METHOD_NOT_ALLOWED', message: 'CONNECT is not supported' });
     socket.end(`HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
@@ -91,9 +92,16 @@ const kHttp2 = Symbol('meshgate.http2');
  * request and response, so routes and plugins do not see the version. The HTTP/1 server keeps
  * its timeouts and limits for the connections that stay HTTP/1.
  */
-function serveHttp2(server: Server, listen: GatewayConfig['listen'], settings: Http2Settings, handler: (req: Http2ServerRequest, res: Http2ServerResponse) => void): void {
+function serveHttp2(
+  server: Server,
+  listen: GatewayConfig['listen'],
+  settings: Http2Settings,
+  handler: (req: Http2ServerRequest, res: Http2ServerResponse) => void,
+  extendedConnect: (req: Http2ServerRequest, res: Http2ServerResponse) => void,
+): void {
   const h2server = createHttp2Server({
-    settings: { maxConcurrentStreams: settings.maxConcurrentStreams, maxHeaderListSize: listen.maxHeaderSize, enablePush: false },
+    // enableConnectProtocol: WebSockets over HTTP/2 (RFC 8441), an extended CONNECT per WebSocket.
+    settings: { maxConcurrentStreams: settings.maxConcurrentStreams, maxHeaderListSize: listen.maxHeaderSize, enablePush: false, enableConnectProtocol: true },
     maxSessionInvalidFrames: 100,
     maxSessionRejectedStreams: 100,
   });
@@ -112,6 +120,8 @@ function serveHttp2(server: Server, listen: GatewayConfig['listen'], settings: H
     // starts: the handler runs once the whole read is processed, and finds the stream closed.
     setImmediate(startStream, handler, req, res);
   });
+  // CONNECT streams: a WebSocket (`:protocol: websocket`) is the gateway's to handle, the rest it refuses.
+  h2server.on('connect', (req: Http2ServerRequest, res: Http2ServerResponse) => void setImmediate(startStream, extendedConnect, req, res));
   // Stream-level errors (a client's protocol error on one stream) end that stream only.
   h2server.on('streamError', () => {});
   if (listen.tls) {

@@ -1,4 +1,5 @@
 import type { IncomingMessage } from 'node:http';
+import type { ServerHttp2Stream } from 'node:http2';
 import type { MeshError } from '../errors.js';
 import type { Instance, Service } from '../registry/registry.js';
 import type { UpstreamExchange } from '../upstream/exchange.js';
@@ -29,6 +30,8 @@ export interface Upgrade {
   openedAt: number;
   /** Who closed the tunnel: `client`, `upstream`, `idle` (its idle timeout) or `shutdown` (close() after the drain). */
   closedBy: 'client' | 'upstream' | 'idle' | 'shutdown' | null;
+  /** A WebSocket over HTTP/2 (RFC 8441): the client's stream the tunnel runs on, answered 200 rather than 101. */
+  readonly stream?: ServerHttp2Stream;
 }
 
 /**

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Http2ServerResponse } from 'node:http2';
 import type { MeshError } from '../errors.js';
-import { addField, http2Head } from './headers.js';
+import { http2Fields, http2Head } from './headers.js';
 
 /**
  * gRPC on the gateway's side of things: recognising a call, the status an instance answered with,
@@ -141,9 +141,7 @@ export function respondHeadersOnly(res: ServerResponse, status: number, head: re
   if (stream === undefined || stream.headersSent || stream.destroyed) return false;
   // What the access log and metrics read: the compatibility response is bypassed.
   res.statusCode = status;
-  const headers: Record<string, string | string[]> = { ':status': String(status) };
-  for (let i = 0; i < head.length; i += 2) addField(headers, head[i]!.toLowerCase(), head[i + 1]!);
-  stream.respond(headers, { endStream: true });
+  stream.respond(http2Fields(status, head), { endStream: true });
   return true;
 }
 

@@ -71,6 +71,13 @@ export function addField(headers: Record<string, string | string[] | number | un
   else headers[name] = [String(existing), value];
 }
 
+/** A status and a flat header list as the header object node:http2's `respond` takes (names in lower case). */
+export function http2Fields(status: number, head: readonly string[]): Record<string, string | string[]> {
+  const headers: Record<string, string | string[]> = { ':status': String(status) };
+  for (let i = 0; i < head.length; i += 2) addField(headers, head[i]!.toLowerCase(), head[i + 1]!);
+  return headers;
+}
+
 /** Fields that never belong in trailers (RFC 9110 6.5.1): framing, routing, connection-specific ones. */
 const NOT_TRAILERS: ReadonlySet<string> = new Set(['content-length', 'content-type', 'content-encoding', 'host', 'authorization', 'set-cookie']);
 

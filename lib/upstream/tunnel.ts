@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 
 /** How a tunnel ended, and what went through it. */
 export interface TunnelEnd {
@@ -16,46 +17,43 @@ const KEEP_ALIVE_MS = 30_000;
 const HALF_CLOSE_MS = 5_000;
 
 /**
- * Two sockets joined after a protocol switch (a WebSocket's 101): bytes go both ways as they
- * come, with backpressure (`pipe` pauses the side whose peer's buffer is full), and neither side
- * outlives the other. The frames are not parsed: what one side sends the other gets, so any
- * subprotocol and extension (permessage-deflate) passes through.
+ * Two connections joined after a protocol switch (a WebSocket's 101, or the 200 to an extended
+ * CONNECT on an HTTP/2 stream): bytes go both ways as they come, with backpressure (`pipe` pauses
+ * the side whose peer's buffer is full), and neither side outlives the other. The frames are not
+ * parsed: what one side sends the other gets, so any subprotocol and extension
+ * (permessage-deflate) passes through.
  */
 export class Tunnel {
-  readonly #client: Socket;
+  readonly #client: Duplex;
   readonly #upstream: Socket;
-  readonly #clientWritten: number;
-  readonly #upstreamWritten: number;
+  #bytesIn = 0;
+  #bytesOut = 0;
   #reason: TunnelEnd['reason'] | null = null;
-  /** Settles once both sockets are closed. */
+  /** Settles once both sides are closed. */
   readonly closed: Promise<TunnelEnd>;
 
   /**
-   * `clientHead` is what the client sent after its handshake (already read by the HTTP parser);
-   * the instance's early bytes are still in its socket (undici puts them back). `idleTimeout` in
-   * ms, 0 for none.
+   * `client` is the client's socket, or its HTTP/2 stream. `clientHead` is what the client sent
+   * after its handshake (already read by the HTTP parser); the instance's early bytes are still in
+   * its socket (undici puts them back). `idleTimeout` in ms, 0 for none.
    */
-  constructor(client: Socket, upstream: Socket, clientHead: Buffer, idleTimeout: number) {
+  constructor(client: Socket | Duplex, upstream: Socket, clientHead: Buffer, idleTimeout: number) {
     this.#client = client;
     this.#upstream = upstream;
-    this.#clientWritten = client.bytesWritten;
-    this.#upstreamWritten = upstream.bytesWritten;
     for (const socket of [client, upstream]) {
+      // An HTTP/2 stream has no TCP options of its own: its connection's are the listener's.
+      if (!('setNoDelay' in socket)) continue;
       socket.setNoDelay(true);
       socket.setKeepAlive(true, KEEP_ALIVE_MS);
     }
-    // The client's socket sees every byte either way: its timeout is the tunnel's idle timeout.
-    client.setTimeout(idleTimeout);
+    // The client's side sees every byte either way: its timeout is the tunnel's idle timeout.
+    (client as Socket).setTimeout(idleTimeout);
     if (idleTimeout > 0) client.once('timeout', () => this.#close('idle'));
     let open = 2;
     this.closed = new Promise((resolve) => {
       const onClose = (): void => {
         if (--open > 0) return;
-        resolve({
-          bytesIn: this.#upstream.bytesWritten - this.#upstreamWritten,
-          bytesOut: this.#client.bytesWritten - this.#clientWritten,
-          reason: this.#reason ?? 'client',
-        });
+        resolve({ bytesIn: this.#bytesIn, bytesOut: this.#bytesOut, reason: this.#reason ?? 'client' });
       };
       const clientClosed = (): void => {
         this.#reason ??= 'client';
@@ -76,12 +74,17 @@ export class Tunnel {
     // An error on either side (a reset) ends both; 'close' follows it.
     client.on('error', noop);
     upstream.on('error', noop);
-    // One side finished sending (FIN): the other gets HALF_CLOSE_MS to finish too, then both close,
-    // so a peer that never answers a half-close does not hold the tunnel open.
+    // One side finished sending (FIN, END_STREAM): the other gets HALF_CLOSE_MS to finish too, then
+    // both close, so a peer that never answers a half-close does not hold the tunnel open.
     const halfClosed = (): void => void setTimeout(() => this.#close(this.#reason ?? 'client'), HALF_CLOSE_MS).unref();
     client.once('end', halfClosed);
     upstream.once('end', halfClosed);
-    if (clientHead.length > 0) upstream.write(clientHead);
+    client.on('data', (chunk: Buffer) => void (this.#bytesIn += chunk.length));
+    upstream.on('data', (chunk: Buffer) => void (this.#bytesOut += chunk.length));
+    if (clientHead.length > 0) {
+      this.#bytesIn += clientHead.length;
+      upstream.write(clientHead);
+    }
     // A FIN from one side is passed on (pipe ends the other's writable side); the close follows.
     client.pipe(upstream);
     upstream.pipe(client);

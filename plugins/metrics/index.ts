@@ -142,7 +142,7 @@ export function metrics(given: MetricsOptions = {}): GatewayPlugin<boolean | { d
       const faults = new FastCounter('meshgate_faults_injected_total', 'Requests a route\'s fault injection delayed or aborted.', ['route', 'kind'] as const);
       const handshakes = new FastCounter(
         'meshgate_websocket_handshakes_total',
-        'WebSocket handshakes by route and the status the client got: 101 opened a tunnel, anything else refused it.',
+        'WebSocket handshakes by route and the status the client got: 101 opened a tunnel (over HTTP/2 too, where the client got 200), anything else refused it.',
         ['route', 'code'] as const,
       );
       const tunnelBytes = new FastCounter(

@@ -10,7 +10,7 @@ import { connect, constants, type ClientHttp2Session, type IncomingHttpHeaders }
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { promisify } from 'node:util';
-import { echo, send, startGateway, startUpstream, tempDir, waitFor } from '../helpers.js';
+import { echo, selfSigned, send, startGateway, startUpstream, waitFor } from '../helpers.js';
 
 const run = promisify(execFile);
 const LIMIT = { timeout: 30_000 };
@@ -37,15 +37,6 @@ function h2session(t: TestContext, url: string, options: Parameters<typeof conne
     session.once('connect', () => resolve(session));
     session.once('error', reject);
   });
-}
-
-/** A self-signed certificate for localhost and 127.0.0.1. */
-async function selfSigned(t: TestContext): Promise<{ cert: string; key: string; ca: Buffer }> {
-  const dir = await tempDir(t);
-  const cert = join(dir, 'gw.crt');
-  const key = join(dir, 'gw.key');
-  await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1', '-days', '1']);
-  return { cert, key, ca: await readFile(cert) };
 }
 
 test('h2c by prior knowledge: GET and POST reach the HTTP/1.1 instance with the Host from :authority and no pseudo-headers; HTTP/1.1 still works on the port', LIMIT, async (t) => {

@@ -7,11 +7,15 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { describe, test, type TestContext } from 'node:test';
-import WebSocket, { WebSocketServer } from 'ws';
+import { connect as h2connect, constants, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
+import type { Writable } from 'node:stream';
+import WebSocket, * as wsModule from 'ws';
+import { WebSocketServer } from 'ws';
 import Koa from 'koa';
 import { createGateway, definePlugin } from '../../lib/index.js';
 import { accessLog } from '../../plugins/access-log/index.js';
-import { rawExchange, send, startGateway, statusLines, trackProcessErrors, waitFor } from '../helpers.js';
+import { launchChromium } from '../browser.js';
+import { rawExchange, selfSigned, send, startGateway, statusLines, trackProcessErrors, waitFor } from '../helpers.js';
 
 const LIMIT = { timeout: 30_000 };
 
@@ -468,5 +472,295 @@ describe('WebSocket', () => {
     const open = [await connect(wsUrl(url, '/chat')), await connect(wsUrl(url, '/chat'))];
     for (let i = 0; i < 3; i++) assert.equal((await send(`${url}/chat/plain`)).status, 200);
     for (const { ws } of open) ws.close();
+  });
+});
+
+/** `ws`'s frame writer and reader, which its types leave out. */
+const { Receiver, Sender } = wsModule as unknown as {
+  Receiver: new (options: { isServer: boolean; binaryType: 'nodebuffer' }) => Writable;
+  Sender: new (socket: Writable, extensions: object, generateMask: undefined) => {
+    send(data: Buffer | string, options: { binary: boolean; fin: boolean; mask: boolean; compress: boolean }, cb: () => void): void;
+    close(code: number, reason: string, mask: boolean, cb: () => void): void;
+  };
+};
+
+/** A WebSocket over an HTTP/2 stream (RFC 8441), client side: frames written and read by `ws`'s own Sender and Receiver. */
+interface H2WebSocket {
+  status: number;
+  headers: IncomingHttpHeaders;
+  stream: ClientHttp2Stream;
+  /** The answer's body, for a refusal. */
+  body: Promise<string>;
+  send(data: Buffer | string): void;
+  next(): Promise<Buffer>;
+  /** Sends a close frame (1000). */
+  close(): void;
+  /** Settles when the stream has closed. */
+  closed: Promise<void>;
+}
+
+/** An HTTP/2 session to the gateway, once the gateway's SETTINGS arrived (they say whether extended CONNECT is on). */
+async function h2session(t: TestContext, url: string): Promise<ClientHttp2Session> {
+  const session = h2connect(url);
+  t.after(() => session.destroy());
+  await new Promise((resolve, reject) => session.once('remoteSettings', resolve).once('error', reject));
+  return session;
+}
+
+function h2WebSocket(session: ClientHttp2Session, path: string, headers: Record<string, string> = {}, protocol = 'websocket'): Promise<H2WebSocket> {
+  return new Promise((resolve, reject) => {
+    const stream = session.request({ ':method': 'CONNECT', ':protocol': protocol, ':scheme': 'http', ':path': path, 'sec-websocket-version': '13', ...headers });
+    stream.once('error', reject);
+    const closedStream = new Promise<void>((done) => stream.once('close', done));
+    stream.once('response', (head) => {
+      const status = Number(head[':status']);
+      const queue: Buffer[] = [];
+      const waiting: ((data: Buffer) => void)[] = [];
+      let body = Promise.resolve('');
+      if (status === 200) {
+        const receiver = new Receiver({ isServer: false, binaryType: 'nodebuffer' });
+        receiver.on('message', (data: Buffer) => {
+          const waiter = waiting.shift();
+          if (waiter) waiter(data);
+          else queue.push(data);
+        });
+        stream.pipe(receiver);
+      } else {
+        body = new Promise((done) => {
+          let text = '';
+          stream.setEncoding('utf8');
+          stream.on('data', (chunk: string) => (text += chunk));
+          stream.on('end', () => done(text));
+        });
+      }
+      const sender = new Sender(stream, {}, undefined);
+      resolve({
+        status,
+        headers: head,
+        stream,
+        body,
+        send: (data) => sender.send(data, { binary: typeof data !== 'string', fin: true, mask: true, compress: false }, () => {}),
+        next: () => (queue.length > 0 ? Promise.resolve(queue.shift()!) : new Promise((done) => waiting.push(done))),
+        close: () => sender.close(1000, '', true, () => {}),
+        closed: closedStream,
+      });
+    });
+  });
+}
+
+describe('WebSocket over HTTP/2 (RFC 8441)', () => {
+  test('an extended CONNECT is a WebSocket: SETTINGS_ENABLE_CONNECT_PROTOCOL advertised, 200 without Sec-WebSocket-Accept, the instance gets an HTTP/1.1 handshake, 1 MB messages cross both ways', LIMIT, async (t) => {
+    const instances = [await startWsInstance(t, 'a'), await startWsInstance(t, 'b')];
+    const { url, gateway } = await startGateway(t, {
+      listen: { http2: true },
+      services: { chat: { balancer: 'round-robin', instances: instances.map((i) => ({ url: i.url })) } },
+      routes: [{ prefix: '/chat', service: 'chat', methods: ['GET'] }],
+    });
+    const session = await h2session(t, url);
+    assert.equal(session.remoteSettings.enableConnectProtocol, true);
+    const greetings: string[] = [];
+    for (let i = 0; i < 2; i++) {
+      const ws = await h2WebSocket(session, `/chat/room?n=${i}`, { 'sec-websocket-protocol': 'chat.v1' });
+      assert.equal(ws.status, 200);
+      assert.equal(ws.headers['sec-websocket-accept'], undefined);
+      assert.equal(ws.headers.upgrade, undefined);
+      greetings.push(String(await ws.next()));
+      const up = randomBytes(1024 * 1024);
+      ws.send(up);
+      assert.equal(sha256(await ws.next()), sha256(up));
+      ws.send('x'.repeat(300_000));
+      assert.equal(String(await ws.next()).length, 300_000);
+      ws.close();
+      await ws.closed;
+    }
+    assert.deepEqual(greetings.sort(), ['hello from a', 'hello from b']);
+    // What each instance saw: an HTTP/1.1 handshake as a client would have sent it, with a key of the gateway's.
+    for (const instance of instances) {
+      const [handshake] = instance.handshakes;
+      assert.equal(handshake!.method, 'GET');
+      assert.equal(handshake!.httpVersion, '1.1');
+      assert.equal(handshake!.headers.upgrade, 'websocket');
+      assert.match(handshake!.headers['sec-websocket-key']!, /^[A-Za-z0-9+/]{22}==$/);
+      assert.equal(handshake!.headers['sec-websocket-protocol'], 'chat.v1');
+      assert.equal(handshake!.headers.host, new URL(url).host);
+      assert.match(handshake!.url!, /^\/chat\/room\?n=\d$/);
+    }
+    await waitFor(() => gateway.websockets === 0, 5000, 'the tunnels closed');
+    // The session carries plain requests beside tunnels, as before.
+    const plain = await new Promise<number>((resolve) => session.request({ ':path': '/chat/plain' }).on('response', (h) => resolve(Number(h[':status']))).resume());
+    assert.equal(plain, 200);
+  });
+
+  test('a browser (Chromium, over TLS) opens its WebSocket as an extended CONNECT on its HTTP/2 connection, and talks through it', { timeout: 60_000 }, async (t) => {
+    const tls = await selfSigned(t);
+    const instance = await startWsInstance(t, 'a', { greet: false });
+    const seen: string[] = [];
+    const { url } = await startGateway(
+      t,
+      {
+        listen: { tls: { cert: tls.cert, key: tls.key } },
+        services: { app: { instances: [{ url: instance.url }] } },
+        routes: [{ prefix: '/', service: 'app' }],
+      },
+      {
+        setup: (gw) =>
+          gw.use(
+            definePlugin({
+              name: 'seen',
+              setup: (host) => {
+                host.addMiddleware('onRequest', (ctx, next) => {
+                  seen.push(`HTTP/${ctx.req.httpVersion} ${ctx.method} ${ctx.path} ${ctx.req.headers[':protocol'] ?? '-'}`);
+                  return next();
+                });
+              },
+            }),
+          ),
+      },
+    );
+    const browser = await launchChromium({ ignoreCertificateErrors: true });
+    t.after(() => browser.close());
+    const page = await browser.newPage({ ignoreHTTPSErrors: true });
+    const origin = url.replace('127.0.0.1', 'localhost');
+    await page.goto(`${origin}/page`);
+    assert.match(await page.content(), /plain http from a/);
+    // Runs in the page: WebSocket is the browser's.
+    const echoed = await page.evaluate(
+      (target) =>
+        new Promise<string>((resolve, reject) => {
+          const ws = new WebSocket(target);
+          ws.onopen = () => ws.send('hello over h2');
+          ws.onmessage = (event) => {
+            resolve(String(event.data));
+            ws.close();
+          };
+          ws.onerror = () => reject(new Error('the WebSocket failed'));
+        }),
+      `${origin.replace('https', 'wss')}/chat`,
+    );
+    assert.equal(echoed, 'hello over h2');
+    assert.ok(seen.includes('HTTP/2.0 GET /chat websocket'), seen.join('; '));
+    assert.equal(instance.handshakes[0]!.httpVersion, '1.1');
+  });
+
+  test('refusals are answers on the stream: auth 401, websocket: false 403, a plain CONNECT 405, another :protocol 501; none reach an instance', LIMIT, async (t) => {
+    const instance = await startWsInstance(t, 'a');
+    const { url } = await startGateway(t, {
+      listen: { http2: true },
+      services: { chat: { instances: [{ url: instance.url }] } },
+      routes: [
+        { prefix: '/secure', service: 'chat', auth: { apiKeys: { keys: ['chat-key-1234'] } } },
+        { prefix: '/plain', service: 'chat', websocket: false },
+      ],
+    });
+    const session = await h2session(t, url);
+    const denied = await h2WebSocket(session, '/secure');
+    assert.equal(denied.status, 401);
+    assert.equal(JSON.parse(await denied.body).error, 'MESH_ERR_UNAUTHORIZED');
+    const refused = await h2WebSocket(session, '/plain');
+    assert.equal(refused.status, 403);
+    assert.equal(JSON.parse(await refused.body).error, 'MESH_ERR_UPGRADE_REFUSED');
+    const other = await h2WebSocket(session, '/plain', {}, 'connect-udp');
+    assert.equal(other.status, 501);
+    assert.equal(JSON.parse(await other.body).error, 'MESH_ERR_NOT_IMPLEMENTED');
+    const plainConnect = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const stream = session.request({ ':method': 'CONNECT', ':authority': 'example.com:443' });
+      let body = '';
+      let status = 0;
+      stream.on('response', (h) => (status = Number(h[':status'])));
+      stream.setEncoding('utf8');
+      stream.on('data', (chunk: string) => (body += chunk));
+      stream.on('end', () => resolve({ status, body }));
+      stream.on('error', reject);
+    });
+    assert.equal(plainConnect.status, 405);
+    assert.equal(JSON.parse(plainConnect.body).error, 'MESH_ERR_METHOD_NOT_ALLOWED');
+    assert.equal(instance.handshakes.length, 0);
+    const allowed = await h2WebSocket(session, '/secure', { 'x-api-key': 'chat-key-1234' });
+    assert.equal(allowed.status, 200);
+    assert.equal(String(await allowed.next()), 'hello from a');
+    allowed.close();
+    await allowed.closed;
+  });
+
+  test('300 extended CONNECTs reset at every stage (before the answer, at it, in the tunnel) leave no tunnel, request or instance socket behind', { timeout: 60_000 }, async (t) => {
+    const instance = await startWsInstance(t, 'a');
+    const errors = trackProcessErrors(t);
+    const { url, gateway } = await startGateway(t, {
+      // Each cycle resets a stream on purpose: not a flood to cut off.
+      listen: { http2: { maxResetsPerSecond: 100_000 } },
+      services: { chat: { instances: [{ url: instance.url }] } },
+      routes: [{ prefix: '/chat', service: 'chat' }],
+    });
+    const session = await h2session(t, url);
+    for (let i = 0; i < 300; i++) {
+      const stream = session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':scheme': 'http', ':path': '/chat', 'sec-websocket-version': '13' });
+      stream.on('error', () => {});
+      const stage = i % 3;
+      if (stage === 0) stream.close(constants.NGHTTP2_CANCEL);
+      else {
+        await new Promise((resolve) => (stage === 1 ? stream.once('response', resolve) : stream.once('data', resolve)));
+        stream.close(constants.NGHTTP2_CANCEL);
+      }
+      await new Promise((resolve) => stream.once('close', resolve));
+    }
+    await waitFor(() => gateway.websockets === 0 && gateway.inflight === 0 && instance.sockets.size === 0, 10_000, 'nothing left open');
+    const ws = await h2WebSocket(session, '/chat');
+    assert.equal(String(await ws.next()), 'hello from a');
+    ws.close();
+    await ws.closed;
+    assert.deepEqual(errors, []);
+  });
+
+  test('either side closing ends the other; metrics, the access log and close() treat the stream as they treat a socket; nothing is left behind', LIMIT, async (t) => {
+    const instance = await startWsInstance(t, 'a', { greet: false });
+    const lines: string[] = [];
+    const { url, adminUrl, gateway } = await startGateway(
+      t,
+      {
+        listen: { http2: true },
+        services: { chat: { instances: [{ url: instance.url }] } },
+        routes: [{ name: 'chat', prefix: '/chat', service: 'chat' }],
+        admin: {},
+        metrics: {},
+        drainTimeout: '300ms',
+      },
+      { setup: (gw) => gw.use(accessLog({ destination: { write: (chunk: string) => void lines.push(...chunk.split('\n').filter(Boolean)) } as never })) },
+    );
+    const session = await h2session(t, url);
+    // The client resets its stream: the instance's socket closes.
+    const first = await h2WebSocket(session, '/chat');
+    first.send(randomBytes(50_000));
+    await first.next();
+    await waitFor(() => instance.sockets.size === 1, 5000, 'the tunnel at the instance');
+    first.stream.close();
+    await waitFor(() => instance.sockets.size === 0, 5000, "the instance's socket closed with the client's stream");
+    // The instance closes: the client's stream ends.
+    const second = await h2WebSocket(session, '/chat');
+    second.send('ping');
+    await second.next();
+    for (const client of instance.wss.clients) client.terminate();
+    await second.closed;
+    await waitFor(() => lines.length === 2, 5000, 'two access-log lines');
+    const [byClient, byUpstream] = lines.map((line) => JSON.parse(line));
+    assert.equal(byClient.status, 200);
+    assert.equal(byClient.websocket.closedBy, 'client');
+    assert.ok(byClient.bytesIn > 50_000 && byClient.bytesIn < 50_100, `bytes in ${byClient.bytesIn}`);
+    assert.ok(byClient.bytesOut > 50_000 && byClient.bytesOut < 50_100, `bytes out ${byClient.bytesOut}`);
+    assert.equal(byUpstream.websocket.closedBy, 'upstream');
+    const metrics = (await send(`${adminUrl}/metrics`)).body;
+    assert.match(metrics, /meshgate_websocket_connections\{route="chat"\} 0/);
+    assert.match(metrics, /meshgate_websocket_handshakes_total\{route="chat",code="101"\} 2/);
+    assert.equal(gateway.websockets, 0);
+    assert.equal(gateway.inflight, 0);
+    // close(): the session gets a GOAWAY, the open tunnel works through drainTimeout, then is cut.
+    const third = await h2WebSocket(session, '/chat');
+    const goaway = new Promise((resolve) => session.once('goaway', resolve));
+    const closing = gateway.close();
+    await goaway;
+    third.send('still here');
+    assert.equal(String(await third.next()), 'still here');
+    await third.closed;
+    await closing;
+    await waitFor(() => instance.sockets.size === 0, 5000, 'no socket left at the instance');
   });
 });
