@@ -13,11 +13,15 @@
  *   machine wall-clock durations are mostly waiting. Also the page's own counters: frames drawn,
  *   and the script and render time of one.
  * - What the virtual tables draw: instance rows in the DOM out of 2,000.
+ * - The initial state (`GET /dashboard/api/state`) on the wire, uncompressed, gzip and brotli
+ *   (bytes, and the median time to read it whole, of 5), and the coding the browser was sent.
  * Environment: BENCH_SERVICES (200), BENCH_INSTANCES (10), BENCH_LOADS, BENCH_RATE, BENCH_SECONDS,
- * BENCH_SMOKE=1 (20 x 3, one load, 1 s), BENCH_PROFILE=FILE (a CPU profile of the page under changes). Output: a markdown table, and JSON in .bench/dashboard.json.
+ * BENCH_SMOKE=1 (20 x 3, one load, 1 s), BENCH_PROFILE=FILE (a CPU profile of the page under changes),
+ * BENCH_KBPS=N (the page's loads over a link of N kbit/s and 20 ms latency, as a remote admin port
+ * would be; off by default). Output: a markdown table, and JSON in .bench/dashboard.json.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:http';
+import { createServer, request } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import type { Page } from 'playwright-core';
@@ -34,6 +38,7 @@ const LOADS = smoke ? 1 : Number(env.BENCH_LOADS ?? 5);
 const RATE = Number(env.BENCH_RATE ?? 100);
 const SECONDS = smoke ? 1 : Number(env.BENCH_SECONDS ?? 10);
 const TOKEN = 'bench-dashboard';
+const KBPS = Number(env.BENCH_KBPS ?? 0);
 
 const upstream = createServer((_req, res) => res.end('ok'));
 await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
@@ -57,6 +62,12 @@ const context = await browser.newContext({ viewport: { width: 1400, height: 1000
 await context.addInitScript((token) => (globalThis as unknown as { sessionStorage: { setItem(k: string, v: string): void } }).sessionStorage.setItem('meshgate.adminToken', token), TOKEN);
 const page: Page = await context.newPage();
 const cdp = await context.newCDPSession(page);
+if (KBPS > 0) await cdp.send('Network.emulateNetworkConditions', { offline: false, latency: 20, downloadThroughput: (KBPS * 1000) / 8, uploadThroughput: (KBPS * 1000) / 8 });
+// The coding the browser's state request was answered in (Chromium sends br over plain HTTP too, or not).
+let browserCoding = '';
+page.on('response', (res) => {
+  if (res.url().endsWith('/dashboard/api/state')) browserCoding = res.headers()['content-encoding'] ?? 'identity';
+});
 
 interface PageStats {
   firstRender: number | null;
@@ -94,7 +105,27 @@ for (let i = 0; i < LOADS; i++) {
 }
 await page.locator('#connection', { hasText: 'live' }).waitFor();
 const drawnRows = await page.locator('#instances tbody tr[data-instance]').count();
-const stateBytes = (await (await fetch(`${adminUrl}/dashboard/api/state`, { headers: { authorization: `Bearer ${TOKEN}` } })).arrayBuffer()).byteLength;
+
+/** The state as sent for `acceptEncoding`: its bytes on the wire and the time to read them whole (node:http, which decodes nothing). */
+const readState = (acceptEncoding: string): Promise<{ bytes: number; ms: number; coding: string }> =>
+  new Promise((resolve, reject) => {
+    const started = performance.now();
+    const req = request(`${adminUrl}/dashboard/api/state`, { headers: { authorization: `Bearer ${TOKEN}`, 'accept-encoding': acceptEncoding } }, (res) => {
+      let bytes = 0;
+      res.on('data', (chunk: Buffer) => (bytes += chunk.length));
+      res.on('end', () => resolve({ bytes, ms: performance.now() - started, coding: String(res.headers['content-encoding'] ?? 'identity') }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+const stateWire: Record<string, { bytes: number; ms: number; coding: string }> = {};
+for (const accept of ['identity', 'gzip', 'br']) {
+  const reads = [];
+  for (let i = 0; i < 5; i++) reads.push(await readState(accept));
+  stateWire[accept] = { bytes: reads[0]!.bytes, ms: median(reads.map((r) => r.ms)), coding: reads[0]!.coding };
+}
+const stateBytes = stateWire.identity!.bytes;
 
 // Per-update cost: the browser's CPU time with changes, less as long without.
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -138,6 +169,9 @@ const result = {
   services: SERVICES,
   instances: SERVICES * INSTANCES,
   stateBytes,
+  stateWire,
+  browserCoding,
+  kbps: KBPS,
   firstRenderMs: median(pageMs),
   firstRowSeenMs: median(seenMs),
   firstRenderRendererCpuMs: median(loadCpuMs),
@@ -157,10 +191,12 @@ upstream.close();
 const f = (n: number, d = 1): string => n.toFixed(d);
 console.log(`dashboard, ${SERVICES} services x ${INSTANCES} instances, ${SERVICES} routes (${result.machine.cpu}, ${result.machine.cores} cores); state ${Math.round(stateBytes / 1024)} KiB`);
 console.log('| measure | value |\n|---|---:|');
-console.log(`| time to first render (page's clock, median of ${LOADS}) | ${f(result.firstRenderMs)} ms |`);
+console.log(`| time to first render (page's clock, median of ${LOADS}${KBPS > 0 ? `, ${KBPS} kbit/s link` : ''}) | ${f(result.firstRenderMs)} ms |`);
 console.log(`| navigation to first instance row (from here) | ${f(result.firstRowSeenMs)} ms |`);
 console.log(`| renderer CPU for one load | ${f(result.firstRenderRendererCpuMs)} ms |`);
 console.log(`| instance rows in the DOM (virtual table) | ${drawnRows} of ${SERVICES * INSTANCES} |`);
+for (const [accept, wire] of Object.entries(stateWire)) console.log(`| state asked with Accept-Encoding: ${accept} (sent as ${wire.coding}): bytes, time to read (median of 5) | ${f(wire.bytes / 1024)} KiB, ${f(wire.ms)} ms |`);
+console.log(`| state as the browser was sent it | ${browserCoding} |`);
 console.log(`| CPU, stream open, no changes (renderer + gpu) | ${f(result.idleCpuMsPerSecond.renderer)} + ${f(result.idleCpuMsPerSecond.gpu)} ms/s |`);
 console.log(`| CPU at ${f(result.changesPerSecond, 0)} changes/s (renderer + gpu) | ${f(result.busyCpuMsPerSecond.renderer)} + ${f(result.busyCpuMsPerSecond.gpu)} ms/s |`);
 console.log(`| per change (CPU less idle, / changes) | ${f(perChangeMs, 3)} ms |`);

@@ -93,6 +93,8 @@ export interface SentResponse {
   headers: IncomingMessage['headers'];
   rawHeaders: string[];
   body: string;
+  /** The body as it came off the wire (still compressed, if it was). */
+  bytes: Buffer;
   json: () => any;
 }
 
@@ -169,8 +171,9 @@ export function sendPath(baseUrl: string, path: string, options: SendOptions = {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () => {
-          const body = Buffer.concat(chunks).toString();
-          resolve({ status: res.statusCode!, headers: res.headers, rawHeaders: res.rawHeaders, body, json: () => JSON.parse(body) });
+          const bytes = Buffer.concat(chunks);
+          const body = bytes.toString();
+          resolve({ status: res.statusCode!, headers: res.headers, rawHeaders: res.rawHeaders, body, bytes, json: () => JSON.parse(body) });
         });
         res.on('error', reject);
       },

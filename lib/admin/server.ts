@@ -5,6 +5,7 @@ import Koa from 'koa';
 import { ConfigError, MeshError } from '../errors.js';
 import type { AdminHost } from './host.js';
 import { bearerToken, tokenMatches } from './auth.js';
+import { compressResponses } from './compress.js';
 import { configRoutes } from './config.js';
 import { eventStreamRoute } from './events.js';
 import { controlPlaneRoutes } from './routes.js';
@@ -15,7 +16,8 @@ export const PUBLIC_ADMIN_PATHS: ReadonlySet<string> = new Set(['/healthz', '/re
 /**
  * The control-plane server on `admin.host:admin.port` (loopback by default). Every route but
  * `/healthz`, `/readyz` and `/metrics` needs `Authorization: Bearer <admin.token>`; errors answer
- * `{ error, message }` like the proxy. Plugins add routes to {@link router} during setup.
+ * `{ error, message }` like the proxy. Answers of 1 KiB or more are compressed (brotli or gzip) for
+ * clients that accept it, streams excepted. Plugins add routes to {@link router} during setup.
  */
 export class AdminServer {
   /** The admin routes; plugins add theirs in `setup`. */
@@ -60,6 +62,8 @@ export class AdminServer {
     const app = new Koa();
     app.silent = true;
     const gateway = this.#gateway;
+    // Outermost, so error answers are compressed too when they are large (a config's list of problems).
+    app.use(compressResponses());
     app.use(async (ctx, next) => {
       try {
         await next();

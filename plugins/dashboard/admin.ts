@@ -30,16 +30,29 @@ const TYPES: Readonly<Record<string, string>> = { js: 'text/javascript; charset=
 /** Seconds between updates on the stream: instance counters, the series' current buckets. */
 export const TICK_MS = 1000;
 
-/** A file read once, on first use, with its headers. */
+/** A file read on first use, with its headers. */
 interface Asset {
   body: Buffer;
   type: string;
   etag: string;
 }
 
+/**
+ * A file read once, with a weak ETag: the admin server compresses it for clients that accept it
+ * (once, then from memory), and one validator serves every coding of the same bytes.
+ */
 function readAsset(file: string): Asset {
   const body = readFileSync(file);
-  return { body, type: TYPES[file.slice(file.lastIndexOf('.') + 1)] ?? TYPES.js!, etag: `"${createHash('sha256').update(body).digest('base64url').slice(0, 22)}"` };
+  return { body, type: TYPES[file.slice(file.lastIndexOf('.') + 1)] ?? TYPES.js!, etag: `W/"${createHash('sha256').update(body).digest('base64url').slice(0, 22)}"` };
+}
+
+/** `If-None-Match` holds `etag` (weak comparison: `W/` aside; a list, or `*`). */
+function notModified(ifNoneMatch: string, etag: string): boolean {
+  const opaque = etag.replace(/^W\//, '');
+  return ifNoneMatch.split(',').some((tag) => {
+    const t = tag.trim();
+    return t === '*' || t.replace(/^W\//, '') === opaque;
+  });
 }
 
 /**
@@ -90,7 +103,7 @@ export function dashboardRoutes(gateway: PluginHost, live: DashboardLive, window
       ctx.set('etag', etag);
       ctx.set('cache-control', 'no-cache');
       ctx.set('x-content-type-options', 'nosniff');
-      if (ctx.get('if-none-match') === etag) {
+      if (notModified(ctx.get('if-none-match'), etag)) {
         ctx.status = 304;
         return;
       }

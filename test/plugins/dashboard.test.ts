@@ -149,3 +149,96 @@ test('the dashboard asks for the token, then shows the demo live: a registration
   await page.getByLabel('Admin token').waitFor();
   assert.deepEqual(errors, [], 'no error in the page');
 });
+
+test('the tables sort by a column: its header\'s button by click, Enter or Space, aria-sort, the data sorted (not the rows drawn), re-sorted by live changes, with the filters', { timeout: 90_000 }, async (t) => {
+  const up = await startUpstream(t, echo('sorted'));
+  // 50 services of 10 instances: far more rows than the virtual table draws.
+  const services: Record<string, { instances: { url: string; id: string }[] }> = {};
+  const name = (s: number): string => `svc-${String(s).padStart(2, '0')}`;
+  for (let s = 0; s < 50; s++) services[name(s)] = { instances: Array.from({ length: 10 }, (_, i) => ({ url: `${up.url}/${name(s)}/${i}`, id: `${name(s)}-${i}` })) };
+  const { gateway, url, adminUrl } = await startGateway(t, {
+    admin: { port: 0, token: TOKEN },
+    services,
+    routes: [0, 1, 2].map((s) => ({ name: name(s), prefix: `/${name(s)}`, service: name(s) })),
+  });
+  const traffic = async (route: string, n: number): Promise<void> => {
+    for (let i = 0; i < n; i++) assert.equal((await send(`${url}/${route}/x`)).status, 200);
+  };
+  await traffic('svc-00', 1);
+  await traffic('svc-01', 3);
+  await traffic('svc-02', 6);
+
+  const browser = await launchChromium();
+  t.after(() => browser.close());
+  const context = await browser.newContext({ viewport: { width: 1400, height: 1300 } });
+  await context.addInitScript((token) => (globalThis as unknown as { sessionStorage: { setItem(k: string, v: string): void } }).sessionStorage.setItem('meshgate.adminToken', token), TOKEN);
+  const page = await context.newPage();
+  const errors: string[] = [];
+  page.on('pageerror', (err) => errors.push(err.message));
+  await page.goto(`${adminUrl}/`);
+  await page.locator('#connection', { hasText: 'live' }).waitFor();
+
+  const order = (table: string, attribute: string): Promise<string[]> =>
+    page.locator(`#${table} tbody tr[${attribute}]`).evaluateAll((trs, a) => trs.map((tr) => tr.getAttribute(a)!), attribute);
+  const header = (table: string, key: string) => page.locator(`#${table} thead th:has(button[data-sort="${key}"])`);
+  const sortedHeaders = (table: string): Promise<string[]> =>
+    page.locator(`#${table} thead th[aria-sort]`).evaluateAll((ths) => ths.map((th) => `${th.querySelector('button')!.dataset.sort} ${th.getAttribute('aria-sort')}`));
+  const firstRows = async (table: string, attribute: string, expected: string[], what: string): Promise<void> =>
+    waitFor(async () => JSON.stringify((await order(table, attribute)).slice(0, expected.length)) === JSON.stringify(expected), 3000, what).catch(async (err: Error) => {
+      throw new Error(`${err.message}: ${JSON.stringify((await order(table, attribute)).slice(0, expected.length + 2))}`);
+    });
+
+  // By default: instances by service (then id), one header marked, with its arrow and its words.
+  await page.locator('tr[data-instance="svc-00/svc-00-0"]').waitFor();
+  assert.deepEqual(await sortedHeaders('instances'), ['service ascending']);
+  assert.match(await header('instances', 'service').innerText(), /Service\s*▲/);
+  assert.equal(await header('instances', 'service').locator('.sr-only').textContent(), ', sorted ascending');
+  assert.deepEqual(await sortedHeaders('events'), ['time descending'], 'events newest first');
+  assert.deepEqual(await sortedHeaders('routes'), ['order ascending'], 'routes in the config\'s order');
+
+  // An unhealthy instance at the far end of 500: not drawn, until a sort by health puts it first.
+  gateway.registry.setHealth(gateway.registry.getInstance('svc-49', 'svc-49-9')!, 'unhealthy', 'test');
+  await page.locator('#instances-title .count', { hasText: '500' }).waitFor();
+  assert.equal(await page.locator('tr[data-instance="svc-49/svc-49-9"]').count(), 0, 'the virtual table does not draw it');
+  await page.locator('#instances thead button[data-sort="health"]').click();
+  await firstRows('instances', 'data-instance', ['svc-49/svc-49-9', 'svc-00/svc-00-0', 'svc-00/svc-00-1'], 'unhealthy first, then the rest by name');
+  assert.deepEqual(await sortedHeaders('instances'), ['health ascending']);
+  assert.ok((await page.locator('#instances tbody tr[data-instance]').count()) < 100, 'still only the rows in view');
+  assert.match(await page.locator('#instances').evaluate((table) => table.parentElement!.getAttribute('aria-label')!), /sorted by Health ascending/);
+
+  // A live change: the row moves to its place at the next redraw.
+  gateway.registry.setHealth(gateway.registry.getInstance('svc-20', 'svc-20-5')!, 'unhealthy', 'test');
+  await firstRows('instances', 'data-instance', ['svc-20/svc-20-5', 'svc-49/svc-49-9', 'svc-00/svc-00-0'], 'the newly unhealthy instance to move up');
+
+  // The keyboard: Enter turns the direction round, Space back; the button keeps the focus.
+  await page.locator('#instances thead button[data-sort="health"]').focus();
+  await page.keyboard.press('Enter');
+  await firstRows('instances', 'data-instance', ['svc-00/svc-00-0', 'svc-00/svc-00-1'], 'healthy first');
+  assert.deepEqual(await sortedHeaders('instances'), ['health descending']);
+  assert.match(await header('instances', 'health').innerText(), /Health\s*▼/);
+  assert.equal(await page.locator('#instances thead button[data-sort="health"]').evaluate((button) => button.ownerDocument.activeElement === button), true, 'the focus stays on the header');
+  await page.keyboard.press('Space');
+  await firstRows('instances', 'data-instance', ['svc-20/svc-20-5', 'svc-49/svc-49-9'], 'unhealthy first again');
+
+  // The filter and the sort together.
+  await page.locator('#instance-filter').fill('svc-20');
+  await waitFor(async () => (await order('instances', 'data-instance')).length === 10, 3000, 'the filter');
+  assert.deepEqual((await order('instances', 'data-instance')).slice(0, 3), ['svc-20/svc-20-5', 'svc-20/svc-20-0', 'svc-20/svc-20-1']);
+  await page.locator('#instance-filter').fill('');
+
+  // Numbers: the busiest first on the first click; more traffic re-sorts at the next tick.
+  await page.locator('#services thead button[data-sort="rps"]').click();
+  await firstRows('services', 'data-service', ['svc-02', 'svc-01', 'svc-00'], 'services by rate, largest first');
+  assert.deepEqual(await sortedHeaders('services'), ['rps descending']);
+  await traffic('svc-00', 10);
+  await firstRows('services', 'data-service', ['svc-00', 'svc-02', 'svc-01'], 'svc-00 to move up with its traffic');
+
+  // Routes: by name, then reversed by Enter.
+  await page.locator('#routes thead button[data-sort="route"]').focus();
+  await page.keyboard.press('Enter');
+  await firstRows('routes', 'data-route', ['svc-00', 'svc-01', 'svc-02'], 'routes by name');
+  await page.keyboard.press('Enter');
+  await firstRows('routes', 'data-route', ['svc-02', 'svc-01', 'svc-00'], 'routes by name, descending');
+  assert.deepEqual(await sortedHeaders('routes'), ['route descending']);
+  assert.deepEqual(errors, [], 'no error in the page');
+});

@@ -306,19 +306,78 @@ function State({ value, table, col }) {
   return html`<span class=${`state state-${tone}`} data-col=${col}><span aria-hidden="true">${mark} </span>${value}</span>`;
 }
 
+// ---- sorting --------------------------------------------------------------------------------------
+// A sortable column has a `key` and `sort: { value(row), first?, fixed? }`: `value` gives a number or
+// a string (null when there is none yet), `first` the direction of its first click (numbers start
+// with the largest), `fixed` that a row's value never changes while the row exists, so a sort by it
+// is kept until the rows change instead of done again on every draw.
+
+const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: 'base' });
+
+/** Problems first, when a state column is sorted ascending. */
+const HEALTH_RANK = { unhealthy: 0, draining: 1, healthy: 2 };
+const CIRCUIT_RANK = { open: 0, 'half-open': 1, closed: 2 };
+const rank = (table, value) => table[value] ?? 1.5;
+
+const missing = (v) => v === null || v === undefined || Number.isNaN(v);
+
+/**
+ * `rows` ordered by `column`'s values in `direction`, as a new array: numbers by value, text by the
+ * collator (localeCompare's order, "svc-2" before "svc-10"), rows without a value last either way;
+ * equal values keep the order the rows came in. Each value is read once.
+ */
+function sortRows(rows, column, direction) {
+  const sign = direction === 'descending' ? -1 : 1;
+  const keyed = rows.map((row, i) => ({ v: column.sort.value(row), i, row }));
+  keyed.sort((a, b) => {
+    const aMissing = missing(a.v);
+    const bMissing = missing(b.v);
+    if (aMissing || bMissing) return aMissing === bMissing ? a.i - b.i : aMissing ? 1 : -1;
+    const order = typeof a.v === 'number' && typeof b.v === 'number' ? a.v - b.v : collator.compare(String(a.v), String(b.v));
+    return order === 0 ? a.i - b.i : sign * order;
+  });
+  return keyed.map((k) => k.row);
+}
+
+/**
+ * A table's order: `[sort, sorted, onSort]`, where `sorted` is `rows` in that order, read again on
+ * every draw (a row whose value changed moves to its place), and `onSort(column)` sorts by
+ * `column`, or turns the direction round when it is already the one.
+ */
+function useSort(columns, rows, initial) {
+  const [sort, setSort] = useState(initial);
+  const column = columns.find((c) => c.key === sort.key);
+  const fixed = column.sort.fixed === true;
+  const kept = useMemo(() => (fixed ? sortRows(rows, column, sort.direction) : null), [fixed ? rows : null, sort.key, sort.direction]);
+  const onSort = (c) =>
+    setSort((s) => (s.key === c.key ? { key: c.key, direction: s.direction === 'ascending' ? 'descending' : 'ascending' } : { key: c.key, direction: c.sort.first ?? 'ascending' }));
+  return [sort, kept ?? sortRows(rows, column, sort.direction), onSort];
+}
+
+/** A column's header: with a sort, a button that sorts by it, its state in `aria-sort`, an arrow and words. */
+function HeaderCell({ column, sort, onSort }) {
+  const style = column.width ? `width:${column.width}` : undefined;
+  if (!column.sort) return html`<th scope="col" class=${column.cls} style=${style}>${column.label}</th>`;
+  const direction = sort.key === column.key ? sort.direction : undefined;
+  return html`<th scope="col" class=${column.cls} style=${style} aria-sort=${direction}>
+    <button type="button" class="sort" data-sort=${column.key} onClick=${() => onSort(column)}>${column.label}<span class=${`arrow${direction ? '' : ' idle'}`} aria-hidden="true">${direction === 'ascending' ? '▲' : direction === 'descending' ? '▼' : '↕'}</span>${direction ? html`<span class="sr-only">, sorted ${direction}</span>` : null}</button>
+  </th>`;
+}
+
 // ---- components -----------------------------------------------------------------------------------
 
-/** A table that draws only the rows in view (plus a margin), so 2,000 rows cost what 30 do. */
-function VirtualTable({ id, label, columns, rows, renderRow, height = 360 }) {
+/** A table that draws only the rows in view (plus a margin), so 2,000 rows cost what 30 do; `rows` come sorted (`useSort`). */
+function VirtualTable({ id, label, columns, rows, renderRow, sort, onSort, height = 360 }) {
   const [top, setTop] = useState(0);
   const first = Math.max(0, Math.floor(top / ROW_HEIGHT) - 5);
   const count = Math.ceil(height / ROW_HEIGHT) + 10;
   const last = Math.min(rows.length, first + count);
   const boxHeight = Math.min(height, (rows.length + 1) * ROW_HEIGHT + 4);
+  const by = columns.find((c) => c.key === sort.key)?.label;
   return html`
-    <div class="scroll" style=${`height:${Math.max(boxHeight, ROW_HEIGHT * 2 + 4)}px`} tabindex="0" role="region" aria-label=${`${label}, ${rows.length} rows; scroll for more`} onScroll=${(e) => setTop(e.currentTarget.scrollTop)}>
+    <div class="scroll" style=${`height:${Math.max(boxHeight, ROW_HEIGHT * 2 + 4)}px`} tabindex="0" role="region" aria-label=${`${label}, ${rows.length} rows, sorted by ${by} ${sort.direction}; scroll for more`} onScroll=${(e) => setTop(e.currentTarget.scrollTop)}>
       <table id=${id} aria-rowcount=${rows.length + 1}>
-        <thead><tr>${columns.map((c) => html`<th scope="col" class=${c.cls} style=${c.width ? `width:${c.width}` : undefined}>${c.label}</th>`)}</tr></thead>
+        <thead><tr>${columns.map((c) => html`<${HeaderCell} key=${c.key ?? c.label} column=${c} sort=${sort} onSort=${onSort} />`)}</tr></thead>
         <tbody>
           ${first > 0 ? html`<tr class="spacer" aria-hidden="true" style=${`height:${first * ROW_HEIGHT}px`}><td colspan=${columns.length}></td></tr>` : null}
           ${rows.slice(first, last).map((row, i) => renderRow(row, first + i))}
@@ -439,17 +498,33 @@ function healthCounts(service) {
   return { healthy, problems };
 }
 
+/** A series' last-minute number (0 rps, 1 error rate, 2 p50, 3 p99) as a sort value: rates are 0 without requests, latencies none. */
+const summaryOf = (key, i) => store.summaries.get(key)?.[i] ?? (i < 2 ? 0 : null);
+
+/** The columns of a series' numbers, for the services and the routes tables. */
+function seriesColumns(kind, nameOf) {
+  const metric = (key, label, i, width) => ({ key, label, cls: 'num', width, sort: { value: (row) => summaryOf(`${kind}:${nameOf(row)}`, i), first: 'descending' } });
+  return [metric('rps', 'req/s', 0, '9%'), metric('errors', 'Errors', 1, '9%'), metric('p50', 'p50', 2, '9%'), metric('p99', 'p99', 3, '9%')];
+}
+
+const SERVICE_COLUMNS = [
+  { key: 'service', label: 'Service', width: '18%', sort: { value: (name) => name, fixed: true } },
+  { key: 'balancer', label: 'Balancer', width: '12%', sort: { value: (name) => store.services.get(name).balancer, fixed: true } },
+  { key: 'instances', label: 'Instances', cls: 'num', width: '8%', sort: { value: (name) => store.services.get(name).keys.size, first: 'descending', fixed: true } },
+  // The share of instances usable: the services with the fewest first.
+  { key: 'usable', label: 'Usable', cls: 'num', width: '8%', sort: { value: (name) => { const service = store.services.get(name); return service.keys.size === 0 ? 0 : healthCounts(service).healthy / service.keys.size; } } },
+  ...seriesColumns('service', (name) => name),
+  { label: 'Show', width: '18%' },
+];
+
 function Services({ onTarget, onFilter }) {
   useTopics('services', 'series');
-  const names = useMemo(() => [...store.services.keys()].sort(), [store.membership]);
-  const columns = [
-    { label: 'Service', width: '18%' }, { label: 'Balancer', width: '12%' }, { label: 'Instances', cls: 'num', width: '8%' }, { label: 'Usable', cls: 'num', width: '8%' }, { label: 'req/s', cls: 'num', width: '9%' },
-    { label: 'Errors', cls: 'num', width: '9%' }, { label: 'p50', cls: 'num', width: '9%' }, { label: 'p99', cls: 'num', width: '9%' }, { label: 'Show', width: '18%' },
-  ];
+  const names = useMemo(() => [...store.services.keys()].sort(collator.compare), [store.membership]);
+  const [sort, rows, onSort] = useSort(SERVICE_COLUMNS, names, { key: 'service', direction: 'ascending' });
   return html`
     <section aria-labelledby="services-title">
       <h2 id="services-title">Services <span class="count">${names.length}</span></h2>
-      <${VirtualTable} id="services" label="Services" columns=${columns} rows=${names} height=${300} renderRow=${(name) => {
+      <${VirtualTable} id="services" label="Services" columns=${SERVICE_COLUMNS} rows=${rows} sort=${sort} onSort=${onSort} height=${300} renderRow=${(name) => {
         const service = store.services.get(name);
         const { healthy, problems } = healthCounts(service);
         const s = store.summaries.get(`service:${name}`);
@@ -463,10 +538,26 @@ function Services({ onTarget, onFilter }) {
     </section>`;
 }
 
+/** An instance column sorted by `value(instance)`; rows are the store's keys. */
+const byInstance = (value, more = {}) => ({ value: (key) => value(store.instances.get(key)), ...more });
+const leaseEnds = (inst) => (inst.ttl === undefined || !inst.lastHeartbeat ? null : Date.parse(inst.lastHeartbeat) + inst.ttl);
+
 const INSTANCE_COLUMNS = [
-  { label: 'Service', width: '9%' }, { label: 'Instance', width: '10%' }, { label: 'URL', width: '15%' }, { label: 'Zone', width: '6%' }, { label: 'Version', width: '6%' },
-  { label: 'Weight', cls: 'num', width: '5%' }, { label: 'Health', width: '9%' }, { label: 'Circuit', width: '8%' }, { label: 'Ejected', width: '7%' },
-  { label: 'In flight', cls: 'num', width: '5%' }, { label: 'Heartbeat', width: '7%' }, { label: 'Lease left', width: '6%' }, { label: 'Source', width: '7%' },
+  { key: 'service', label: 'Service', width: '9%', sort: byInstance((i) => i.service, { fixed: true }) },
+  { key: 'instance', label: 'Instance', width: '10%', sort: byInstance((i) => i.id, { fixed: true }) },
+  { key: 'url', label: 'URL', width: '15%', sort: byInstance((i) => i.url, { fixed: true }) },
+  { key: 'zone', label: 'Zone', width: '6%', sort: byInstance((i) => i.zone ?? null) },
+  { key: 'version', label: 'Version', width: '6%', sort: byInstance((i) => i.metadata?.version ?? null) },
+  { key: 'weight', label: 'Weight', cls: 'num', width: '5%', sort: byInstance((i) => i.weight, { first: 'descending' }) },
+  { key: 'health', label: 'Health', width: '9%', sort: byInstance((i) => rank(HEALTH_RANK, i.health)) },
+  { key: 'circuit', label: 'Circuit', width: '8%', sort: byInstance((i) => rank(CIRCUIT_RANK, i.circuit)) },
+  // Ejected ones first (the soonest back first), then the others.
+  { key: 'ejected', label: 'Ejected', width: '7%', sort: byInstance((i) => (i.ejectedUntil ? Date.parse(i.ejectedUntil) : Infinity)) },
+  { key: 'inflight', label: 'In flight', cls: 'num', width: '5%', sort: byInstance((i) => i.inflight, { first: 'descending' }) },
+  // The oldest heartbeat (the likeliest to expire) first.
+  { key: 'heartbeat', label: 'Heartbeat', width: '7%', sort: byInstance((i) => (i.lastHeartbeat ? Date.parse(i.lastHeartbeat) : null)) },
+  { key: 'lease', label: 'Lease left', width: '6%', sort: byInstance(leaseEnds) },
+  { key: 'source', label: 'Source', width: '7%', sort: byInstance((i) => i.source) },
 ];
 
 function matches(inst, text) {
@@ -479,11 +570,12 @@ function Instances({ service, onService }) {
   const needle = text.trim().toLowerCase();
   const members = useMemo(() => {
     const keys = service ? [...(store.services.get(service)?.keys ?? [])] : [...store.instances.keys()];
-    return keys.sort();
+    return keys.sort(collator.compare);
   }, [store.membership, service]);
   // A text filter reads states that change without a membership change: it is applied on every draw.
-  const rows = needle === '' ? members : members.filter((key) => matches(store.instances.get(key), needle));
-  const names = useMemo(() => [...store.services.keys()].sort(), [store.membership]);
+  const filtered = needle === '' ? members : members.filter((key) => matches(store.instances.get(key), needle));
+  const [sort, rows, onSort] = useSort(INSTANCE_COLUMNS, filtered, { key: 'service', direction: 'ascending' });
+  const names = useMemo(() => [...store.services.keys()].sort(collator.compare), [store.membership]);
   return html`
     <section aria-labelledby="instances-title">
       <div class="section-head">
@@ -496,7 +588,7 @@ function Instances({ service, onService }) {
         <label for="instance-filter">Filter</label>
         <input id="instance-filter" type="search" placeholder="id, url, zone, unhealthy, open…" value=${text} onInput=${(e) => setText(e.currentTarget.value)} />
       </div>
-      <${VirtualTable} id="instances" label="Instances" columns=${INSTANCE_COLUMNS} rows=${rows} height=${420} renderRow=${(key) => {
+      <${VirtualTable} id="instances" label="Instances" columns=${INSTANCE_COLUMNS} rows=${rows} sort=${sort} onSort=${onSort} height=${420} renderRow=${(key) => {
         const inst = store.instances.get(key);
         const leaseLeft = inst.ttl === undefined || !inst.lastHeartbeat ? '–' : `${Math.max(0, Math.round((Date.parse(inst.lastHeartbeat) + inst.ttl - serverNow()) / 1000))}s`;
         const metadata = JSON.stringify(inst.metadata ?? {});
@@ -521,20 +613,29 @@ function describeMatch(match) {
   return parts.join(' · ');
 }
 
+const backendsOf = (route) => (route.redirect ? `redirect ${JSON.stringify(route.redirect)}` : route.backends.map((b) => `${b.name} ${b.percent}%`).join(', '));
+
+const ROUTE_COLUMNS = [
+  // The route's place in the config (not its precedence, which depends on the request): the table's order until another is chosen.
+  { key: 'order', label: '#', cls: 'num', width: '7%', sort: { value: (route) => route.index, fixed: true } },
+  { key: 'route', label: 'Route', width: '14%', sort: { value: (route) => route.name, fixed: true } },
+  { key: 'matches', label: 'Matches', width: '16%', sort: { value: (route) => describeMatch(route.match), fixed: true } },
+  { key: 'backends', label: 'Backends (split)', width: '17%', sort: { value: backendsOf, fixed: true } },
+  ...seriesColumns('route', (route) => route.name),
+  { label: 'Show', width: '10%' },
+];
+
 function Routes({ onTarget }) {
   useTopics('routes', 'series');
-  const columns = [
-    { label: 'Route', width: '14%' }, { label: 'Matches', width: '18%' }, { label: 'Backends (split)', width: '20%' }, { label: 'req/s', cls: 'num', width: '9%' },
-    { label: 'Errors', cls: 'num', width: '9%' }, { label: 'p50', cls: 'num', width: '10%' }, { label: 'p99', cls: 'num', width: '10%' }, { label: 'Show', width: '10%' },
-  ];
+  const [sort, rows, onSort] = useSort(ROUTE_COLUMNS, store.routes, { key: 'order', direction: 'ascending' });
   return html`
     <section aria-labelledby="routes-title">
       <h2 id="routes-title">Routes <span class="count">${store.routes.length}</span> <span class="version">config <code>${store.routesVersion}</code></span></h2>
-      <${VirtualTable} id="routes" label="Routes" columns=${columns} rows=${store.routes} height=${300} renderRow=${(route) => {
+      <${VirtualTable} id="routes" label="Routes" columns=${ROUTE_COLUMNS} rows=${rows} sort=${sort} onSort=${onSort} height=${300} renderRow=${(route) => {
         const s = store.summaries.get(`route:${route.name}`);
-        const backends = route.redirect ? `redirect ${JSON.stringify(route.redirect)}` : route.backends.map((b) => `${b.name} ${b.percent}%`).join(', ');
+        const backends = backendsOf(route);
         return html`<tr key=${route.index} data-route=${route.name}>
-          <th scope="row">${route.name}</th><td title=${describeMatch(route.match)}>${describeMatch(route.match)}</td><td title=${backends}>${backends}</td>
+          <td class="num">${route.index + 1}</td><th scope="row">${route.name}</th><td title=${describeMatch(route.match)}>${describeMatch(route.match)}</td><td title=${backends}>${backends}</td>
           <td class="num">${fmt.rps(s?.[0] ?? 0)}</td><td class="num">${fmt.percent(s?.[1] ?? 0)}</td><td class="num">${fmt.ms(s?.[2])}</td><td class="num">${fmt.ms(s?.[3])}</td>
           <td class="actions"><button type="button" onClick=${() => onTarget({ kind: 'route', name: route.name })} aria-label=${`Chart route ${route.name}`}>chart</button></td>
         </tr>`;
@@ -573,13 +674,23 @@ function eventText(e) {
   }
 }
 
+const EVENT_COLUMNS = [
+  // Events are numbered in the order they happened: the number is the time, without ties.
+  { key: 'time', label: 'Time', width: '12%', sort: { value: (e) => e.id, first: 'descending' } },
+  { key: 'event', label: 'Event', width: '20%', sort: { value: (e) => e.event } },
+  { key: 'subject', label: 'Subject', width: '22%', sort: { value: (e) => eventText(e)[0] } },
+  { key: 'change', label: 'Change', width: '22%', sort: { value: (e) => eventText(e)[1] } },
+  { key: 'reason', label: 'Reason', width: '24%', sort: { value: (e) => eventText(e)[2] || null } },
+];
+
 function Events() {
   useTopics('events');
   const [kind, setKind] = useState('');
   const [text, setText] = useState('');
   const needle = text.trim().toLowerCase();
   const wanted = kind === '' ? null : new Set(EVENT_KINDS[kind]);
-  const rows = store.events.filter((e) => (wanted === null || wanted.has(e.event)) && (needle === '' || JSON.stringify(e).toLowerCase().includes(needle)));
+  const filtered = store.events.filter((e) => (wanted === null || wanted.has(e.event)) && (needle === '' || JSON.stringify(e).toLowerCase().includes(needle)));
+  const [sort, rows, onSort] = useSort(EVENT_COLUMNS, filtered, { key: 'time', direction: 'descending' });
   return html`
     <section aria-labelledby="events-title">
       <div class="section-head">
@@ -592,7 +703,7 @@ function Events() {
         <label for="event-filter">Filter</label>
         <input id="event-filter" type="search" placeholder="service, instance, reason…" value=${text} onInput=${(e) => setText(e.currentTarget.value)} />
       </div>
-      <${VirtualTable} id="events" label="Events, newest first" columns=${[{ label: 'Time', width: '12%' }, { label: 'Event', width: '20%' }, { label: 'Subject', width: '22%' }, { label: 'Change', width: '22%' }, { label: 'Reason', width: '24%' }]} rows=${rows} height=${300} renderRow=${(e) => {
+      <${VirtualTable} id="events" label="Events" columns=${EVENT_COLUMNS} rows=${rows} sort=${sort} onSort=${onSort} height=${300} renderRow=${(e) => {
         const [subject, change, reason, tone] = eventText(e);
         return html`<tr key=${e.id} data-event=${e.event}>
           <td>${fmt.time(e.at)}</td><td><code>${e.event}</code></td><td>${subject}</td><td><span class=${`state state-${tone}`}>${change}</span></td><td title=${reason}>${reason}</td>
