@@ -1,5 +1,6 @@
 import type { EventEmitter } from 'node:events';
 import type { ServerResponse } from 'node:http';
+import type { ServerHttp2Stream } from 'node:http2';
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -13,6 +14,7 @@ import {
   NoRouteError,
   NotImplementedError,
   OverloadedError,
+  UpstreamProtocolError,
   UpstreamResetError,
   UpgradeRefusedError,
   UpstreamTimeoutError,
@@ -74,9 +76,11 @@ const kOwnConnection = Symbol('meshgate.ownConnection');
 const kFaultyFraming = Symbol('meshgate.faultyFraming');
 
 /** The client went away before the response was complete: abort what is in flight. Shared, not a closure per request. */
-function onResponseClose(this: ServerResponse & { [kMesh]?: MeshState }): void {
+function onResponseClose(this: ServerResponse & { [kMesh]?: MeshState; stream?: ServerHttp2Stream }): void {
   const mesh = this[kMesh];
-  if (mesh !== undefined && !this.writableFinished) {
+  // An HTTP/2 stream the client reset is ended (writableFinished) by node:http2 before 'close': it says 'aborted'.
+  const gone = this.stream === undefined ? !this.writableFinished : this.stream.aborted;
+  if (mesh !== undefined && gone) {
     mesh.clientGone = true;
     mesh.exchange?.clientAborted();
   }
@@ -213,6 +217,10 @@ export class Pipeline {
         const held = exchange !== null && exchange.state === 'headers';
         const untouched = ctx.body === bodyBefore && res.statusCode === statusBefore;
         if (held && untouched) {
+          // Over HTTP/2 a 2xx to a handshake opens the WebSocket (RFC 8441): an instance that did not switch cannot say so.
+          if (mesh.upgrade?.stream !== undefined && exchange.upgraded === null && exchange.statusCode < 300) {
+            throw new UpstreamProtocolError(exchange.instance.url, `the WebSocket handshake with ${exchange.statusCode}, not 101`);
+          }
           const committing = exchange.upgraded !== null ? this.#tunnel(ctx, mesh) : this.#commit(ctx, mesh);
           if (committing !== undefined) await committing;
         } else if (exchange !== null && exchange.failure !== null && untouched) {
@@ -441,6 +449,8 @@ export class Pipeline {
         upgrade: mesh.upgrade?.protocol,
         grpc: mesh.grpc,
         grpcTimeout: mesh.grpc && ctx.req.headers['grpc-timeout'] !== undefined ? timeout : undefined,
+        headerOverrides: mesh.headerOverrides,
+        maxHeaders: mesh.snapshot!.config.listen.maxHeaders,
       };
       // HTTP/2 to the instances when the service says so; a WebSocket handshake is HTTP/1.1 whatever it says.
       const protocol = policy.config.protocol;
@@ -545,6 +555,12 @@ export class Pipeline {
     const upgrade = mesh.upgrade!;
     let client: Duplex;
     if (upgrade.stream !== undefined) {
+      // The client reset its stream as the 101 came (its 'close' is on its way): nothing to open.
+      if (upgrade.stream.destroyed) {
+        mesh.clientGone = true;
+        exchange.clientAborted();
+        return;
+      }
       // RFC 8441: the stream is the tunnel, opened by a 200 without the instance's Sec-WebSocket-Accept.
       client = upgrade.stream;
       res.off('close', onResponseClose);

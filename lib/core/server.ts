@@ -217,7 +217,10 @@ function guardResets(session: ServerHttp2Session, perSecond: number): void {
   let at = performance.now();
   session.on('stream', (stream) => {
     // 'aborted': the client reset the stream before the answer was complete (a cancel, or the attack).
+    // node:http2 says it too when the gateway destroys a stream it had not ended (a tunnel it cut):
+    // the stream is destroyed by then, and that is no reset of the client's.
     stream.once('aborted', () => {
+      if (stream.destroyed) return;
       const now = performance.now();
       tokens = Math.min(burst, tokens + ((now - at) * perSecond) / 1000);
       at = now;

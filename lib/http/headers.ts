@@ -71,6 +71,17 @@ export function addField(headers: Record<string, string | string[] | number | un
   else headers[name] = [String(existing), value];
 }
 
+/**
+ * A client's trailers for the instance: as {@link trailerObject}, less every field the gateway
+ * sets or strips among the headers (its own, the trusted-peer ones, `x-meshgate-*`, and the
+ * names the route or a plugin overrode), which a trailer must not smuggle past it.
+ */
+export function requestTrailerObject(raw: readonly string[], overrides: readonly (string | null)[] | null): Record<string, string> {
+  const out = trailerObject(raw);
+  for (const name of Object.keys(out)) if (owned(name.replace(/_/g, '-'), overrides)) delete out[name];
+  return out;
+}
+
 /** A status and a flat header list as the header object node:http2's `respond` takes (names in lower case). */
 export function http2Fields(status: number, head: readonly string[]): Record<string, string | string[]> {
   const headers: Record<string, string | string[]> = { ':status': String(status) };
@@ -176,10 +187,10 @@ export interface ForwardedInfo {
   via?: string;
 }
 
-/** The request has more header lines than `listen.maxHeaders` (431). */
+/** The request has more header (or trailer) lines than `listen.maxHeaders` (431). */
 export class TooManyHeadersError extends MeshError {
-  constructor(limit: number) {
-    super('MESH_ERR_HEADERS_TOO_MANY', 431, `more than ${limit} request headers`);
+  constructor(limit: number, what = 'request headers') {
+    super('MESH_ERR_HEADERS_TOO_MANY', 431, `more than ${limit} ${what}`);
   }
 }
 

@@ -10,7 +10,7 @@ import {
   UpstreamResetError,
   UpstreamTimeoutError,
 } from '../errors.js';
-import { HOP_BY_HOP, connectionTokens, http2Head, trailerObject, writeHead } from '../http/headers.js';
+import { HOP_BY_HOP, TooManyHeadersError, connectionTokens, http2Head, trailerObject, writeHead } from '../http/headers.js';
 import { grpcOutcomeStatus, grpcStatusIn, respondHeadersOnly } from '../http/grpc.js';
 import type { Instance } from '../registry/registry.js';
 import type { Deadline, Deadlines } from './deadlines.js';
@@ -39,6 +39,10 @@ export interface UpstreamRequest {
   grpc?: boolean;
   /** The time this attempt has, as the `grpc-timeout` sent in place of the caller's (ms), when the caller sent one. */
   grpcTimeout?: number;
+  /** Header names the route and plugins set or removed (`mesh.headerOverrides`): no client trailer may carry them. */
+  headerOverrides?: readonly (string | null)[] | null;
+  /** `listen.maxHeaders`, which bounds the client's trailers too. */
+  maxHeaders?: number;
 }
 
 /** Statuses whose answers have no body, whatever their headers say (RFC 9110 6.4.1). */
@@ -502,7 +506,7 @@ const CLIENT_FAULT_CODES = new Set([
 
 /** Whether an attempt failed because of what the client sent, not because of the instance. */
 export function isClientFault(err: unknown): boolean {
-  return err instanceof BadRequestError;
+  return err instanceof BadRequestError || err instanceof TooManyHeadersError;
 }
 
 /** Maps what undici or the socket threw to the gateway's own error for that failure. */

@@ -3,7 +3,7 @@ import type { IncomingMessage } from 'node:http';
 import { UpstreamExchange, type UpstreamRequest } from './exchange.js';
 import { kFailure, type Http2Connection } from './http2-connection.js';
 import { grpcTimeoutValue } from '../http/grpc.js';
-import { addField, isSingleValue, trailerObject } from '../http/headers.js';
+import { TooManyHeadersError, addField, isSingleValue, requestTrailerObject } from '../http/headers.js';
 
 /** Request headers HTTP/2 forbids (RFC 9113 8.2.2), besides those the gateway already dropped as hop-by-hop. */
 const NOT_IN_HTTP2 = new Set(['host', 'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade']);
@@ -77,8 +77,18 @@ export function dispatchHttp2(connection: Http2Connection, req: UpstreamRequest)
     } else {
       body.on('data', (chunk: Buffer) => void (exchange.bodyBytesSent += chunk.length));
       body.on('error', (err) => fail(err));
-      // The client's trailers follow the body; none go out as an empty DATA frame that ends the stream.
-      stream.on('wantTrailers', () => stream.sendTrailers(trailerObject(body.rawTrailers)));
+      // The client's trailers follow the body, under the rules its headers keep; none go out as an
+      // empty DATA frame that ends the stream. A plugin's own stream has no trailers.
+      stream.on('wantTrailers', () => {
+        const raw = body.rawTrailers ?? [];
+        const max = req.maxHeaders ?? 100;
+        if (raw.length > max * 2) {
+          fail(new TooManyHeadersError(max, 'request trailers'));
+          stream.close(constants.NGHTTP2_CANCEL);
+          return;
+        }
+        stream.sendTrailers(requestTrailerObject(raw, req.headerOverrides ?? null));
+      });
       body.pipe(stream);
     }
   }

@@ -269,6 +269,48 @@ test('protocol: h2c and h2 to the instances: the request as HTTP/2, bodies and t
   }
 });
 
+test("a client's trailers keep to its headers' rules: no field the gateway sets or a route removes, and no more than listen.maxHeaders (431, not the instance's fault)", LIMIT, async (t) => {
+  const instance = await startH2Instance(t, 'plain');
+  const { url, gateway } = await startGateway(t, {
+    services: { plain: { protocol: 'h2c', instances: [{ url: instance.url }], outlierDetection: { consecutive5xx: 1, maxEjectionPercent: 100 } } },
+    routes: [{ prefix: '/plain', service: 'plain', requestHeaders: { remove: ['x-internal-user'], set: { 'x-tenant': 'acme' } } }],
+    listen: { http2: true, maxHeaders: 20 },
+  });
+  const session = await h2session(t, url);
+  const post = (trailers: Record<string, string>): Promise<{ status: number; body: string }> =>
+    new Promise((resolve, reject) => {
+      const stream = session.request({ ':path': '/plain/upload', ':method': 'POST' }, { waitForTrailers: true });
+      stream.on('wantTrailers', () => stream.sendTrailers(trailers));
+      let status = 0;
+      let body = '';
+      stream.on('response', (h) => (status = Number(h[':status'])));
+      stream.setEncoding('utf8');
+      stream.on('data', (chunk: string) => (body += chunk));
+      stream.on('end', () => resolve({ status, body }));
+      stream.on('error', reject);
+      stream.end('body');
+    });
+  const forged = await post({
+    'x-client-sum': 'ok',
+    'x-forwarded-client-cert': 'By=spiffe://evil;URI=spiffe://admin',
+    'x-forwarded-for': '10.0.0.1',
+    forwarded: 'for=10.0.0.1',
+    'x-meshgate-internal': '1',
+    'x-internal-user': 'root',
+    'x-tenant': 'other',
+    x_forwarded_for: '10.0.0.2',
+  });
+  assert.equal(forged.status, 200);
+  assert.deepEqual(JSON.parse(forged.body).trailers, { 'x-client-sum': 'ok' });
+  const many = Object.fromEntries(Array.from({ length: 25 }, (_, i) => [`x-t${i}`, String(i)]));
+  const refused = await post(many);
+  assert.equal(refused.status, 431);
+  assert.equal(JSON.parse(refused.body).error, 'MESH_ERR_HEADERS_TOO_MANY');
+  // The client's fault: the instance is not ejected, and serves the next request.
+  assert.equal((await post({ 'x-client-sum': 'again' })).status, 200);
+  assert.equal(gateway.registry.getService('plain')!.instances.values().next().value!.ejectedUntil, 0);
+});
+
 test('protocol: h2c failures: a reset stream is 502, a hang is 504, a dead instance is retried on the next one', LIMIT, async (t) => {
   const [a, b] = [await startH2Instance(t, 'a'), await startH2Instance(t, 'b')];
   const { url } = await startGateway(t, {

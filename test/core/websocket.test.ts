@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { describe, test, type TestContext } from 'node:test';
 import { connect as h2connect, constants, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
 import type { Writable } from 'node:stream';
@@ -15,7 +15,7 @@ import Koa from 'koa';
 import { createGateway, definePlugin } from '../../lib/index.js';
 import { accessLog } from '../../plugins/access-log/index.js';
 import { launchChromium } from '../browser.js';
-import { rawExchange, selfSigned, send, startGateway, statusLines, trackProcessErrors, waitFor } from '../helpers.js';
+import { rawExchange, selfSigned, send, startGateway, startUpstream, statusLines, trackProcessErrors, waitFor } from '../helpers.js';
 
 const LIMIT = { timeout: 30_000 };
 
@@ -642,14 +642,16 @@ describe('WebSocket over HTTP/2 (RFC 8441)', () => {
     assert.equal(instance.handshakes[0]!.httpVersion, '1.1');
   });
 
-  test('refusals are answers on the stream: auth 401, websocket: false 403, a plain CONNECT 405, another :protocol 501; none reach an instance', LIMIT, async (t) => {
+  test('refusals are answers on the stream: auth 401, websocket: false 403, a plain CONNECT 405, another :protocol 501, an instance that answers 200 instead of 101 is 502; none open a tunnel', LIMIT, async (t) => {
     const instance = await startWsInstance(t, 'a');
+    const plainHttp = await startUpstream(t);
     const { url } = await startGateway(t, {
       listen: { http2: true },
-      services: { chat: { instances: [{ url: instance.url }] } },
+      services: { chat: { instances: [{ url: instance.url }] }, web: { instances: [{ url: plainHttp.url }] } },
       routes: [
         { prefix: '/secure', service: 'chat', auth: { apiKeys: { keys: ['chat-key-1234'] } } },
         { prefix: '/plain', service: 'chat', websocket: false },
+        { prefix: '/web', service: 'web' },
       ],
     });
     const session = await h2session(t, url);
@@ -674,6 +676,11 @@ describe('WebSocket over HTTP/2 (RFC 8441)', () => {
     });
     assert.equal(plainConnect.status, 405);
     assert.equal(JSON.parse(plainConnect.body).error, 'MESH_ERR_METHOD_NOT_ALLOWED');
+    // A 200 on an extended CONNECT says the WebSocket is open (RFC 8441): an instance that did not switch gets the client a 502.
+    const notSwitched = await h2WebSocket(session, '/web/socket');
+    assert.equal(notSwitched.status, 502);
+    assert.match(JSON.parse(await notSwitched.body).message, /answered the WebSocket handshake with 200, not 101/);
+    assert.equal(plainHttp.seen.length, 1);
     assert.equal(instance.handshakes.length, 0);
     const allowed = await h2WebSocket(session, '/secure', { 'x-api-key': 'chat-key-1234' });
     assert.equal(allowed.status, 200);
@@ -709,6 +716,64 @@ describe('WebSocket over HTTP/2 (RFC 8441)', () => {
     ws.close();
     await ws.closed;
     assert.deepEqual(errors, []);
+  });
+
+  test('a handshake the client resets while the instance thinks frees its place at once and reaches no tunnel; tunnels the gateway cuts are no resets of the client\'s', LIMIT, async (t) => {
+    const instance = await startWsInstance(t, 'a');
+    // An instance that takes its time over the handshake: it answers 101 only when told.
+    let answer: (() => void) | null = null;
+    const slow = createNetServer((socket) => {
+      socket.on('error', () => {});
+      socket.once('data', () => (answer = () => socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n')));
+    });
+    await new Promise<void>((resolve) => slow.listen(0, '127.0.0.1', resolve));
+    t.after(() => slow.close());
+    const errors: Error[] = [];
+    const ends: number[] = [];
+    const { url, gateway } = await startGateway(
+      t,
+      {
+        // Two resets a second (bursts of four) for the whole session: the gateway's own cuts below are more.
+        listen: { http2: { maxResetsPerSecond: 2 } },
+        services: { slow: { instances: [{ url: `http://127.0.0.1:${(slow.address() as AddressInfo).port}` }] }, chat: { instances: [{ url: instance.url }] } },
+        routes: [
+          { prefix: '/slow', service: 'slow', websocket: { maxConnections: 1 } },
+          { prefix: '/chat', service: 'chat', websocket: { idleTimeout: '200ms' } },
+        ],
+      },
+      {
+        setup: (gw) => {
+          gw.on('gateway:error', (err) => errors.push(err));
+          gw.on('request:end', (_ctx, status) => ends.push(status));
+        },
+      },
+    );
+    const session = await h2session(t, url);
+    const stream = session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':scheme': 'http', ':path': '/slow', 'sec-websocket-version': '13' });
+    stream.on('error', () => {});
+    await waitFor(() => answer !== null, 5000, 'the handshake at the slow instance');
+    stream.close(constants.NGHTTP2_CANCEL);
+    await waitFor(() => gateway.websockets === 0, 5000, 'the place freed');
+    assert.deepEqual(ends, [499]);
+    answer!();
+    // The route's only place (maxConnections: 1) is free for the next handshake.
+    answer = null;
+    const next = h2WebSocket(session, '/slow');
+    await waitFor(() => answer !== null, 5000, 'the next handshake at the slow instance');
+    answer!();
+    const ws = await next;
+    assert.equal(ws.status, 200);
+    ws.stream.close();
+    await ws.closed;
+    assert.deepEqual(errors, []);
+
+    // Six tunnels on the session go idle and the gateway cuts them: the session lives on.
+    const tunnels = await Promise.all(Array.from({ length: 6 }, () => h2WebSocket(session, '/chat')));
+    assert.deepEqual(tunnels.map((tunnel) => tunnel.status), Array(6).fill(200));
+    await Promise.all(tunnels.map((tunnel) => tunnel.closed));
+    const plain = await new Promise<number>((resolve, reject) => session.request({ ':path': '/chat/plain' }).on('response', (h) => resolve(Number(h[':status']))).on('error', reject).resume());
+    assert.equal(plain, 200);
+    assert.equal(session.destroyed, false);
   });
 
   test('either side closing ends the other; metrics, the access log and close() treat the stream as they treat a socket; nothing is left behind', LIMIT, async (t) => {
