@@ -621,13 +621,16 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
   }
 
   /**
-   * A WebSocket over HTTP/2 (RFC 8441): an extended CONNECT with `:protocol: websocket` on a
-   * listener stream. It goes through the pipeline as the HTTP/1.1 handshake it stands for (a GET
-   * with `Upgrade: websocket`, as Envoy translates it), so routes and plugins see one kind of
-   * handshake; the instance gets that handshake over HTTP/1.1, the client a 200 once it switched.
-   * Any other CONNECT is refused: the gateway is not a forward proxy.
+   * Serves a CONNECT stream of an HTTP/2 server. A WebSocket over HTTP/2 (RFC 8441: an extended
+   * CONNECT with `:protocol: websocket`) goes through the pipeline as the HTTP/1.1 handshake it
+   * stands for (a GET with `Upgrade: websocket`, as Envoy translates it), so routes and plugins see
+   * one kind of handshake; the instance gets that handshake over HTTP/1.1, the client a 200 once it
+   * switched. Any other CONNECT is refused: the gateway is not a forward proxy. The gateway's own
+   * listener calls it; mounted on your own HTTP/2 server (created with
+   * `settings: { enableConnectProtocol: true }`), call it from the server's `'connect'` event:
+   * `server.on('connect', (req, res) => gateway.handleConnect(req, res))`.
    */
-  #extendedConnect(req: Http2ServerRequest, res: Http2ServerResponse): void {
+  handleConnect(req: Http2ServerRequest, res: Http2ServerResponse): void {
     const protocol = req.headers[':protocol'];
     if (protocol === undefined) return answerBareError(res as unknown as ServerResponse, new MeshError('MESH_ERR_METHOD_NOT_ALLOWED', 405, 'CONNECT is not supported'));
     if (protocol !== 'websocket') return answerBareError(res as unknown as ServerResponse, new NotImplementedError(`CONNECT with :protocol ${protocol} is not supported; only websocket is`));
@@ -677,7 +680,7 @@ export class Gateway extends EventEmitter<GatewayEvents> implements PluginHost {
       res.statusCode = 404;
       pipeline.handle(app.createContext(req, res), null).catch((err: unknown) => this.emit('gateway:error', err as Error));
     };
-    const server = createListener(listen, (path) => this.resolvePath(path), handler, (req, socket, head) => this.handleUpgrade(req, socket, head), (req, res) => this.#extendedConnect(req, res));
+    const server = createListener(listen, (path) => this.resolvePath(path), handler, (req, socket, head) => this.handleUpgrade(req, socket, head), (req, res) => this.handleConnect(req, res));
     this.#server = server;
     if (listen.tls) this.#rotateCertificates(server as import('node:https').Server, listen.tls);
     if (listen.tls?.clientCert) {

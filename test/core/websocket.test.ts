@@ -7,7 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { describe, test, type TestContext } from 'node:test';
-import { connect as h2connect, constants, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
+import { connect as h2connect, constants, createServer as createHttp2Server, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
 import type { Writable } from 'node:stream';
 import WebSocket, * as wsModule from 'ws';
 import { WebSocketServer } from 'ws';
@@ -98,6 +98,19 @@ const sha256 = (data: Buffer): string => createHash('sha256').update(data).diges
 
 function wsUrl(url: string, path: string): string {
   return url.replace(/^http/, 'ws') + path;
+}
+
+/** A host Koa app with the gateway mounted in it: `/chat` goes to a WebSocket instance, the rest is the host's ("host app"). */
+async function mountedChat(t: TestContext): Promise<{ gateway: ReturnType<typeof createGateway>; app: Koa }> {
+  const instance = await startWsInstance(t, 'a');
+  const gateway = createGateway({ logLevel: 'silent', services: { chat: { instances: [{ url: instance.url }] } }, routes: [{ prefix: '/chat', service: 'chat' }] });
+  t.after(() => gateway.close());
+  const app = new Koa();
+  app.use(gateway.middleware());
+  app.use((ctx) => {
+    ctx.body = 'host app';
+  });
+  return { gateway, app };
 }
 
 describe('WebSocket', () => {
@@ -418,14 +431,7 @@ describe('WebSocket', () => {
   });
 
   test('mounted in a Koa app, the host server hands upgrades to gateway.handleUpgrade', LIMIT, async (t) => {
-    const instance = await startWsInstance(t, 'a');
-    const gateway = createGateway({ logLevel: 'silent', services: { chat: { instances: [{ url: instance.url }] } }, routes: [{ prefix: '/chat', service: 'chat' }] });
-    t.after(() => gateway.close());
-    const app = new Koa();
-    app.use(gateway.middleware());
-    app.use((ctx) => {
-      ctx.body = 'host app';
-    });
+    const { gateway, app } = await mountedChat(t);
     const server = createServer(app.callback());
     server.on('upgrade', (req, socket, head) => gateway.handleUpgrade(req, socket, head));
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -774,6 +780,27 @@ describe('WebSocket over HTTP/2 (RFC 8441)', () => {
     const plain = await new Promise<number>((resolve, reject) => session.request({ ':path': '/chat/plain' }).on('response', (h) => resolve(Number(h[':status']))).on('error', reject).resume());
     assert.equal(plain, 200);
     assert.equal(session.destroyed, false);
+  });
+
+  test('mounted in a Koa app on an HTTP/2 server, the host server hands CONNECT streams to gateway.handleConnect', LIMIT, async (t) => {
+    const { gateway, app } = await mountedChat(t);
+    const server = createHttp2Server({ settings: { enableConnectProtocol: true } }, app.callback());
+    server.on('connect', (req, res) => gateway.handleConnect(req, res));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+    const session = await h2session(t, `http://127.0.0.1:${(server.address() as AddressInfo).port}`);
+    const ws = await h2WebSocket(session, '/chat');
+    assert.equal(ws.status, 200);
+    assert.equal(String(await ws.next()), 'hello from a');
+    ws.close();
+    await ws.closed;
+    const other = await new Promise<string>((resolve, reject) => {
+      let body = '';
+      session.request({ ':path': '/elsewhere' }).setEncoding('utf8').on('data', (chunk: string) => (body += chunk)).on('end', () => resolve(body)).on('error', reject);
+    });
+    assert.equal(other, 'host app');
+    // The host server's close() waits for its sessions.
+    session.destroy();
   });
 
   test('either side closing ends the other; metrics, the access log and close() treat the stream as they treat a socket; nothing is left behind', LIMIT, async (t) => {
