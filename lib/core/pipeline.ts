@@ -549,9 +549,7 @@ export class Pipeline {
     ctx.respond = false;
     const extra = takeSetHeaders(res);
     for (let i = 0; i < mesh.responseHeaders.length; i++) extra.push(mesh.responseHeaders[i]!);
-    const head = responseHeaders(exchange.rawHeaders, extra, exchange.instance.url);
-    const edits = mesh.route?.responseHeaders;
-    if (edits != null) responseHeaderEdits(head, edits);
+    const head = answerHead(mesh, extra);
     const upgrade = mesh.upgrade!;
     let client: Duplex;
     if (upgrade.stream !== undefined) {
@@ -610,10 +608,7 @@ export class Pipeline {
     for (let i = 0; i < mesh.responseHeaders.length; i++) extra.push(mesh.responseHeaders[i]!);
     extra.push('server-timing', `gateway;dur=${decimalMs(gatewayMs, 1)}, upstream;dur=${decimalMs(exchange.headersMs, 1)}`);
     if (this.#parts.closing()) res.shouldKeepAlive = false;
-    const head = responseHeaders(exchange.rawHeaders, extra, exchange.instance.url);
-    const edits = mesh.route?.responseHeaders;
-    if (edits != null) responseHeaderEdits(head, edits);
-    return exchange.commit(res, head, headersWereSet);
+    return exchange.commit(res, answerHead(mesh, extra), headersWereSet);
   }
 }
 
@@ -621,6 +616,15 @@ export class Pipeline {
 function requestHeaderEdits(mesh: MeshState, edits: HeaderEdits): void {
   for (const name of edits.remove) mesh.removeUpstreamHeader(name);
   for (const [name, value] of edits.set) mesh.setUpstreamHeader(name, value);
+}
+
+/** The head of the held answer: the instance's headers (filtered), then `extra` (the plugins'), with the route's `responseHeaders` edits applied. */
+function answerHead(mesh: MeshState, extra: string[]): string[] {
+  const exchange = mesh.exchange!;
+  const head = responseHeaders(exchange.rawHeaders, extra, exchange.instance.url);
+  const edits = mesh.route?.responseHeaders;
+  if (edits != null) responseHeaderEdits(head, edits);
+  return head;
 }
 
 /** Applies a route's `responseHeaders` to a flat response head: remove, then set (replacing), then add. */
