@@ -67,7 +67,9 @@ export function answerError(ctx: Context, mesh: MeshState, error: MeshError, clo
   } catch {
     // A header a plugin set that Node will not send (CR or LF in it): the error goes out without the plugins' headers.
     for (const name of res.getHeaderNames()) res.removeHeader(name);
-    writeHead(res, error.status, ['content-type', 'application/json; charset=utf-8', 'content-length', String(Buffer.byteLength(body))], false);
+    mesh.bytesOut = Buffer.byteLength(body);
+    answerBareError(res, error);
+    return;
   }
   mesh.bytesOut = Buffer.byteLength(body);
   res.end(body);

@@ -238,3 +238,22 @@ test('retries: an answer from a later stage is not retried as a failure, and the
   // One instance: the retry has nowhere else to go, so one attempt reached it.
   assert.equal(calls, 1);
 });
+
+test('a thrown MeshError whose plugin headers Node will not send (CR/LF) still reaches the client, without them', LIMIT, async (t) => {
+  const upstream = await startUpstream(t);
+  const { url } = await startGateway(t, CONFIG(upstream), {
+    setup: (gw) =>
+      gw.use(
+        answering('onRequest', (ctx) => {
+          ctx.state.mesh.responseHeaders.push('x-injected', 'a\r\nset-cookie: evil=1');
+          throw new MeshError('MESH_ERR_TEAPOT', 418, 'no tea');
+        }),
+      ),
+  });
+  const res = await send(`${url}/api/x`);
+  assert.equal(res.status, 418);
+  assert.deepEqual(res.json(), { error: 'MESH_ERR_TEAPOT', message: 'no tea' });
+  assert.equal(res.headers['x-injected'], undefined);
+  assert.equal(res.headers['set-cookie'], undefined);
+  assert.equal(upstream.seen.length, 0);
+});
