@@ -1,3 +1,4 @@
+import cluster from 'node:cluster';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -125,7 +126,8 @@ export function dashboardRoutes(gateway: PluginHost, live: DashboardLive, window
       appliedAt: new Date(gateway.snapshot.appliedAt).toISOString(),
       resolution: live.resolution,
       window,
-      workers: live.workers.size,
+      // The primary's running workers, not the ones that reported yet: a worker with nothing new to say sends nothing.
+      workers: gateway.role === 'primary' ? Object.keys(cluster.workers ?? {}).length : 0,
       services,
       series,
       events: live.events(),

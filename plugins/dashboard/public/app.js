@@ -411,7 +411,7 @@ function Header({ onSignOut }) {
     <header>
       <h1>meshgate</h1>
       <p class="meta">
-        ${role === 'primary' ? `cluster primary, ${workers} worker${workers === 1 ? '' : 's'} reporting · ` : ''}config <code id="config-version">${version}</code>${appliedAt ? ` applied ${fmt.time(appliedAt)}` : ''}
+        ${role === 'primary' ? `cluster primary, ${workers} worker${workers === 1 ? '' : 's'} · ` : ''}config <code id="config-version">${version}</code>${appliedAt ? ` applied ${fmt.time(appliedAt)}` : ''}
       </p>
       <p class=${`connection state state-${live ? 'ok' : 'warn'}`} role="status" aria-live="polite" id="connection"><span aria-hidden="true">${live ? '●' : '○'} </span>${live ? 'live' : store.connection}</p>
       ${store.token ? html`<button type="button" onClick=${onSignOut}>Sign out</button>` : null}
